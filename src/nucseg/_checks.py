@@ -13,7 +13,9 @@ def check_image(image: np.ndarray, *, name: str = "image") -> np.ndarray:
     """Return ``image`` if it is an ``(H, W, 3) uint8`` array, else raise ``ValueError``."""
     image = np.asarray(image)
     if image.ndim != 3 or image.shape[2] != 3:
-        raise ValueError(f"{name}: expected an RGB image of shape (H, W, 3), got shape {image.shape}")
+        raise ValueError(
+            f"{name}: expected an RGB image of shape (H, W, 3), got shape {image.shape}"
+        )
     if image.dtype != np.uint8:
         raise ValueError(f"{name}: expected dtype uint8, got {image.dtype}")
     return image
@@ -27,7 +29,9 @@ def check_labels(labels: np.ndarray, *, name: str = "labels") -> np.ndarray:
     if labels.dtype == bool or not np.issubdtype(labels.dtype, np.integer):
         raise ValueError(f"{name}: expected an integer label image, got dtype {labels.dtype}")
     if labels.size and np.issubdtype(labels.dtype, np.signedinteger) and labels.min() < 0:
-        raise ValueError(f"{name}: label values must be >= 0 (0 = background), found {labels.min()}")
+        raise ValueError(
+            f"{name}: label values must be >= 0 (0 = background), found {labels.min()}"
+        )
     return labels
 
 

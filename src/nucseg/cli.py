@@ -1,0 +1,206 @@
+"""The ``nucseg`` command line: a thin shell that parses, builds a config and calls the library."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from nucseg import __version__
+
+log = logging.getLogger("nucseg")
+
+DEFAULT_METHOD = "fiji"
+
+
+def _param(text: str) -> tuple[str, Any]:
+    """Parse ``KEY=VALUE``; VALUE is read as JSON when it can be (numbers, null, strings)."""
+    key, sep, value = text.partition("=")
+    if not sep or not key:
+        raise argparse.ArgumentTypeError(f"expected KEY=VALUE, got {text!r}")
+    try:
+        return key, json.loads(value)
+    except json.JSONDecodeError:
+        return key, value
+
+
+def _segmenter(args: argparse.Namespace):
+    from nucseg.pipeline import make_segmenter
+
+    return make_segmenter(args.method, **dict(args.param))
+
+
+def _write_text(path: Path, text: str, *, overwrite: bool) -> None:
+    from nucseg.io import atomic_write
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with atomic_write(path, overwrite=overwrite) as tmp:
+        Path(tmp).write_text(text)
+
+
+def cmd_segment(args: argparse.Namespace) -> int:
+    from nucseg.pipeline import segment_files
+
+    missing = [p for p in args.images if not Path(p).is_file()]
+    if missing:
+        raise FileNotFoundError(f"no such image file(s): {', '.join(map(str, missing))}")
+    records = segment_files(args.images, _segmenter(args), args.out, overwrite=args.overwrite)
+    for r in records:
+        print(f"{r['image']}: {r['n_nuclei']} nuclei -> {r['labels']}, {r['overlay']}, "
+              f"{r['csv']}, {r['geojson']}")  # fmt: skip
+    return 0
+
+
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    from nucseg import datasets, report
+    from nucseg.classical import describe
+    from nucseg.pipeline import evaluate, provenance
+
+    for path in (args.json, args.markdown):
+        if path is not None and Path(path).exists() and not args.overwrite:
+            raise FileExistsError(f"{path} exists; pass --overwrite to replace it")
+    if Path(args.dataset).is_dir():  # a folder with images/ and labels/ of matching stems
+        folder = Path(args.dataset)
+        samples = list(datasets.load_folder(folder / "images", folder / "labels"))[: args.limit]
+        total = len(samples)
+    else:
+        name, split = datasets.resolve_eval_dataset(args.dataset)
+        ids = datasets.ids(name, split=split)[: args.limit]
+        samples = (datasets.load_sample(name, i) for i in ids)
+        total = len(ids)
+    result = evaluate(_segmenter(args), samples, total=total)
+    result = {"method": args.method, "dataset": args.dataset,
+              "params": {**describe(args.method), **dict(args.param)},
+              **result, "provenance": provenance()}  # fmt: skip
+    text = "\n\n".join([
+        f"## {args.method} on {args.dataset} ({result['n_images']} images)",
+        report.summary_table(result, name=args.method),
+        report.per_image_table(result),
+    ])  # fmt: skip
+    print(text)
+    if args.markdown is not None:
+        _write_text(Path(args.markdown), text + "\n", overwrite=args.overwrite)
+    if args.json is not None:
+        _write_text(Path(args.json), json.dumps(result, indent=1) + "\n", overwrite=args.overwrite)
+    return 0
+
+
+def cmd_compare(args: argparse.Namespace) -> int:
+    from nucseg import report
+
+    results = [json.loads(Path(p).read_text()) for p in args.results]
+    names = list(dict.fromkeys(r["dataset"] for r in results))
+    text = "\n\n".join(f"### {d}\n\n" + report.comparison_table(results, dataset=d) for d in names)
+    print(text)
+    if args.out is not None:
+        _write_text(Path(args.out), text + "\n", overwrite=args.overwrite)
+    return 0
+
+
+def cmd_datasets_verify(args: argparse.Namespace) -> int:
+    from nucseg.datasets.manifest import verify
+    from nucseg.report import markdown_table
+
+    names = ["monuseg", "tnbc"] if args.dataset == "all" else [args.dataset]
+    bad = 0
+    for name in names:
+        rows = verify(name)
+        problems = [r for r in rows if r.status != "ok"]
+        bad += len(problems)
+        shown = rows if args.all_rows else problems
+        print(f"{name}: {len(rows) - len(problems)} of {len(rows)} files ok")
+        if shown:
+            print(
+                markdown_table(["id", "file", "status"], [[r.id, r.file, r.status] for r in shown])
+            )
+    return 1 if bad else 0
+
+
+def cmd_datasets_list(args: argparse.Namespace) -> int:
+    from nucseg import datasets
+
+    for key, (name, split) in datasets.EVAL_DATASETS.items():
+        print(f"{key:20s} {name}/{split}: {len(datasets.ids(name, split=split))} images")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """Return the argument parser of the ``nucseg`` command."""
+    parser = argparse.ArgumentParser(
+        prog="nucseg", description="Nuclei instance segmentation in H&E histopathology."
+    )
+    parser.add_argument("--version", action="version", version=f"nucseg {__version__}")
+    parser.add_argument("-v", "--verbose", action="store_true", help="log progress details")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    def method_options(p: argparse.ArgumentParser) -> None:
+        p.add_argument(
+            "--method",
+            default=DEFAULT_METHOD,
+            help=f"segmentation method: otsu, watershed, fiji (default {DEFAULT_METHOD})",
+        )
+        p.add_argument(
+            "--param",
+            action="append",
+            type=_param,
+            default=[],
+            metavar="KEY=VALUE",
+            help="override a method parameter, e.g. --param sigma=1.5 (repeatable)",
+        )
+        p.add_argument("--overwrite", action="store_true", help="replace existing output files")
+
+    p = sub.add_parser("segment", help="segment images; write labels, overlay, CSV and GeoJSON")
+    p.add_argument("images", nargs="+", type=Path, metavar="IMAGE")
+    p.add_argument("--out", type=Path, required=True, help="output folder")
+    method_options(p)
+    p.set_defaults(func=cmd_segment)
+
+    p = sub.add_parser("evaluate", help="score a method on a dataset (AJI, mAP, F1, PQ, ...)")
+    p.add_argument("--dataset", required=True,
+                   help="monuseg-breast, tnbc, monuseg-nonbreast, monuseg-train, monuseg-test, "
+                        "monuseg (see `nucseg datasets list`), or a folder holding images/ and "
+                        "labels/ with matching file stems")  # fmt: skip
+    p.add_argument("--json", type=Path, help="write the full results (incl. per image) as JSON")
+    p.add_argument("--markdown", type=Path, help="write the printed tables as Markdown")
+    p.add_argument("--limit", type=int, default=None, help="evaluate only the first N images")
+    method_options(p)
+    p.set_defaults(func=cmd_evaluate)
+
+    p = sub.add_parser("compare", help="Markdown table of result JSONs beside the paper's rows")
+    p.add_argument("results", nargs="+", type=Path, metavar="RESULT_JSON")
+    p.add_argument("--out", type=Path, help="write the table to this Markdown file")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing output file")
+    p.set_defaults(func=cmd_compare)
+
+    p = sub.add_parser("datasets", help="dataset utilities")
+    dsub = p.add_subparsers(dest="datasets_command", required=True)
+    q = dsub.add_parser("verify", help="check files and checksums against the manifests")
+    q.add_argument("--dataset", choices=["monuseg", "tnbc", "all"], default="all")
+    q.add_argument("--all-rows", action="store_true", help="list every file, not only problems")
+    q.set_defaults(func=cmd_datasets_verify)
+    q = dsub.add_parser("list", help="list the evaluation datasets and their sizes")
+    q.set_defaults(func=cmd_datasets_list)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the ``nucseg`` command; returns the exit status."""
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
+                        format="%(levelname)s %(name)s: %(message)s")  # fmt: skip
+    try:
+        return args.func(args)
+    except (FileNotFoundError, FileExistsError, KeyError, ValueError, TypeError) as err:
+        if args.verbose:
+            raise
+        message = err.args[0] if isinstance(err, KeyError) and err.args else err
+        print(f"nucseg: error: {message}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())
