@@ -33,11 +33,15 @@ STAGES = {
         {"min_size": [10, 30, 60, 100]},
     ],
     "fiji": [
-        {"normalize": ["macenko", None], "channel": ["hematoxylin", "grey"],
-         "threshold": ["otsu", "li"], "sigma": [0.5, 1.0, 2.0]},
+        {
+            "normalize": ["macenko", None],
+            "channel": ["hematoxylin", "grey"],
+            "threshold": ["otsu", "li"],
+            "sigma": [0.5, 1.0, 2.0],
+        },
         {"h": [1.0, 2.0, 3.0], "min_size": [30, 60, 100, 150]},
     ],
-}  # fmt: skip
+}
 
 _SAMPLES: list = []
 
@@ -70,8 +74,12 @@ def tune(method: str, pool: multiprocessing.pool.Pool) -> dict:
         best = max(scored, key=lambda t: t["objective"])["params"]
         logging.info("%s stage %s: best %s", method, list(stage), best)
     top = max(trials, key=lambda t: t["objective"])
-    return {"best": top["params"], "best_aji": top["aji"], "best_paper_map": top["paper_map"],
-            "trials": trials}  # fmt: skip
+    return {
+        "best": top["params"],
+        "best_aji": top["aji"],
+        "best_paper_map": top["paper_map"],
+        "trials": trials,
+    }
 
 
 def main() -> None:
@@ -87,9 +95,13 @@ def main() -> None:
     for method, r in results.items():
         print(f"{method}: AJI {r['best_aji']:.4f} mAP {r['best_paper_map']:.4f} with {r['best']}")
     n_images = len(datasets.ids("monuseg", split="train"))
-    record = {"objective": "mean over images of (AJI + paper mAP) / 2", "dataset":
-              f"monuseg-nonbreast ({n_images} images)", "methods": results,
-              "seconds": round(time.time() - start, 1), "provenance": provenance()}  # fmt: skip
+    record = {
+        "objective": "mean over images of (AJI + paper mAP) / 2",
+        "dataset": f"monuseg-nonbreast ({n_images} images)",
+        "methods": results,
+        "seconds": round(time.time() - start, 1),
+        "provenance": provenance(),
+    }
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(record, indent=1, default=float) + "\n")
 

@@ -15,6 +15,7 @@ from nucseg import __version__
 log = logging.getLogger("nucseg")
 
 DEFAULT_METHOD = "fiji"
+DEFAULT_MODEL = "default"
 
 
 def _param(text: str) -> tuple[str, Any]:
@@ -29,9 +30,20 @@ def _param(text: str) -> tuple[str, Any]:
 
 
 def _segmenter(args: argparse.Namespace):
-    from nucseg.pipeline import make_segmenter
+    from nucseg.pipeline import bundled_models, make_segmenter
 
-    return make_segmenter(args.method, **dict(args.param))
+    if args.model is None and args.method is None:  # the default: the bundled model if any
+        if DEFAULT_MODEL in bundled_models():
+            args.model = DEFAULT_MODEL
+        else:
+            args.method = DEFAULT_METHOD
+    if args.model is not None and args.method is not None:
+        raise ValueError("give either --method or --model, not both")
+    return make_segmenter(args.method, model=args.model, **dict(args.param))
+
+
+def _method_name(args: argparse.Namespace) -> str:
+    return args.method if args.method is not None else f"model:{args.model}"
 
 
 def _write_text(path: Path, text: str, *, overwrite: bool) -> None:
@@ -50,8 +62,10 @@ def cmd_segment(args: argparse.Namespace) -> int:
         raise FileNotFoundError(f"no such image file(s): {', '.join(map(str, missing))}")
     records = segment_files(args.images, _segmenter(args), args.out, overwrite=args.overwrite)
     for r in records:
-        print(f"{r['image']}: {r['n_nuclei']} nuclei -> {r['labels']}, {r['overlay']}, "
-              f"{r['csv']}, {r['geojson']}")  # fmt: skip
+        print(
+            f"{r['image']}: {r['n_nuclei']} nuclei -> {r['labels']}, {r['overlay']}, "
+            f"{r['csv']}, {r['geojson']}"
+        )
     return 0
 
 
@@ -72,20 +86,58 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         ids = datasets.ids(name, split=split)[: args.limit]
         samples = (datasets.load_sample(name, i) for i in ids)
         total = len(ids)
-    result = evaluate(_segmenter(args), samples, total=total)
-    result = {"method": args.method, "dataset": args.dataset,
-              "params": {**describe(args.method), **dict(args.param)},
-              **result, "provenance": provenance()}  # fmt: skip
-    text = "\n\n".join([
-        f"## {args.method} on {args.dataset} ({result['n_images']} images)",
-        report.summary_table(result, name=args.method),
-        report.per_image_table(result),
-    ])  # fmt: skip
+    segmenter = _segmenter(args)
+    result = evaluate(segmenter, samples, total=total)
+    params = describe(args.method) if args.method is not None else {}
+    result = {
+        "method": _method_name(args),
+        "dataset": args.dataset,
+        "params": {**params, **dict(args.param)},
+        **result,
+        "provenance": provenance(),
+    }
+    text = "\n\n".join(
+        [
+            f"## {result['method']} on {args.dataset} ({result['n_images']} images)",
+            report.summary_table(result, name=result["method"]),
+            report.per_image_table(result),
+        ]
+    )
     print(text)
     if args.markdown is not None:
         _write_text(Path(args.markdown), text + "\n", overwrite=args.overwrite)
     if args.json is not None:
         _write_text(Path(args.json), json.dumps(result, indent=1) + "\n", overwrite=args.overwrite)
+    return 0
+
+
+def _duration(text: str) -> float:
+    """Seconds of a duration such as ``90m``, ``1.5h``, ``600s`` or ``600``."""
+    units = {"s": 1, "m": 60, "h": 3600}
+    number, unit = (text[:-1], text[-1]) if text[-1:] in units else (text, "s")
+    try:
+        return float(number) * units[unit]
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"expected a duration like 90m or 2h, got {text!r}"
+        ) from None
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from nucseg.train import TrainConfig, fit
+
+    if not args.config.is_file():
+        raise FileNotFoundError(f"no such config file: {args.config}")
+    try:
+        values = json.loads(args.config.read_text())
+    except json.JSONDecodeError as err:
+        raise ValueError(f"{args.config}: not valid JSON ({err})") from None
+    if args.time_budget is not None:
+        values.update(time_budget_s=args.time_budget, steps=None)
+    if args.steps is not None:
+        values.update(steps=args.steps, time_budget_s=None)
+    run = fit(TrainConfig.from_dict(values), args.out, resume=args.resume, overwrite=args.overwrite)
+    print(f"trained: {run}")
     return 0
 
 
@@ -138,10 +190,13 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
 
     def method_options(p: argparse.ArgumentParser) -> None:
+        p.add_argument("--method", default=None, help="classical method: otsu, watershed or fiji")
         p.add_argument(
-            "--method",
-            default=DEFAULT_METHOD,
-            help=f"segmentation method: otsu, watershed, fiji (default {DEFAULT_METHOD})",
+            "--model",
+            default=None,
+            metavar="PATH_OR_NAME",
+            help="trained model: a run folder or a bundled model name (default: the bundled "
+            f"model {DEFAULT_MODEL!r}; the {DEFAULT_METHOD} method if none is bundled)",
         )
         p.add_argument(
             "--param",
@@ -160,15 +215,33 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_segment)
 
     p = sub.add_parser("evaluate", help="score a method on a dataset (AJI, mAP, F1, PQ, ...)")
-    p.add_argument("--dataset", required=True,
-                   help="monuseg-breast, tnbc, monuseg-nonbreast, monuseg-train, monuseg-test, "
-                        "monuseg (see `nucseg datasets list`), or a folder holding images/ and "
-                        "labels/ with matching file stems")  # fmt: skip
+    p.add_argument(
+        "--dataset",
+        required=True,
+        help="monuseg-breast, tnbc, monuseg-nonbreast, monuseg-train, monuseg-test, "
+        "monuseg (see `nucseg datasets list`), or a folder holding images/ and "
+        "labels/ with matching file stems",
+    )
     p.add_argument("--json", type=Path, help="write the full results (incl. per image) as JSON")
     p.add_argument("--markdown", type=Path, help="write the printed tables as Markdown")
     p.add_argument("--limit", type=int, default=None, help="evaluate only the first N images")
     method_options(p)
     p.set_defaults(func=cmd_evaluate)
+
+    p = sub.add_parser("train", help="train a network; writes a run folder")
+    p.add_argument("config", type=Path, help="JSON file of TrainConfig fields (see docs)")
+    p.add_argument("--out", type=Path, required=True, help="run folder")
+    p.add_argument(
+        "--time-budget",
+        type=_duration,
+        default=None,
+        metavar="DURATION",
+        help="train for this long (e.g. 90m, 2h, 600s) instead of the config's steps",
+    )
+    p.add_argument("--steps", type=int, default=None, help="override the number of steps")
+    p.add_argument("--resume", action="store_true", help="continue from the run's checkpoint")
+    p.add_argument("--overwrite", action="store_true", help="start afresh in a non-empty folder")
+    p.set_defaults(func=cmd_train)
 
     p = sub.add_parser("compare", help="Markdown table of result JSONs beside the paper's rows")
     p.add_argument("results", nargs="+", type=Path, metavar="RESULT_JSON")
@@ -190,8 +263,10 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the ``nucseg`` command; returns the exit status."""
     args = build_parser().parse_args(argv)
-    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
-                        format="%(levelname)s %(name)s: %(message)s")  # fmt: skip
+    logging.basicConfig(
+        level=logging.INFO if args.verbose else logging.WARNING,
+        format="%(levelname)s %(name)s: %(message)s",
+    )
     try:
         return args.func(args)
     except (FileNotFoundError, FileExistsError, KeyError, ValueError, TypeError) as err:

@@ -37,8 +37,50 @@ OUTPUT_SUFFIXES = {
 }
 
 
-def make_segmenter(method: str, **params: Any) -> Segmenter:
-    """Return ``image -> labels`` for the registered method ``method`` with keyword ``params``.
+#: Folder of the models bundled with the package, one sub-folder per model name.
+BUNDLED_MODELS = Path(__file__).resolve().parent / "data" / "models"
+
+
+def bundled_models() -> list[str]:
+    """Names of the bundled models (folders holding a ``model.safetensors``)."""
+    if not BUNDLED_MODELS.is_dir():
+        return []
+    return sorted(p.parent.name for p in BUNDLED_MODELS.glob("*/model.safetensors"))
+
+
+def resolve_model(name_or_path: str | os.PathLike) -> Path:
+    """Return the folder of a model given as a run folder path or a bundled model's name.
+
+    Raises
+    ------
+    FileNotFoundError
+        If it is neither; the message lists the bundled names.
+    """
+    path = Path(name_or_path)
+    if (path / "model.safetensors").is_file():
+        return path
+    if str(name_or_path) in bundled_models():
+        return BUNDLED_MODELS / str(name_or_path)
+    raise FileNotFoundError(
+        f"model {str(name_or_path)!r} is neither a folder holding model.safetensors nor a bundled "
+        f"model; bundled: {bundled_models() or 'none'}"
+    )
+
+
+def make_segmenter(
+    method: str | None = None, *, model: str | None = None, **params: Any
+) -> Segmenter:
+    """Return ``image -> labels`` for a classical ``method`` or a trained ``model``.
+
+    Parameters
+    ----------
+    method : str, optional
+        A registered classical method (``otsu``, ``watershed``, ``fiji``).
+    model : str, optional
+        A run folder or bundled model name (see :func:`resolve_model`); ``params`` then override
+        its prediction settings (``tta``, ``batch_size``, ...).
+    **params
+        Keyword parameters of the method.
 
     Raises
     ------
@@ -47,6 +89,12 @@ def make_segmenter(method: str, **params: Any) -> Segmenter:
     TypeError
         If a parameter is not accepted by the method.
     """
+    if (method is None) == (model is None):
+        raise ValueError("give exactly one of a method and a model")
+    if model is not None:
+        from nucseg.infer import Predictor
+
+        return Predictor.load(resolve_model(model), **params)
     from nucseg.classical import describe, get_method
 
     func = get_method(method)
@@ -132,8 +180,14 @@ def segment_files(
         io.export_geojson(out["geojson"], labels, measurements=table, overwrite=overwrite)
         n = int(labels.max())
         log.info("%s: %d nuclei in %.2f s", path, n, seconds)
-        records.append({"image": str(path), "n_nuclei": n, "seconds": seconds,
-                        **{k: str(v) for k, v in out.items()}})  # fmt: skip
+        records.append(
+            {
+                "image": str(path),
+                "n_nuclei": n,
+                "seconds": seconds,
+                **{k: str(v) for k, v in out.items()},
+            }
+        )
     return records
 
 
@@ -189,13 +243,21 @@ def provenance(argv: Sequence[str] | None = None) -> dict[str, Any]:
     """Describe how a result was produced: command, commit, machine, versions, date."""
     try:
         commit = subprocess.run(
-            ["git", "rev-parse", "HEAD"], capture_output=True, text=True, check=True,
+            ["git", "rev-parse", "HEAD"],
+            capture_output=True,
+            text=True,
+            check=True,
             cwd=Path(__file__).resolve().parent,
-        ).stdout.strip()  # fmt: skip
-        dirty = bool(subprocess.run(
-            ["git", "status", "--porcelain", "--untracked-files=no"], capture_output=True,
-            text=True, check=True, cwd=Path(__file__).resolve().parent,
-        ).stdout.strip())  # fmt: skip
+        ).stdout.strip()
+        dirty = bool(
+            subprocess.run(
+                ["git", "status", "--porcelain", "--untracked-files=no"],
+                capture_output=True,
+                text=True,
+                check=True,
+                cwd=Path(__file__).resolve().parent,
+            ).stdout.strip()
+        )
     except (OSError, subprocess.CalledProcessError):
         commit, dirty = None, None
     argv = list(sys.argv if argv is None else argv)

@@ -1,0 +1,447 @@
+"""Train a segmentation network: ``fit(config, run_dir)`` -> a run folder.
+
+The run folder holds ``config.json``, ``model.safetensors`` (final weights, fp16 if asked, with the
+arguments that rebuild the network), ``normaliser.json`` (stain normaliser fitted on the training
+images), ``thresholds.json`` (post-processing tuned on the validation images), ``history.csv``,
+``loss.png`` and ``checkpoint.pt`` (config, weights, optimiser, step, RNG state and history; a
+killed run resumes from it to the same result as an uninterrupted one).
+
+Data: the training images are stain-normalised, cut into tiles (256 x 256 with 10 % overlap, as
+the paper), and each step draws a batch of tiles in an order fixed by the seed. Every tile's
+augmentation is seeded by ``(seed, step, index)``, so a resumed run sees exactly the same batches.
+"""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import json
+import logging
+import math
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from nucseg.infer import autocast, default_device, to_tensor
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Everything that defines a training run; saved as ``config.json`` in the run folder."""
+
+    model: str = "unet-efficientnet-lite0"
+    num_classes: int = 3
+    encoder_weights: str | None = None
+    decoder_channels: tuple[int, ...] | None = None
+    dataset: str = "monuseg"
+    split: str = "train"
+    val_images: int = 4
+    limit_images: int | None = None
+    stain: str | None = "macenko"
+    tile: int = 256
+    overlap: float = 0.1
+    batch_size: int = 8
+    lr: float = 1e-4
+    weight_decay: float = 1e-5
+    steps: int | None = 2000
+    time_budget_s: float | None = None
+    warmup_steps: int = 100
+    schedule: str = "cosine"
+    w0: float = 10.0
+    sigma: float = 5.0
+    boundary_width: int = 2
+    augment: dict[str, Any] | None = field(default_factory=dict)
+    seed: int = 0
+    checkpoint_every_s: float = 300.0
+    checkpoint_every_steps: int | None = None
+    precision: str = "auto"
+    fp16_weights: bool = True
+
+    def __post_init__(self) -> None:
+        if (self.steps is None) == (self.time_budget_s is None):
+            raise ValueError("give exactly one of steps and time_budget_s")
+        if self.schedule not in ("cosine", "constant"):
+            raise ValueError(f"schedule must be 'cosine' or 'constant', got {self.schedule!r}")
+        if self.num_classes not in (2, 3):
+            raise ValueError(f"num_classes must be 2 or 3, got {self.num_classes}")
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any]) -> TrainConfig:
+        """Build from a dict (e.g. a JSON config file); unknown keys raise ``KeyError``."""
+        names = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(values) - names)
+        if unknown:
+            raise KeyError(f"unknown config key(s) {unknown}; valid: {sorted(names)}")
+        values = dict(values)
+        if values.get("decoder_channels") is not None:
+            values["decoder_channels"] = tuple(values["decoder_channels"])
+        return cls(**values)
+
+
+@dataclass
+class TrainingData:
+    """Normalised training images with their targets, tiles and validation images."""
+
+    images: list[np.ndarray]
+    targets: list[np.ndarray]
+    weights: list[np.ndarray]
+    tiles: list[tuple[int, tuple[slice, slice]]]
+    val: list[tuple[str, np.ndarray, np.ndarray]]
+    normaliser: Any
+
+
+def prepare_data(config: TrainConfig, *, progress: bool = True) -> TrainingData:
+    """Load, normalise and tile the training images; compute targets and weight maps."""
+    from nucseg import datasets
+    from nucseg.stain import get_normalizer
+    from nucseg.targets import three_class_target, unet_weight_map
+    from nucseg.tiling import tile_grid
+
+    ids = datasets.ids(config.dataset, split=config.split)[: config.limit_images]
+    rng = np.random.default_rng(config.seed)
+    val_ids = set(rng.choice(ids, size=min(config.val_images, len(ids) - 1), replace=False))
+    samples = [
+        datasets.load_sample(config.dataset, i)
+        for i in tqdm(ids, desc="load", disable=not progress)
+    ]
+    normaliser = None
+    if config.stain is not None:
+        train_images = [s.image for s in samples if s.id not in val_ids]
+        normaliser = get_normalizer(config.stain).fit(_mosaic(train_images))
+    data = TrainingData([], [], [], [], [], normaliser)
+    for sample in samples:
+        image = sample.image if normaliser is None else normaliser.transform(sample.image)
+        if sample.id in val_ids:
+            data.val.append((sample.id, image, sample.labels))
+            continue
+        target = three_class_target(sample.labels, boundary_width=config.boundary_width)
+        if config.num_classes == 2:
+            target = (target > 0).astype(np.uint8)
+        index = len(data.images)
+        data.images.append(image)
+        data.targets.append(target)
+        data.weights.append(unet_weight_map(sample.labels, w0=config.w0, sigma=config.sigma))
+        grid = tile_grid(image.shape[:2], tile=config.tile, overlap=config.overlap)
+        data.tiles += [(index, s) for s in grid]
+    log.info(
+        "%d training tiles from %d images; %d validation images",
+        len(data.tiles),
+        len(data.images),
+        len(data.val),
+    )
+    return data
+
+
+def _mosaic(images: list[np.ndarray], *, size: int = 128) -> np.ndarray:
+    """Centre crops of every image side by side: the target a stain normaliser is fitted on."""
+    crops = []
+    for image in images:
+        r, c = (image.shape[0] - size) // 2, (image.shape[1] - size) // 2
+        crops.append(image[max(r, 0) : max(r, 0) + size, max(c, 0) : max(c, 0) + size])
+    return np.concatenate(crops, axis=1)
+
+
+def batch_indices(step: int, *, n_tiles: int, batch_size: int, seed: int) -> np.ndarray:
+    """Tile indices of batch ``step``: epochs of seeded permutations, a pure function of step."""
+    out = []
+    first = step * batch_size
+    for position in range(first, first + batch_size):
+        epoch, offset = divmod(position, n_tiles)
+        out.append(np.random.default_rng([seed, epoch]).permutation(n_tiles)[offset])
+    return np.asarray(out)
+
+
+def make_batch(
+    data: TrainingData, indices: np.ndarray, step: int, config: TrainConfig, augmenter: Any
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Augmented ``(images, targets, weights)`` of one batch; deterministic given ``step``."""
+    images, targets, weights = [], [], []
+    for k, index in enumerate(indices):
+        image_index, slices = data.tiles[index]
+        image = data.images[image_index][slices]
+        target = data.targets[image_index][slices]
+        weight = data.weights[image_index][slices]
+        if augmenter is not None:
+            out = augmenter(
+                image,
+                target.astype(np.int32),
+                weight,
+                rng=np.random.default_rng([config.seed, step, k]),
+            )
+            image, target, weight = out["image"], out["labels"], out["weight_map"]
+        images.append(image)
+        targets.append(target)
+        weights.append(weight)
+    return np.stack(images), np.stack(targets).astype(np.int64), np.stack(weights)
+
+
+def learning_rate(step: int, total: int, config: TrainConfig) -> float:
+    """Linear warm-up then cosine decay to 1 % (or constant) over ``total`` steps."""
+    if step < config.warmup_steps:
+        return config.lr * (step + 1) / config.warmup_steps
+    if config.schedule == "constant":
+        return config.lr
+    progress = min(1.0, (step - config.warmup_steps) / max(1, total - config.warmup_steps))
+    return config.lr * (0.01 + 0.99 * 0.5 * (1 + math.cos(math.pi * progress)))
+
+
+def _atomic_torch_save(obj: Any, path: Path) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    torch.save(obj, tmp)
+    tmp.replace(path)
+
+
+def _write_json(path: Path, obj: Any) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(json.dumps(obj, indent=1, default=_jsonable) + "\n")
+    tmp.replace(path)
+
+
+def _jsonable(value: Any) -> Any:
+    if isinstance(value, np.generic):
+        return value.item()
+    if isinstance(value, tuple | set):
+        return list(value)
+    raise TypeError(f"cannot write {type(value).__name__} to JSON")
+
+
+def build_model(config: TrainConfig) -> torch.nn.Module:
+    """The network of ``config`` (see :func:`nucseg.models.create_model`)."""
+    from nucseg.models import create_model
+
+    kwargs = (
+        {} if config.decoder_channels is None else {"decoder_channels": config.decoder_channels}
+    )
+    return create_model(
+        config.model,
+        num_classes=config.num_classes,
+        encoder_weights=config.encoder_weights,
+        **kwargs,
+    )
+
+
+def _calibrate_steps(step_seconds: list[float], elapsed: float, budget: float) -> int:
+    """Total steps that fit in ``budget`` seconds, from the median step time so far."""
+    per_step = float(np.median(step_seconds))
+    return len(step_seconds) + max(1, int((budget - elapsed) / per_step))
+
+
+def fit(
+    config: TrainConfig,
+    run_dir: str | Path,
+    *,
+    resume: bool = False,
+    overwrite: bool = False,
+    progress: bool = True,
+    stop_after: int | None = None,
+) -> Path:
+    """Train the network of ``config`` and write the run folder ``run_dir``.
+
+    Parameters
+    ----------
+    config : TrainConfig
+        The run's settings.
+    run_dir : path-like
+        Output folder.
+    resume : bool, optional
+        Continue from ``run_dir/checkpoint.pt`` (its config must equal ``config``).
+    overwrite : bool, optional
+        Start afresh in a non-empty ``run_dir``.
+    progress : bool, optional
+        Show a progress bar with tiles/s and time left.
+    stop_after : int, optional
+        Stop (after writing a checkpoint) once this many steps are done, as a killed run would;
+        for tests of resumption.
+
+    Returns
+    -------
+    Path
+        The run folder.
+    """
+    from nucseg.augment import AugmentConfig, Augmenter
+    from nucseg.losses import CombinedLoss
+
+    run_dir = Path(run_dir)
+    checkpoint_path = run_dir / "checkpoint.pt"
+    if resume:
+        if not checkpoint_path.is_file():
+            raise FileNotFoundError(f"cannot resume: {checkpoint_path} does not exist")
+    elif run_dir.exists() and any(run_dir.iterdir()) and not overwrite:
+        raise FileExistsError(f"{run_dir} is not empty; pass --resume or --overwrite")
+    run_dir.mkdir(parents=True, exist_ok=True)
+    _write_json(run_dir / "config.json", dataclasses.asdict(config))
+
+    torch.manual_seed(config.seed)
+    device = default_device()
+    data = prepare_data(config, progress=progress)
+    model = build_model(config).to(device).to(memory_format=torch.channels_last)
+    optimiser = torch.optim.Adam(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
+    loss_fn = CombinedLoss(num_classes=config.num_classes)
+    augmenter = None if config.augment is None else Augmenter(AugmentConfig(**config.augment))
+    state = {"step": 0, "total_steps": config.steps, "history": [], "elapsed": 0.0}
+    if resume:
+        saved = torch.load(checkpoint_path, map_location=device, weights_only=False)
+        if saved["config"] != dataclasses.asdict(config):
+            raise ValueError(f"{checkpoint_path} was written with another config")
+        model.load_state_dict(saved["model"])
+        optimiser.load_state_dict(saved["optimiser"])
+        torch.set_rng_state(saved["torch_rng"])
+        state = saved["state"]
+        log.info("resumed at step %d", state["step"])
+
+    def save_checkpoint() -> None:
+        _atomic_torch_save(
+            {
+                "config": dataclasses.asdict(config),
+                "model": model.state_dict(),
+                "optimiser": optimiser.state_dict(),
+                "torch_rng": torch.get_rng_state(),
+                "state": state,
+            },
+            checkpoint_path,
+        )
+
+    step_seconds: list[float] = []
+    last_checkpoint = time.monotonic()
+    bar = tqdm(
+        total=state["total_steps"],
+        initial=state["step"],
+        desc="train",
+        unit="step",
+        disable=not progress,
+    )
+    model.train()
+    while state["total_steps"] is None or state["step"] < state["total_steps"]:
+        start = time.perf_counter()
+        step = state["step"]
+        indices = batch_indices(
+            step, n_tiles=len(data.tiles), batch_size=config.batch_size, seed=config.seed
+        )
+        images, targets, weights = make_batch(data, indices, step, config, augmenter)
+        lr = learning_rate(step, state["total_steps"] or 10**9, config)
+        for group in optimiser.param_groups:
+            group["lr"] = lr
+        x = to_tensor(images, device)
+        with autocast(device, config.precision):
+            logits = model(x)
+        loss, parts = loss_fn(
+            logits.float(),
+            torch.from_numpy(targets).to(device),
+            torch.from_numpy(weights).to(device),
+        )
+        optimiser.zero_grad(set_to_none=True)
+        loss.backward()
+        optimiser.step()
+        seconds = time.perf_counter() - start
+        state["step"] = step + 1
+        state["elapsed"] += seconds
+        step_seconds.append(seconds)
+        state["history"].append(
+            {
+                "step": step + 1,
+                "elapsed_s": round(state["elapsed"], 2),
+                "lr": lr,
+                "loss": float(loss),
+                **parts,
+            }
+        )
+        if state["total_steps"] is None and len(step_seconds) == 20:
+            state["total_steps"] = _calibrate_steps(
+                step_seconds[5:], state["elapsed"], config.time_budget_s
+            )
+            bar.total = state["total_steps"]
+        bar.update(1)
+        bar.set_postfix(loss=f"{float(loss):.3f}", tiles_s=f"{config.batch_size / seconds:.1f}")
+        due = (
+            config.checkpoint_every_steps is not None
+            and state["step"] % config.checkpoint_every_steps == 0
+        )
+        if due or time.monotonic() - last_checkpoint > config.checkpoint_every_s:
+            save_checkpoint()
+            last_checkpoint = time.monotonic()
+        if stop_after is not None and state["step"] >= stop_after:
+            save_checkpoint()
+            bar.close()
+            return run_dir
+    bar.close()
+    save_checkpoint()
+    finish(run_dir, model, data, config, state["history"], progress=progress)
+    return run_dir
+
+
+#: Post-processing parameters searched on the validation images at the end of training.
+WATERSHED_GRID = {
+    "interior_threshold": [0.4, 0.5, 0.6, 0.7],
+    "foreground_threshold": [0.4, 0.5, 0.6],
+    "min_size": [10, 30],
+}
+
+
+def finish(
+    run_dir: Path,
+    model: torch.nn.Module,
+    data: TrainingData,
+    config: TrainConfig,
+    history: list[dict[str, Any]],
+    *,
+    progress: bool = True,
+) -> None:
+    """Write the final weights, normaliser, history, loss curve and tuned post-processing."""
+    from nucseg.infer import predict_maps
+    from nucseg.models import save_model
+    from nucseg.postprocess import tune_paper_threshold, tune_watershed
+
+    save_model(run_dir / "model.safetensors", model, fp16=config.fp16_weights)
+    if data.normaliser is not None:
+        _write_json(run_dir / "normaliser.json", data.normaliser.to_dict())
+    write_history(run_dir, history)
+    maps, truths = [], []
+    for _, image, labels in tqdm(data.val, desc="validate", disable=not progress):
+        maps.append(predict_maps(model, image, num_classes=config.num_classes))
+        truths.append(labels)
+    record: dict[str, Any] = {"validation_images": [v[0] for v in data.val]}
+    if not maps:
+        record.update(method="watershed" if config.num_classes == 3 else "paper", params={})
+    elif config.num_classes == 3:
+        params, table = tune_watershed([m[..., :3] for m in maps], truths, grid=WATERSHED_GRID)
+        record.update(method="watershed", params=params, tuning=table)
+    else:
+        threshold, table = tune_paper_threshold([m[..., 1] for m in maps], truths)
+        record.update(method="paper", params={"threshold": threshold}, tuning=table)
+    _write_json(run_dir / "thresholds.json", record)
+
+
+def write_history(run_dir: Path, history: list[dict[str, Any]]) -> None:
+    """``history.csv`` (one row per step) and ``loss.png`` (loss against step, smoothed)."""
+    if not history:
+        return
+    columns = list(history[0])
+    with open(run_dir / "history.csv", "w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=columns)
+        writer.writeheader()
+        writer.writerows(history)
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    steps = np.array([h["step"] for h in history])
+    loss = np.array([h["loss"] for h in history])
+    width = max(1, len(loss) // 50)
+    smooth = np.convolve(loss, np.ones(width) / width, mode="valid")
+    fig, ax = plt.subplots(figsize=(6, 3.5), dpi=100)
+    ax.plot(steps, loss, color="0.8", linewidth=0.5, label="loss")
+    ax.plot(steps[width - 1 :], smooth, color="C0", label=f"mean of {width} steps")
+    ax.set_xlabel("step")
+    ax.set_ylabel("L_WCE + (1 - Dice)")
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(run_dir / "loss.png")
+    plt.close(fig)
