@@ -34,12 +34,11 @@ STAGES = {
     ],
     "fiji": [
         {
-            "normalize": ["macenko", None],
             "channel": ["hematoxylin", "grey"],
             "threshold": ["otsu", "li"],
             "sigma": [0.5, 1.0, 2.0],
         },
-        {"h": [1.0, 2.0, 3.0], "min_size": [30, 60, 100, 150]},
+        {"h": [1.0, 2.0, 3.0], "min_size": [30, 60, 100, 150, 200, 300]},
     ],
 }
 
@@ -89,19 +88,22 @@ def main() -> None:
     parser.add_argument("--jobs", type=int, default=2)
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
-    start = time.time()
-    with multiprocessing.Pool(args.jobs, initializer=_init) as pool:
-        results = {m: tune(m, pool) for m in args.methods}
-    for method, r in results.items():
-        print(f"{method}: AJI {r['best_aji']:.4f} mAP {r['best_paper_map']:.4f} with {r['best']}")
     n_images = len(datasets.ids("monuseg", split="train"))
     record = {
         "objective": "mean over images of (AJI + paper mAP) / 2",
         "dataset": f"monuseg-nonbreast ({n_images} images)",
-        "methods": results,
-        "seconds": round(time.time() - start, 1),
-        "provenance": provenance(),
+        "methods": {},
     }
+    if args.out.exists():  # keep the other methods' earlier results
+        record["methods"] = json.loads(args.out.read_text())["methods"]
+    with multiprocessing.Pool(args.jobs, initializer=_init) as pool:
+        for method in args.methods:
+            start = time.time()
+            result = tune(method, pool)
+            result.update(seconds=round(time.time() - start, 1), provenance=provenance())
+            record["methods"][method] = result
+            best = f"AJI {result['best_aji']:.4f} mAP {result['best_paper_map']:.4f}"
+            print(f"{method}: {best} with {result['best']}")
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(record, indent=1, default=float) + "\n")
 

@@ -123,7 +123,7 @@ def _threshold(grey: np.ndarray, method: str) -> float:
 
 
 @register("otsu")
-def otsu(image: np.ndarray, *, min_size: int = 10) -> np.ndarray:
+def otsu(image: np.ndarray, *, min_size: int = 100) -> np.ndarray:
     """Segment nuclei by one global Otsu threshold on the grey image.
 
     Parameters
@@ -146,7 +146,7 @@ def otsu(image: np.ndarray, *, min_size: int = 10) -> np.ndarray:
 
 @register("watershed")
 def watershed(
-    image: np.ndarray, *, sigma: float = 1.0, h: float = 0.04, min_size: int = 10
+    image: np.ndarray, *, sigma: float = 2.0, h: float = 0.06, min_size: int = 100
 ) -> np.ndarray:
     """Segment nuclei by the watershed transform of the image gradient.
 

@@ -148,7 +148,7 @@ def predict_maps(
     grid = tile_grid(padded.shape[:2], tile=tile, overlap=overlap)
     stitcher = MapStitcher(padded.shape[:2])
     model.eval()
-    with autocast(device, precision):
+    with torch.inference_mode(), autocast(device, precision):
         for batch in _batches(grid, batch_size):
             x = to_tensor(np.stack([padded[s] for s in batch]), device)
             out = forward_tta(model, x, tta=tta)

@@ -348,7 +348,7 @@ def fit(
                 "step": step + 1,
                 "elapsed_s": round(state["elapsed"], 2),
                 "lr": lr,
-                "loss": float(loss),
+                "loss": loss.item(),
                 **parts,
             }
         )
@@ -358,7 +358,7 @@ def fit(
             )
             bar.total = state["total_steps"]
         bar.update(1)
-        bar.set_postfix(loss=f"{float(loss):.3f}", tiles_s=f"{config.batch_size / seconds:.1f}")
+        bar.set_postfix(loss=f"{loss.item():.3f}", tiles_s=f"{config.batch_size / seconds:.1f}")
         due = (
             config.checkpoint_every_steps is not None
             and state["step"] % config.checkpoint_every_steps == 0

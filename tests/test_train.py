@@ -1,0 +1,86 @@
+"""Training: a tiny model overfits a real crop; a killed, resumed run ends as an unbroken one."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from nucseg.train import TrainConfig, batch_indices, fit, learning_rate
+
+TINY = {"model": "unet-resnet18", "decoder_channels": (32, 16, 16, 8, 8), "limit_images": 2,
+        "val_images": 0, "stain": None, "tile": 64, "batch_size": 2, "steps": 4,
+        "warmup_steps": 1, "checkpoint_every_s": 1e9}  # fmt: skip
+
+
+def test_batches_are_a_pure_function_of_the_step():
+    a = batch_indices(7, n_tiles=10, batch_size=4, seed=3)
+    assert np.array_equal(a, batch_indices(7, n_tiles=10, batch_size=4, seed=3))
+    epoch0 = np.concatenate([batch_indices(s, n_tiles=12, batch_size=4, seed=0) for s in range(3)])
+    assert sorted(epoch0) == list(range(12))  # one epoch visits every tile once
+
+
+def test_learning_rate_warms_up_then_decays():
+    config = TrainConfig(steps=100, warmup_steps=10, lr=1e-3)
+    lrs = [learning_rate(s, 100, config) for s in range(100)]
+    assert lrs[0] == pytest.approx(1e-4) and lrs[9] == pytest.approx(1e-3)
+    assert all(b <= a for a, b in zip(lrs[10:], lrs[11:], strict=False))
+    assert lrs[-1] < 0.05e-3
+
+
+def test_config_rejects_unknown_keys_and_ambiguous_length():
+    with pytest.raises(KeyError, match="valid"):
+        TrainConfig.from_dict({"modle": "x"})
+    with pytest.raises(ValueError, match="exactly one"):
+        TrainConfig(steps=10, time_budget_s=60)
+
+
+def test_tiny_model_overfits_a_real_crop(data_root):
+    from nucseg import datasets
+    from nucseg.infer import to_tensor
+    from nucseg.losses import CombinedLoss, soft_dice
+    from nucseg.models import create_model
+
+    torch.manual_seed(0)
+    sample = datasets.load_sample("monuseg", "TCGA-21-5784-01Z-00-DX1")
+    image, labels = sample.image[:128, :128], sample.labels[:128, :128]
+    x = to_tensor(image[None], torch.device("cpu"))
+    target = torch.from_numpy((labels > 0).astype(np.int64))[None]
+    model = create_model("unet-resnet18", num_classes=2, decoder_channels=(32, 16, 16, 8, 8))
+    optimiser = torch.optim.Adam(model.parameters(), lr=3e-3)
+    loss_fn = CombinedLoss(num_classes=2)
+    for _ in range(150):
+        loss, _ = loss_fn(model(x), target)
+        optimiser.zero_grad()
+        loss.backward()
+        optimiser.step()
+    model.eval()
+    with torch.no_grad():
+        probs = model(x).softmax(1)
+    onehot = torch.nn.functional.one_hot(target, 2).permute(0, 3, 1, 2)
+    hard = torch.nn.functional.one_hot(probs.argmax(1), 2).permute(0, 3, 1, 2).float()
+    assert float(soft_dice(hard, onehot, eps=0.0)) > 0.9
+
+
+@pytest.mark.slow
+def test_killed_and_resumed_run_equals_uninterrupted(data_root, tmp_path):
+    config = TrainConfig.from_dict({**TINY, "checkpoint_every_steps": 2})
+    fit(config, tmp_path / "full", progress=False)
+    fit(config, tmp_path / "resumed", progress=False, stop_after=2)
+    assert not (tmp_path / "resumed" / "model.safetensors").exists()  # killed: no final weights
+    fit(config, tmp_path / "resumed", progress=False, resume=True)
+    full = load_file(tmp_path / "full" / "model.safetensors")
+    resumed = load_file(tmp_path / "resumed" / "model.safetensors")
+    assert full.keys() == resumed.keys()
+    for key in full:
+        assert torch.equal(full[key], resumed[key]), key
+    for name in ("config.json", "history.csv", "loss.png", "thresholds.json"):
+        assert (tmp_path / "full" / name).is_file(), name
+    history = (tmp_path / "full" / "history.csv").read_text().splitlines()
+    assert len(history) == 1 + config.steps
+    assert json.loads((tmp_path / "full" / "config.json").read_text())["steps"] == config.steps
+    with pytest.raises(FileExistsError, match="--resume or --overwrite"):
+        fit(config, tmp_path / "full", progress=False)
