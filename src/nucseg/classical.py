@@ -183,9 +183,9 @@ def fiji(
     normalize: str | None = "macenko",
     channel: str = "hematoxylin",
     sigma: float = 1.0,
-    threshold: str = "otsu",
+    threshold: str = "li",
     h: float = 1.0,
-    min_size: int = 30,
+    min_size: int = 200,
 ) -> np.ndarray:
     """Segment nuclei with a Fiji-style pipeline ending in a distance-transform watershed.
 
