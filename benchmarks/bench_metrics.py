@@ -137,6 +137,7 @@ def main(argv: list[str] | None = None) -> int:
             "machine": platform.machine(),
             "platform": platform.platform(),
             "cpu_count": os.cpu_count(),
+            "load_average_1min": round(os.getloadavg()[0], 2),
             "python": platform.python_version(),
             "numpy": np.__version__,
         },

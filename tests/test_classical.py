@@ -16,14 +16,14 @@ TUNING = Path(__file__).resolve().parents[1] / "results" / "classical" / "tuning
 
 
 def synthetic_he(seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
-    """A pink 128x128 'tissue' with 12 separate purple discs of radius 6 and their labels."""
+    """A pink 128x128 'tissue' with 12 separate purple discs of radius 10 and their labels."""
     rng = np.random.default_rng(seed)
     image = np.empty((128, 128, 3), dtype=np.uint8)
     image[:] = (235, 160, 200)
     labels = np.zeros((128, 128), dtype=np.int32)
     centres = [(r, c) for r in range(16, 128, 32) for c in range(16, 128, 40)]
     for n, (r, c) in enumerate(centres, start=1):
-        rr, cc = draw.disk((r, c), 6, shape=labels.shape)
+        rr, cc = draw.disk((r, c), 10, shape=labels.shape)
         labels[rr, cc] = n
         image[rr, cc] = (90, 50, 140)
     noise = rng.normal(0, 4, image.shape)

@@ -47,9 +47,9 @@ def test_tiny_model_overfits_a_real_crop(data_root):
     torch.manual_seed(0)
     sample = datasets.load_sample("monuseg", "TCGA-21-5784-01Z-00-DX1")
     image, labels = sample.image[:128, :128], sample.labels[:128, :128]
+    model = create_model("unet-resnet18", num_classes=2, decoder_channels=(32, 16, 16, 8, 8))
     x = to_tensor(image[None], torch.device("cpu"))
     target = torch.from_numpy((labels > 0).astype(np.int64))[None]
-    model = create_model("unet-resnet18", num_classes=2, decoder_channels=(32, 16, 16, 8, 8))
     optimiser = torch.optim.Adam(model.parameters(), lr=3e-3)
     loss_fn = CombinedLoss(num_classes=2)
     for _ in range(150):

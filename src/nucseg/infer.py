@@ -23,8 +23,7 @@ from nucseg.tiling import MapStitcher, pad_to, tile_grid
 
 log = logging.getLogger(__name__)
 
-#: Per-channel mean and standard deviation the networks' inputs are standardised with (ImageNet's,
-#: so ImageNet-initialised encoders see the statistics they were trained on).
+#: Per-channel mean and standard deviation of inputs when the model names none (ImageNet's).
 MEAN = (0.485, 0.456, 0.406)
 STD = (0.229, 0.224, 0.225)
 
@@ -63,12 +62,33 @@ def autocast(device: torch.device, precision: str = "auto") -> contextlib.Abstra
     return torch.autocast(device.type, dtype=torch.bfloat16)
 
 
-def to_tensor(tiles: np.ndarray, device: torch.device) -> torch.Tensor:
+def input_stats(model: torch.nn.Module) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """Mean and standard deviation the encoder of ``model`` expects its inputs standardised with.
+
+    They are those of its pretrained weights (ImageNet's for most encoders; 0.5 and 0.5 for the
+    TensorFlow-origin efficientnet-lite0 and Inception-v3), read from the model registry.
+    """
+    from nucseg.models import get_model_entry
+
+    config = getattr(model, "nucseg_config", None)
+    if config is None:
+        return MEAN, STD
+    entry = get_model_entry(config.name)
+    return tuple(entry.input_mean), tuple(entry.input_std)
+
+
+def to_tensor(
+    tiles: np.ndarray,
+    device: torch.device,
+    *,
+    mean: tuple[float, ...] = MEAN,
+    std: tuple[float, ...] = STD,
+) -> torch.Tensor:
     """``(N, H, W, 3) uint8`` tiles -> standardised ``(N, 3, H, W)`` float32, channels_last."""
     x = torch.from_numpy(np.ascontiguousarray(tiles)).to(device).permute(0, 3, 1, 2).float()
-    mean = torch.tensor(MEAN, device=device).view(1, 3, 1, 1) * 255
-    std = torch.tensor(STD, device=device).view(1, 3, 1, 1) * 255
-    return ((x - mean) / std).contiguous(memory_format=torch.channels_last)
+    mean_t = torch.tensor(mean, device=device).view(1, 3, 1, 1) * 255
+    std_t = torch.tensor(std, device=device).view(1, 3, 1, 1) * 255
+    return ((x - mean_t) / std_t).contiguous(memory_format=torch.channels_last)
 
 
 def _transforms(tta: str) -> list[tuple[int, bool]]:
@@ -147,10 +167,11 @@ def predict_maps(
     padded, crop = pad_to(image, (tile, tile))
     grid = tile_grid(padded.shape[:2], tile=tile, overlap=overlap)
     stitcher = MapStitcher(padded.shape[:2])
+    mean, std = input_stats(model)
     model.eval()
     with torch.inference_mode(), autocast(device, precision):
         for batch in _batches(grid, batch_size):
-            x = to_tensor(np.stack([padded[s] for s in batch]), device)
+            x = to_tensor(np.stack([padded[s] for s in batch]), device, mean=mean, std=std)
             out = forward_tta(model, x, tta=tta)
             out[:, :num_classes] = torch.softmax(out[:, :num_classes], dim=1)
             maps = out.permute(0, 2, 3, 1).cpu().numpy()

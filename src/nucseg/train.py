@@ -27,7 +27,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from nucseg.infer import autocast, default_device, to_tensor
+from nucseg.infer import autocast, default_device, input_stats, to_tensor
 
 log = logging.getLogger(__name__)
 
@@ -227,10 +227,9 @@ def build_model(config: TrainConfig) -> torch.nn.Module:
     )
 
 
-def _calibrate_steps(step_seconds: list[float], elapsed: float, budget: float) -> int:
-    """Total steps that fit in ``budget`` seconds, from the median step time so far."""
-    per_step = float(np.median(step_seconds))
-    return len(step_seconds) + max(1, int((budget - elapsed) / per_step))
+def _calibrate_steps(recent: list[float], step: int, elapsed: float, budget: float) -> int:
+    """Total steps that end the run at ``budget`` seconds, at the median recent step time."""
+    return step + max(1, int((budget - elapsed) / float(np.median(recent))))
 
 
 def fit(
@@ -308,6 +307,7 @@ def fit(
             checkpoint_path,
         )
 
+    mean, std = input_stats(model)
     step_seconds: list[float] = []
     last_checkpoint = time.monotonic()
     bar = tqdm(
@@ -328,7 +328,7 @@ def fit(
         lr = learning_rate(step, state["total_steps"] or 10**9, config)
         for group in optimiser.param_groups:
             group["lr"] = lr
-        x = to_tensor(images, device)
+        x = to_tensor(images, device, mean=mean, std=std)
         with autocast(device, config.precision):
             logits = model(x)
         loss, parts = loss_fn(
@@ -352,9 +352,11 @@ def fit(
                 **parts,
             }
         )
-        if state["total_steps"] is None and len(step_seconds) == 20:
+        if config.time_budget_s is not None and len(step_seconds) >= 20 and step % 50 == 19:
+            # (Re)fit the schedule to the time left, from the recent speed: on a shared machine
+            # the speed changes, and the run should still end, annealed, at the budget.
             state["total_steps"] = _calibrate_steps(
-                step_seconds[5:], state["elapsed"], config.time_budget_s
+                step_seconds[-50:], state["step"], state["elapsed"], config.time_budget_s
             )
             bar.total = state["total_steps"]
         bar.update(1)
