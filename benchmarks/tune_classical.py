@@ -98,9 +98,9 @@ def main() -> None:
         record["methods"] = json.loads(args.out.read_text())["methods"]
     with multiprocessing.Pool(args.jobs, initializer=_init) as pool:
         for method in args.methods:
-            start = time.time()
+            start, origin = time.time(), provenance()
             result = tune(method, pool)
-            result.update(seconds=round(time.time() - start, 1), provenance=provenance())
+            result.update(seconds=round(time.time() - start, 1), provenance=origin)
             record["methods"][method] = result
             best = f"AJI {result['best_aji']:.4f} mAP {result['best_paper_map']:.4f}"
             print(f"{method}: {best} with {result['best']}")

@@ -86,6 +86,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         ids = datasets.ids(name, split=split)[: args.limit]
         samples = (datasets.load_sample(name, i) for i in ids)
         total = len(ids)
+    origin = provenance()  # before the work: the commit and command that produce the result
     segmenter = _segmenter(args)
     result = evaluate(segmenter, samples, total=total)
     params = describe(args.method) if args.method is not None else {}
@@ -94,7 +95,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         "dataset": args.dataset,
         "params": {**params, **dict(args.param)},
         **result,
-        "provenance": provenance(),
+        "provenance": origin,
     }
     text = "\n\n".join(
         [
