@@ -251,7 +251,16 @@ def provenance(argv: Sequence[str] | None = None) -> dict[str, Any]:
         ).stdout.strip()
         dirty = bool(
             subprocess.run(
-                ["git", "status", "--porcelain", "--untracked-files=no"],
+                # code changes only: result files being rewritten do not make a run dirty
+                [
+                    "git",
+                    "status",
+                    "--porcelain",
+                    "--untracked-files=no",
+                    "--",
+                    ":/",
+                    ":(top,exclude)results",
+                ],
                 capture_output=True,
                 text=True,
                 check=True,
