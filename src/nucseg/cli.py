@@ -142,6 +142,14 @@ def cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_tune(args: argparse.Namespace) -> int:
+    from nucseg.train import retune
+
+    record = retune(args.run, tta=args.tta)
+    print(f"{args.run / 'thresholds.json'}: {record['method']} {record['params']}")
+    return 0
+
+
 def cmd_compare(args: argparse.Namespace) -> int:
     from nucseg import report
 
@@ -243,6 +251,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--resume", action="store_true", help="continue from the run's checkpoint")
     p.add_argument("--overwrite", action="store_true", help="start afresh in a non-empty folder")
     p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("tune", help="re-tune a trained run's post-processing on its validation")
+    p.add_argument("run", type=Path, help="run folder written by `nucseg train`")
+    p.add_argument(
+        "--tta",
+        choices=["none", "flips", "d4"],
+        default=None,
+        help="test-time augmentation to tune for (default: the run's)",
+    )
+    p.set_defaults(func=cmd_tune)
 
     p = sub.add_parser("compare", help="Markdown table of result JSONs beside the paper's rows")
     p.add_argument("results", nargs="+", type=Path, metavar="RESULT_JSON")

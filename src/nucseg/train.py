@@ -63,6 +63,7 @@ class TrainConfig:
     checkpoint_every_steps: int | None = None
     precision: str = "auto"
     fp16_weights: bool = True
+    tta: str = "flips"
 
     def __post_init__(self) -> None:
         if (self.steps is None) == (self.time_budget_s is None):
@@ -97,6 +98,16 @@ class TrainingData:
     normaliser: Any
 
 
+def split_ids(config: TrainConfig) -> tuple[list[str], set[str]]:
+    """All image ids of the run and the seeded subset held out for validation (by image)."""
+    from nucseg import datasets
+
+    ids = datasets.ids(config.dataset, split=config.split)[: config.limit_images]
+    rng = np.random.default_rng(config.seed)
+    val_ids = set(rng.choice(ids, size=min(config.val_images, len(ids) - 1), replace=False))
+    return ids, val_ids
+
+
 def prepare_data(config: TrainConfig, *, progress: bool = True) -> TrainingData:
     """Load, normalise and tile the training images; compute targets and weight maps."""
     from nucseg import datasets
@@ -104,9 +115,7 @@ def prepare_data(config: TrainConfig, *, progress: bool = True) -> TrainingData:
     from nucseg.targets import three_class_target, unet_weight_map
     from nucseg.tiling import tile_grid
 
-    ids = datasets.ids(config.dataset, split=config.split)[: config.limit_images]
-    rng = np.random.default_rng(config.seed)
-    val_ids = set(rng.choice(ids, size=min(config.val_images, len(ids) - 1), replace=False))
+    ids, val_ids = split_ids(config)
     samples = [
         datasets.load_sample(config.dataset, i)
         for i in tqdm(ids, desc="load", disable=not progress)
@@ -396,19 +405,37 @@ def finish(
     progress: bool = True,
 ) -> None:
     """Write the final weights, normaliser, history, loss curve and tuned post-processing."""
-    from nucseg.infer import predict_maps
     from nucseg.models import save_model
-    from nucseg.postprocess import tune_paper_threshold, tune_watershed
 
     save_model(run_dir / "model.safetensors", model, fp16=config.fp16_weights)
     if data.normaliser is not None:
         _write_json(run_dir / "normaliser.json", data.normaliser.to_dict())
     write_history(run_dir, history)
+    record = tune_postprocess(model, data.val, config=config, progress=progress)
+    _write_json(run_dir / "thresholds.json", record)
+
+
+def tune_postprocess(
+    model: torch.nn.Module,
+    val: list[tuple[str, np.ndarray, np.ndarray]],
+    *,
+    config: TrainConfig,
+    progress: bool = True,
+) -> dict[str, Any]:
+    """Choose the post-processing parameters that maximise AJI on the validation images.
+
+    The maps are predicted as they will be at use (same TTA), so the thresholds fit them.
+    Returns the ``thresholds.json`` record: method, params, prediction settings, the table.
+    """
+    from nucseg.infer import predict_maps
+    from nucseg.postprocess import tune_paper_threshold, tune_watershed
+
     maps, truths = [], []
-    for _, image, labels in tqdm(data.val, desc="validate", disable=not progress):
-        maps.append(predict_maps(model, image, num_classes=config.num_classes))
+    for _, image, labels in tqdm(val, desc="validate", disable=not progress):
+        maps.append(predict_maps(model, image, num_classes=config.num_classes, tta=config.tta))
         truths.append(labels)
-    record: dict[str, Any] = {"validation_images": [v[0] for v in data.val]}
+    record: dict[str, Any] = {"validation_images": [v[0] for v in val],
+                              "predict": {"tta": config.tta}}  # fmt: skip
     if not maps:
         record.update(method="watershed" if config.num_classes == 3 else "paper", params={})
     elif config.num_classes == 3:
@@ -417,7 +444,33 @@ def finish(
     else:
         threshold, table = tune_paper_threshold([m[..., 1] for m in maps], truths)
         record.update(method="paper", params={"threshold": threshold}, tuning=table)
+    return record
+
+
+def retune(run_dir: str | Path, *, tta: str | None = None, progress: bool = True) -> dict:
+    """Re-tune a finished run's post-processing (e.g. for another TTA); rewrites thresholds.json."""
+    from nucseg import datasets
+    from nucseg.models import load_model
+    from nucseg.stain import StainNormalizer
+
+    run_dir = Path(run_dir)
+    values = json.loads((run_dir / "config.json").read_text())
+    if tta is not None:
+        values["tta"] = tta
+    config = TrainConfig.from_dict(values)
+    normaliser_file = run_dir / "normaliser.json"
+    normaliser = None
+    if normaliser_file.is_file():
+        normaliser = StainNormalizer.from_dict(json.loads(normaliser_file.read_text()))
+    val = []
+    for image_id in sorted(split_ids(config)[1]):
+        sample = datasets.load_sample(config.dataset, image_id)
+        image = sample.image if normaliser is None else normaliser.transform(sample.image)
+        val.append((image_id, image, sample.labels))
+    model = load_model(run_dir / "model.safetensors")
+    record = tune_postprocess(model, val, config=config, progress=progress)
     _write_json(run_dir / "thresholds.json", record)
+    return record
 
 
 def write_history(run_dir: Path, history: list[dict[str, Any]]) -> None:
