@@ -227,7 +227,7 @@ def test_folder_mismatches_raise(tmp_path):
     with pytest.raises(ValueError, match=r"a\.png has shape \(4, 4\).*a\.png has shape \(5, 4\)"):
         list(load_folder(images, labels))
     Image.fromarray(np.zeros((5, 4), np.uint8)).save(images / "a.png")  # greyscale
-    with pytest.raises(ValueError, match=r"a\.png: greyscale"):
+    with pytest.raises(ValueError, match=r"a\.png: .*greyscale"):
         list(load_folder(images, labels))
     with pytest.raises(FileNotFoundError, match="absent"):
         load_folder(tmp_path / "absent", labels)
