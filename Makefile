@@ -16,7 +16,7 @@ install: $(VENV)/.installed
 
 run: install
 	$(BIN)/nucseg segment $(EXAMPLE)/images/*.png --out out/example --overwrite
-	$(BIN)/nucseg evaluate --dataset $(EXAMPLE) --method fiji
+	$(BIN)/nucseg evaluate --dataset $(EXAMPLE)
 
 test: install
 	$(BIN)/pytest -q

@@ -134,3 +134,18 @@ def test_console_script_runs():
         check=True,
     )
     assert done.stdout.startswith("nucseg ")
+
+
+def test_default_segmenter_is_the_bundled_model_if_any(monkeypatch):
+    import argparse
+
+    from nucseg import cli, pipeline
+
+    args = argparse.Namespace(method=None, model=None, param=[])
+    if "default" in pipeline.bundled_models():
+        cli._segmenter(args)
+        assert args.model == "default" and args.method is None
+    monkeypatch.setattr(pipeline, "bundled_models", lambda: [])
+    args = argparse.Namespace(method=None, model=None, param=[])
+    cli._segmenter(args)
+    assert args.method == "fiji" and args.model is None

@@ -1,0 +1,40 @@
+"""Copy a finished run folder into the package as a bundled model (no checkpoint).
+
+    python benchmarks/bundle_model.py runs/default --name default
+
+Copies model.safetensors, config.json, thresholds.json, normaliser.json, history.csv and loss.png
+into src/nucseg/data/models/<name>/, and refuses weights over 16 MiB.
+"""
+
+from __future__ import annotations
+
+import argparse
+import shutil
+from pathlib import Path
+
+FILES = ("model.safetensors", "config.json", "thresholds.json", "normaliser.json", "history.csv",
+         "loss.png")  # fmt: skip
+MAX_BYTES = 16 * 2**20
+DEST = Path(__file__).resolve().parents[1] / "src" / "nucseg" / "data" / "models"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("run", type=Path)
+    parser.add_argument("--name", default="default")
+    args = parser.parse_args()
+    weights = args.run / "model.safetensors"
+    if not weights.is_file():
+        raise SystemExit(f"{weights} is missing: is {args.run} a finished run?")
+    if weights.stat().st_size > MAX_BYTES:
+        raise SystemExit(f"{weights} is {weights.stat().st_size / 2**20:.1f} MiB, over 16 MiB")
+    target = DEST / args.name
+    target.mkdir(parents=True, exist_ok=True)
+    for name in FILES:
+        if (args.run / name).is_file():
+            shutil.copy2(args.run / name, target / name)
+    print(f"bundled {args.run} as {target}")
+
+
+if __name__ == "__main__":
+    main()
