@@ -49,3 +49,11 @@ def test_numpy_layer_never_imports_torch():
             if isinstance(node, ast.Import | ast.ImportFrom):
                 names = [a.name for a in node.names] + [getattr(node, "module", None) or ""]
                 assert not any(n.split(".")[0] == "torch" for n in names), path
+
+
+def test_comparison_table_appends_named_paper_rows():
+    results = [{"method": "model:default", "dataset": "tnbc", "aji": 0.6}]
+    text = report.comparison_table(results, dataset="tnbc", paper_rows=["GB U-Net"])
+    assert "| GB U-Net | paper | 0.5403 | 0.3772 |" in text
+    with pytest.raises(KeyError, match="no row"):
+        report.comparison_table(results, dataset="tnbc", paper_rows=["Fiji"])

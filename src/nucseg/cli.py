@@ -155,7 +155,10 @@ def cmd_compare(args: argparse.Namespace) -> int:
 
     results = [json.loads(Path(p).read_text()) for p in args.results]
     names = list(dict.fromkeys(r["dataset"] for r in results))
-    text = "\n\n".join(f"### {d}\n\n" + report.comparison_table(results, dataset=d) for d in names)
+    text = "\n\n".join(
+        f"### {d}\n\n" + report.comparison_table(results, dataset=d, paper_rows=args.paper)
+        for d in names
+    )
     print(text)
     if args.out is not None:
         _write_text(Path(args.out), text + "\n", overwrite=args.overwrite)
@@ -264,6 +267,13 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("compare", help="Markdown table of result JSONs beside the paper's rows")
     p.add_argument("results", nargs="+", type=Path, metavar="RESULT_JSON")
+    p.add_argument(
+        "--paper",
+        nargs="*",
+        default=[],
+        metavar="ROW",
+        help="also show these rows of the paper's Table 2, e.g. 'GB U-Net'",
+    )
     p.add_argument("--out", type=Path, help="write the table to this Markdown file")
     p.add_argument("--overwrite", action="store_true", help="replace an existing output file")
     p.set_defaults(func=cmd_compare)

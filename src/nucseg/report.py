@@ -61,7 +61,9 @@ def per_image_table(result: Mapping[str, Any]) -> str:
     return markdown_table(["Image", "AJI", "mAP", "F1(0.5)", "true nuclei", "predicted"], rows)
 
 
-def comparison_table(results: Sequence[Mapping[str, Any]], *, dataset: str) -> str:
+def comparison_table(
+    results: Sequence[Mapping[str, Any]], *, dataset: str, paper_rows: Sequence[str] = ()
+) -> str:
     """Markdown table of our results with the paper's Table 2 row under each method.
 
     Parameters
@@ -71,6 +73,8 @@ def comparison_table(results: Sequence[Mapping[str, Any]], *, dataset: str) -> s
         ignored.
     dataset : str
         Evaluation dataset name, e.g. ``"monuseg-breast"``.
+    paper_rows : sequence of str, optional
+        Further rows of the paper's Table 2 to append by name (e.g. ``"GB U-Net"``).
     """
     columns = paper.TABLE2_COLUMNS
     header = ["Method", "Source", *(SUMMARY_COLUMNS[c] for c in columns)]
@@ -83,4 +87,9 @@ def comparison_table(results: Sequence[Mapping[str, Any]], *, dataset: str) -> s
         published = paper.table2_row(dataset, method)
         if published is not None:
             rows.append([method, "paper", *(published[c] for c in columns)])
+    for name in paper_rows:
+        values = paper.TABLE2.get(dataset, {}).get(name)
+        if values is None:
+            raise KeyError(f"the paper's Table 2 has no row {name!r} for {dataset}")
+        rows.append([name, "paper", *values])
     return markdown_table(header, rows)
