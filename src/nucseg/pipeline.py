@@ -94,6 +94,12 @@ def make_segmenter(
     if model is not None:
         from nucseg.infer import Predictor
 
+        allowed = {"tile", "overlap", "batch_size", "tta", "precision"}
+        if set(params) - allowed:
+            raise TypeError(
+                f"a model has no parameter(s) {sorted(set(params) - allowed)}; "
+                f"valid: {sorted(allowed)}"
+            )
         return Predictor.load(resolve_model(model), **params)
     from nucseg.classical import describe, get_method
 
