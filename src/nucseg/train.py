@@ -28,6 +28,7 @@ import torch
 from tqdm.auto import tqdm
 
 from nucseg.infer import autocast, default_device, input_stats, to_tensor
+from nucseg.io import atomic_write
 
 log = logging.getLogger(__name__)
 
@@ -202,15 +203,13 @@ def learning_rate(step: int, total: int, config: TrainConfig) -> float:
 
 
 def _atomic_torch_save(obj: Any, path: Path) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    torch.save(obj, tmp)
-    tmp.replace(path)
+    with atomic_write(path, overwrite=True) as tmp:
+        torch.save(obj, tmp)
 
 
 def _write_json(path: Path, obj: Any) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(obj, indent=1, default=_jsonable) + "\n")
-    tmp.replace(path)
+    with atomic_write(path, overwrite=True) as tmp:
+        tmp.write_text(json.dumps(obj, indent=1, default=_jsonable) + "\n")
 
 
 def _jsonable(value: Any) -> Any:
