@@ -145,8 +145,10 @@ def cmd_train(args: argparse.Namespace) -> int:
 def cmd_tune(args: argparse.Namespace) -> int:
     from nucseg.train import retune
 
-    record = retune(args.run, tta=args.tta)
-    print(f"{args.run / 'thresholds.json'}: {record['method']} {record['params']}")
+    record = retune(args.run, tta=args.tta, tile=args.tile, overlap=args.overlap)
+    best = max((row["aji"] for row in record.get("tuning", [])), default=float("nan"))
+    print(f"{args.run / 'thresholds.json'}: {record['method']} {record['params']}, "
+          f"predict {record['predict']}; validation AJI {best:.4f}")  # fmt: skip
     return 0
 
 
@@ -263,6 +265,8 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         help="test-time augmentation to tune for (default: the run's)",
     )
+    p.add_argument("--tile", type=int, help="prediction tile side (default: the run's)")
+    p.add_argument("--overlap", type=float, help="prediction tile overlap (default: the run's)")
     p.set_defaults(func=cmd_tune)
 
     p = sub.add_parser("compare", help="Markdown table of result JSONs beside the paper's rows")

@@ -64,7 +64,9 @@ class TrainConfig:
     checkpoint_every_steps: int | None = None
     precision: str = "auto"
     fp16_weights: bool = True
-    tta: str = "flips"
+    tta: str = "none"
+    predict_tile: int = 1024
+    predict_overlap: float = 0.125
 
     def __post_init__(self) -> None:
         if (self.steps is None) == (self.time_budget_s is None):
@@ -423,21 +425,29 @@ def tune_postprocess(
 ) -> dict[str, Any]:
     """Choose the post-processing parameters that maximise AJI on the validation images.
 
-    The maps are predicted as they will be at use (same TTA), so the thresholds fit them.
-    Returns the ``thresholds.json`` record: method, params, prediction settings, the table.
+    The maps are predicted as they will be at use (same tiles and TTA), so the thresholds fit
+    them. Returns the ``thresholds.json`` record: method, params, prediction settings, the table.
     """
     from nucseg.infer import predict_maps
-    from nucseg.postprocess import tune_paper_threshold, tune_watershed
 
+    settings = {"tile": config.predict_tile, "overlap": config.predict_overlap, "tta": config.tta}
     maps, truths = [], []
     for _, image, labels in tqdm(val, desc="validate", disable=not progress):
-        maps.append(predict_maps(model, image, num_classes=config.num_classes, tta=config.tta))
+        maps.append(predict_maps(model, image, num_classes=config.num_classes, **settings))
         truths.append(labels)
-    record: dict[str, Any] = {"validation_images": [v[0] for v in val],
-                              "predict": {"tta": config.tta}}  # fmt: skip
+    record: dict[str, Any] = {"validation_images": [v[0] for v in val], "predict": settings}
+    return _tune_on_maps(record, maps, truths, config.num_classes)
+
+
+def _tune_on_maps(
+    record: dict[str, Any], maps: list[np.ndarray], truths: list[np.ndarray], num_classes: int
+) -> dict[str, Any]:
+    """Fill ``record`` with the post-processing tuned on predicted ``maps`` against ``truths``."""
+    from nucseg.postprocess import tune_paper_threshold, tune_watershed
+
     if not maps:
-        record.update(method="watershed" if config.num_classes == 3 else "paper", params={})
-    elif config.num_classes == 3:
+        record.update(method="watershed" if num_classes == 3 else "paper", params={})
+    elif num_classes == 3:
         params, table = tune_watershed([m[..., :3] for m in maps], truths, grid=WATERSHED_GRID)
         record.update(method="watershed", params=params, tuning=table)
     else:
@@ -446,16 +456,27 @@ def tune_postprocess(
     return record
 
 
-def retune(run_dir: str | Path, *, tta: str | None = None, progress: bool = True) -> dict:
-    """Re-tune a finished run's post-processing (e.g. for another TTA); rewrites thresholds.json."""
+def retune(
+    run_dir: str | Path,
+    *,
+    tta: str | None = None,
+    tile: int | None = None,
+    overlap: float | None = None,
+    progress: bool = True,
+) -> dict:
+    """Re-tune a finished run's post-processing; rewrites thresholds.json.
+
+    ``tta``, ``tile`` and ``overlap`` override the run's prediction settings (and are stored in
+    the new thresholds.json, so the model then predicts that way by default).
+    """
     from nucseg import datasets
     from nucseg.models import load_model
     from nucseg.stain import StainNormalizer
 
     run_dir = Path(run_dir)
     values = json.loads((run_dir / "config.json").read_text())
-    if tta is not None:
-        values["tta"] = tta
+    overrides = {"tta": tta, "predict_tile": tile, "predict_overlap": overlap}
+    values.update({k: v for k, v in overrides.items() if v is not None})
     config = TrainConfig.from_dict(values)
     normaliser_file = run_dir / "normaliser.json"
     normaliser = None
