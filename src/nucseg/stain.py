@@ -3,7 +3,8 @@
 Normalisers share the :class:`StainNormalizer` interface and sit in a registry filled by the
 :func:`register` decorator; :func:`get_normalizer` builds one by name. The fitted parameters are
 plain JSON (:meth:`StainNormalizer.to_dict`), so a normaliser fitted on the training data can be
-saved beside a model and rebuilt with :meth:`StainNormalizer.from_dict`.
+saved beside a model and rebuilt with :meth:`StainNormalizer.from_dict`. Registered: ``macenko``,
+``reinhard`` and ``vahadane`` (:class:`nucseg._vahadane.VahadaneNormalizer`).
 
 Robustness: ``transform`` never raises on image content. A tile with too little tissue (white,
 empty, black, one colour, a few pixels) cannot yield source statistics; it is returned unchanged
@@ -443,3 +444,6 @@ def _check_array(
     if value.shape != shape or not np.all(np.isfinite(value)) or (positive and value.min() <= 0):
         kind = "positive finite" if positive else "finite"
         raise ValueError(f"target {key!r} must be {kind} with shape {shape}, got {value.tolist()}")
+
+
+from nucseg._vahadane import VahadaneNormalizer  # noqa: E402, F401  (registers "vahadane")
