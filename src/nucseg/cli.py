@@ -186,6 +186,16 @@ def cmd_datasets_verify(args: argparse.Namespace) -> int:
     return 1 if bad else 0
 
 
+def cmd_datasets_pack(args: argparse.Namespace) -> int:
+    from nucseg.datasets.pack import pack
+
+    sizes = pack(args.out, quality=args.quality, include_tnbc=args.tnbc, overwrite=args.overwrite)
+    for name, size in sizes.items():
+        print(f"{args.out / name}: {size / 2**20:.1f} MiB")
+    print(f"use it with: NUCSEG_DATA={args.out} nucseg ...")
+    return 0
+
+
 def cmd_datasets_list(args: argparse.Namespace) -> int:
     from nucseg import datasets
 
@@ -288,6 +298,12 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--dataset", choices=["monuseg", "tnbc", "all"], default="all")
     q.add_argument("--all-rows", action="store_true", help="list every file, not only problems")
     q.set_defaults(func=cmd_datasets_verify)
+    q = dsub.add_parser("pack", help="compact copy (WebP) for a machine with a small upload limit")
+    q.add_argument("out", type=Path, help="folder to write the data root into")
+    q.add_argument("--quality", type=int, default=95, help="WebP quality of training images")
+    q.add_argument("--tnbc", action="store_true", help="pack TNBC too (lossless)")
+    q.add_argument("--overwrite", action="store_true", help="replace an existing pack")
+    q.set_defaults(func=cmd_datasets_pack)
     q = dsub.add_parser("list", help="list the evaluation datasets and their sizes")
     q.set_defaults(func=cmd_datasets_list)
     return parser

@@ -8,6 +8,9 @@ image (see ``shared/datasets/README.md``):
   ``labels/<id>.png``.
 - ``tnbc``: id, patient, n_nuclei_8conn, sha256_image, sha256_mask, source. Files:
   ``Slide_<patient>/<id>.png`` and ``GT_<patient>/<id>.png``.
+
+An optional ``image_file`` column gives another image path relative to the dataset folder: the
+compact packs of :mod:`nucseg.datasets.pack` store WebP images there.
 """
 
 from __future__ import annotations
@@ -88,6 +91,17 @@ def read_manifest(name: str, root: str | Path | None = None) -> list[dict[str, s
     return rows
 
 
+def image_file(name: str, row: dict[str, str]) -> str:
+    """Path of a manifest row's image, relative to the dataset folder."""
+    if row.get("image_file"):
+        return row["image_file"]
+    if name == "monuseg":
+        return f"images/{row['id']}.tif"
+    if name == "tnbc":
+        return f"Slide_{row['patient']}/{row['id']}.png"
+    raise KeyError(f"unknown dataset {name!r}; valid names: {', '.join(COLUMNS)}")
+
+
 def listed_files(name: str, row: dict[str, str]) -> list[tuple[str, str]]:
     """Return ``(relative path, sha256)`` of the image and annotation files of a manifest row."""
     image_id = row["id"]
@@ -100,13 +114,13 @@ def listed_files(name: str, row: dict[str, str]) -> list[tuple[str, str]]:
             )
         folder, suffix = folders[row["annotation"]]
         return [
-            (f"images/{image_id}.tif", row["sha256_image"]),
+            (image_file(name, row), row["sha256_image"]),
             (f"{folder}/{image_id}{suffix}", row["sha256_annotation"]),
         ]
     if name == "tnbc":
         patient = row["patient"]
         return [
-            (f"Slide_{patient}/{image_id}.png", row["sha256_image"]),
+            (image_file(name, row), row["sha256_image"]),
             (f"GT_{patient}/{image_id}.png", row["sha256_mask"]),
         ]
     raise KeyError(f"unknown dataset {name!r}; valid names: {', '.join(COLUMNS)}")

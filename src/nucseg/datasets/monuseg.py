@@ -37,7 +37,7 @@ from skimage.segmentation import relabel_sequential
 
 from nucseg.datasets._common import Sample, data_root
 from nucseg.datasets._read import read_label_file, read_rgb
-from nucseg.datasets.manifest import read_manifest
+from nucseg.datasets.manifest import image_file, read_manifest
 
 log = logging.getLogger(__name__)
 
@@ -230,7 +230,7 @@ def read_monuseg(
     """
     row = _manifest_row(image_id, root)
     folder = _folder(root)
-    image = read_rgb(folder / "images" / f"{image_id}.tif")
+    image = read_rgb(folder / image_file(NAME, row))
     if row["annotation"] == "xml":
         labels, report = xml_to_labels(folder / "annotations" / f"{image_id}.xml", image.shape)
     elif row["annotation"] == "labels":

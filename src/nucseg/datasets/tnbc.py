@@ -23,7 +23,7 @@ from scipy import ndimage as ndi
 
 from nucseg.datasets._common import Sample, data_root
 from nucseg.datasets._read import read_label_file, read_rgb
-from nucseg.datasets.manifest import read_manifest
+from nucseg.datasets.manifest import image_file, read_manifest
 
 NAME = "tnbc"
 SPLITS = ("test", "all")
@@ -90,7 +90,10 @@ def read_tnbc(image_id: str, *, root: str | Path | None = None) -> tuple[np.ndar
     """
     patient = _patient(image_id)
     folder = (Path(root) if root is not None else data_root()) / NAME
-    image = read_rgb(folder / f"Slide_{patient}" / f"{image_id}.png")
+    rows = {row["id"]: row for row in read_manifest(NAME, root)}
+    if image_id not in rows:
+        raise KeyError(f"unknown tnbc id {image_id!r}; valid ids: {', '.join(sorted(rows))}")
+    image = read_rgb(folder / image_file(NAME, rows[image_id]))
     mask_path = folder / f"GT_{patient}" / f"{image_id}.png"
     mask = read_label_file(mask_path)
     if mask.shape != image.shape[:2]:
