@@ -72,11 +72,14 @@ def test_killed_and_resumed_run_equals_uninterrupted(data_root, tmp_path):
     fit(config, tmp_path / "resumed", progress=False, stop_after=2)
     assert not (tmp_path / "resumed" / "model.safetensors").exists()  # killed: no final weights
     fit(config, tmp_path / "resumed", progress=False, resume=True)
+    threaded = TrainConfig.from_dict({**TINY, "checkpoint_every_steps": 2, "workers": 2})
+    fit(threaded, tmp_path / "threaded", progress=False)  # augments in threads, a batch ahead
     full = load_file(tmp_path / "full" / "model.safetensors")
-    resumed = load_file(tmp_path / "resumed" / "model.safetensors")
-    assert full.keys() == resumed.keys()
-    for key in full:
-        assert torch.equal(full[key], resumed[key]), key
+    for other in ("resumed", "threaded"):
+        weights = load_file(tmp_path / other / "model.safetensors")
+        assert full.keys() == weights.keys()
+        for key in full:
+            assert torch.equal(full[key], weights[key]), (other, key)
     for name in ("config.json", "history.csv", "loss.png", "thresholds.json"):
         assert (tmp_path / "full" / name).is_file(), name
     history = (tmp_path / "full" / "history.csv").read_text().splitlines()

@@ -189,7 +189,8 @@ def cmd_datasets_verify(args: argparse.Namespace) -> int:
 def cmd_datasets_pack(args: argparse.Namespace) -> int:
     from nucseg.datasets.pack import pack
 
-    sizes = pack(args.out, quality=args.quality, include_tnbc=args.tnbc, overwrite=args.overwrite)
+    sizes = pack(args.out, quality=args.quality, include_tnbc=args.tnbc,
+                 monuseg_split=args.monuseg_split, overwrite=args.overwrite)  # fmt: skip
     for name, size in sizes.items():
         print(f"{args.out / name}: {size / 2**20:.1f} MiB")
     print(f"use it with: NUCSEG_DATA={args.out} nucseg ...")
@@ -302,6 +303,7 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("out", type=Path, help="folder to write the data root into")
     q.add_argument("--quality", type=int, default=95, help="WebP quality of training images")
     q.add_argument("--tnbc", action="store_true", help="pack TNBC too (lossless)")
+    q.add_argument("--monuseg-split", default="all", help="pack one MoNuSeg split (train, test)")
     q.add_argument("--overwrite", action="store_true", help="replace an existing pack")
     q.set_defaults(func=cmd_datasets_pack)
     q = dsub.add_parser("list", help="list the evaluation datasets and their sizes")

@@ -67,12 +67,15 @@ def pack(
     quality: int = 95,
     include_tnbc: bool = False,
     ids: dict[str, list[str]] | None = None,
+    monuseg_split: str = "all",
     overwrite: bool = False,
     progress: bool = True,
 ) -> dict[str, int]:
     """Write a compact data root under ``out``; returns the bytes written per dataset.
 
-    ``ids`` restricts a dataset to the listed image ids (e.g. for tests); default all.
+    ``monuseg_split`` packs one MoNuSeg split only (``"train"``: what training needs;
+    ``"test"``: what evaluation needs); ``ids`` restricts a dataset to the listed image ids (e.g.
+    for tests). Default: everything.
 
     Raises
     ------
@@ -91,8 +94,11 @@ def pack(
     test_ids = set(monuseg.monuseg_ids("test", root=source))
     rows = []
 
+    keep = set(monuseg.monuseg_ids(monuseg_split, root=source))
+
     def chosen(name: str) -> list[dict[str, str]]:
         rows = read_manifest(name, source)
+        rows = [r for r in rows if r["id"] in keep] if name == "monuseg" else rows
         return rows if ids is None or name not in ids else [r for r in rows if r["id"] in ids[name]]
 
     for row in tqdm(chosen("monuseg"), desc="pack monuseg", disable=not progress):
