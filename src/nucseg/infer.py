@@ -133,6 +133,7 @@ def predict_maps(
     tta: str = "none",
     device: torch.device | None = None,
     precision: str = "auto",
+    softmax: bool = True,
 ) -> np.ndarray:
     """Predict per-pixel maps for a whole image from overlapping tiles.
 
@@ -155,6 +156,9 @@ def predict_maps(
         Where to run; default :func:`default_device`.
     precision : {"auto", "bf16", "fp32"}, optional
         See :func:`autocast`.
+    softmax : bool, optional
+        Turn the class logits into probabilities (default); False keeps the logits (the
+        pre-softmax maps that GB U-Net stacks).
 
     Returns
     -------
@@ -173,7 +177,8 @@ def predict_maps(
         for batch in _batches(grid, batch_size):
             x = to_tensor(np.stack([padded[s] for s in batch]), device, mean=mean, std=std)
             out = forward_tta(model, x, tta=tta)
-            out[:, :num_classes] = torch.softmax(out[:, :num_classes], dim=1)
+            if softmax:
+                out[:, :num_classes] = torch.softmax(out[:, :num_classes], dim=1)
             maps = out.permute(0, 2, 3, 1).cpu().numpy()
             for tile_map, slices in zip(maps, batch, strict=True):
                 stitcher.add(tile_map, slices)
@@ -229,13 +234,18 @@ class Predictor:
         }
         _transforms(tta)  # validate early
 
-    def predict_maps(self, image: np.ndarray) -> np.ndarray:
-        """Stain-normalise ``image`` and return its ``(H, W, C)`` probability maps."""
+    def predict_maps(self, image: np.ndarray, *, softmax: bool = True) -> np.ndarray:
+        """Stain-normalise ``image`` and return its ``(H, W, C)`` probability maps (or logits)."""
         image = check_image(image)
         if self.normaliser is not None:
             image = self.normaliser.transform(image)
         return predict_maps(
-            self.model, image, num_classes=self.num_classes, device=self.device, **self.options
+            self.model,
+            image,
+            num_classes=self.num_classes,
+            device=self.device,
+            softmax=softmax,
+            **self.options,
         )
 
     def maps_to_labels(self, maps: np.ndarray) -> np.ndarray:

@@ -11,6 +11,7 @@ Every network maps ``(N, 3, H, W)`` float images, H and W multiples of 32, to
 ``(N, num_classes + distance_channels, H, W)`` logits; see :mod:`nucseg.models.unet`.
 """
 
+from nucseg.models import plain as _plain  # noqa: F401  (registers gb-unet)
 from nucseg.models import unet as _unet  # noqa: F401  (registers the U-Nets)
 from nucseg.models.io import load_model, read_model_metadata, save_model
 from nucseg.models.registry import (
