@@ -152,6 +152,21 @@ def cmd_tune(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_reproduce(args: argparse.Namespace) -> int:
+    from nucseg.reproduce import ReproduceConfig, Reproduction, write_report
+
+    if args.report_only:
+        for path in write_report(args.out, args.models):
+            print(path)
+        return 0
+    config = ReproduceConfig.from_dict(json.loads(Path(args.config).read_text()))
+    Reproduction(config, args.out, args.models).run()
+    for name in ("table2a.md", "table2b.md"):
+        if (args.out / name).is_file():
+            print((args.out / name).read_text())
+    return 0
+
+
 def cmd_compare(args: argparse.Namespace) -> int:
     from nucseg import report
 
@@ -279,6 +294,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--tile", type=int, help="prediction tile side (default: the run's)")
     p.add_argument("--overlap", type=float, help="prediction tile overlap (default: the run's)")
     p.set_defaults(func=cmd_tune)
+
+    p = sub.add_parser("reproduce", help="train and score every method of the paper's Table 2")
+    p.add_argument("config", type=Path, help="JSON config, e.g. configs/reproduce-cpu.json")
+    p.add_argument("--out", type=Path, required=True, help="run folder: scores, tables, figures")
+    p.add_argument("--models", type=Path, help="where trained networks go (default OUT/models)")
+    p.add_argument("--report-only", action="store_true", help="redraw tables and figures only")
+    p.set_defaults(func=cmd_reproduce)
 
     p = sub.add_parser("compare", help="Markdown table of result JSONs beside the paper's rows")
     p.add_argument("results", nargs="+", type=Path, metavar="RESULT_JSON")

@@ -1,0 +1,453 @@
+"""``nucseg reproduce CONFIG``: every method of the paper's Table 2, trained and scored, resumably.
+
+One run folder (``--out``) receives, for each method as soon as it is done,
+``scores/<method>_<dataset>.json`` (the keys of ``nucseg evaluate --json`` plus the training
+time and hardware), and after each method the tables and figures are rewritten from every score
+file present:
+
+- ``table2a.{md,csv}`` (MoNuSeg breast) and ``table2b.{md,csv}`` (TNBC): the paper's columns, our
+  value with the paper's beside it, training time and hardware;
+- ``table3.{md,csv}``: per-image AJI on the 8 MoNuSeg breast images, every method;
+- ``figure2.{png,svg}``: precision (the paper's per-threshold "AP") against the ten IoU thresholds,
+  one line per method, one panel per test set;
+- ``figure3.png``: the lowest- and highest-AJI MoNuSeg breast images of the best method, true
+  positive pixels green, false negative red, false positive blue.
+
+Trained networks go to ``--models`` (default ``<out>/models``; keep it out of git). A method whose
+score files all exist is skipped, so an interrupted run resumes where it stopped, and the run can
+be spread over several sittings. The ensemble and GB U-Net need three stage-one U-Nets: one whose
+weights are present is reused, one whose weights are gone is retrained with its recipe.
+"""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import json
+import logging
+import platform
+import shutil
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from nucseg import paper
+
+log = logging.getLogger(__name__)
+
+CLASSICAL = ("otsu", "watershed", "fiji")
+#: Every method, in the paper's order.
+METHODS = tuple(paper.METHOD_KEYS.values())
+UNETS = tuple(m for m in METHODS if m.startswith("unet-") and m != "unet-ensemble")
+TABLE_FILES = ("table2a", "table2b")
+DATASET_TABLES = {"monuseg-breast": "table2a", "tnbc": "table2b"}
+
+
+@dataclasses.dataclass
+class ReproduceConfig:
+    """What to run (see ``configs/reproduce-cpu.json``).
+
+    ``unet`` holds the :class:`nucseg.train.TrainConfig` fields shared by the eight U-Nets (the
+    paper's recipe: 2 classes, Adam 1e-4, paper post-processing); ``budgets`` the training
+    seconds per method (U-Nets, ``maskrcnn``, ``gb-unet``); ``maskrcnn`` and ``gb_unet`` the
+    fields of :class:`nucseg.maskrcnn.MaskRCNNConfig` and :class:`nucseg.stacking.GBConfig`;
+    ``stage_one`` the three U-Nets of the ensemble and GB U-Net; ``limit_eval`` evaluates only
+    the first images of each test set and ``crop_eval`` only their top-left square of that side
+    (both for quick checks).
+    """
+
+    methods: list[str] = dataclasses.field(default_factory=lambda: list(METHODS))
+    datasets: list[str] = dataclasses.field(default_factory=lambda: list(DATASET_TABLES))
+    unet: dict[str, Any] = dataclasses.field(default_factory=dict)
+    unet_models: dict[str, str] = dataclasses.field(default_factory=dict)
+    budgets: dict[str, float] = dataclasses.field(default_factory=dict)
+    maskrcnn: dict[str, Any] = dataclasses.field(default_factory=dict)
+    gb_unet: dict[str, Any] = dataclasses.field(default_factory=dict)
+    stage_one: list[str] = dataclasses.field(
+        default_factory=lambda: ["unet-vgg19", "unet-resnet101", "unet-densenet121"]
+    )
+    limit_eval: int | None = None
+    crop_eval: int | None = None
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any]) -> ReproduceConfig:
+        names = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(values) - names)
+        if unknown:
+            raise KeyError(f"unknown reproduce config keys {unknown}; valid: {sorted(names)}")
+        config = cls(**values)
+        bad = sorted(set(config.methods) - set(METHODS))
+        if bad:
+            raise KeyError(f"unknown methods {bad}; valid: {list(METHODS)}")
+        return config
+
+
+def hardware() -> str:
+    """The machine that trains: the GPU's name, else the CPU's model and core count."""
+    import os
+
+    import torch
+
+    if torch.cuda.is_available():
+        return torch.cuda.get_device_name(0)
+    name = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                name = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return f"{name}, {os.cpu_count()} cores"
+
+
+class Reproduction:
+    """One reproduction run: ``Reproduction(config, out, models).run()``."""
+
+    def __init__(
+        self, config: ReproduceConfig, out: str | Path, models: str | Path | None = None
+    ) -> None:
+        self.config = config
+        self.out = Path(out)
+        self.models = Path(models) if models is not None else self.out / "models"
+        self.scores = self.out / "scores"
+
+    # -- training --
+    def _unet_config(self, name: str) -> dict[str, Any]:
+        values = {"num_classes": 2, "lr": 1e-4, "encoder_weights": None, "tta": "none",
+                  "predict_tile": 256, "predict_overlap": 0.5, **self.config.unet,
+                  "model": self.config.unet_models.get(name, name)}  # fmt: skip
+        if name in self.config.budgets:
+            values.update(time_budget_s=self.config.budgets[name], steps=None)
+        return values
+
+    def _trained(self, folder: Path, marker: str) -> bool:
+        return (folder / marker).is_file() and (folder / "trained.json").is_file()
+
+    def _mark(self, folder: Path, seconds: float) -> None:
+        record = {"train_seconds": round(seconds, 1), "hardware": hardware()}
+        (folder / "trained.json").write_text(json.dumps(record) + "\n")
+
+    def train_unet(self, name: str) -> Path:
+        """The run folder of U-Net ``name``, trained now unless its weights are there."""
+        from nucseg.train import TrainConfig, fit
+
+        folder = self.models / name
+        if self._trained(folder, "model.safetensors"):
+            return folder
+        if folder.exists():
+            shutil.rmtree(folder)
+        start = time.monotonic()
+        fit(TrainConfig.from_dict(self._unet_config(name)), folder)
+        self._mark(folder, time.monotonic() - start)
+        return folder
+
+    def _segmenter(self, method: str) -> tuple[Any, Path | None]:
+        from nucseg.pipeline import make_segmenter
+
+        if method in CLASSICAL:
+            return make_segmenter(method), None
+        if method in UNETS:
+            folder = self.train_unet(method)
+            return make_segmenter(model=str(folder)), folder
+        if method == "maskrcnn":
+            return self._maskrcnn()
+        stage_one = [str(self.train_unet(name)) for name in self.config.stage_one]
+        if method == "unet-ensemble":
+            return self._ensemble(stage_one)
+        if method == "gb-unet":
+            return self._gb_unet(stage_one)
+        raise KeyError(method)
+
+    def _maskrcnn(self) -> tuple[Any, Path]:
+        from nucseg.maskrcnn import MaskRCNNConfig, MaskRCNNSegmenter, train_maskrcnn
+
+        folder = self.models / "maskrcnn"
+        if not self._trained(folder, "model.pt"):
+            values = dict(self.config.maskrcnn)
+            if "maskrcnn" in self.config.budgets:
+                values.update(time_budget_s=self.config.budgets["maskrcnn"], steps=None)
+            start = time.monotonic()
+            train_maskrcnn(MaskRCNNConfig(**values), folder)
+            self._mark(folder, time.monotonic() - start)
+        return MaskRCNNSegmenter.load(folder), folder
+
+    def _ensemble(self, stage_one: list[str]) -> tuple[Any, Path]:
+        from nucseg import datasets
+        from nucseg.infer import Predictor
+        from nucseg.stacking import EnsembleSegmenter
+        from nucseg.train import TrainConfig, split_ids
+
+        folder = self.models / "unet-ensemble"
+        ensemble = EnsembleSegmenter([Predictor.load(f) for f in stage_one])
+        if self._trained(folder, "thresholds.json"):
+            ensemble.params = json.loads((folder / "thresholds.json").read_text())["params"]
+            return ensemble, folder
+        folder.mkdir(parents=True, exist_ok=True)
+        start = time.monotonic()
+        train_config = TrainConfig.from_dict(json.loads((Path(stage_one[0]) / "config.json")
+                                                        .read_text()))  # fmt: skip
+        _, val_ids = split_ids(train_config)
+        val = [(i, s.image, s.labels) for i in sorted(val_ids)
+               for s in [datasets.load_sample(train_config.dataset, i)]]  # fmt: skip
+        record = ensemble.tune(val)
+        (folder / "thresholds.json").write_text(json.dumps(record, indent=1) + "\n")
+        seconds = sum(json.loads((Path(f) / "trained.json").read_text())["train_seconds"]
+                      for f in stage_one)  # fmt: skip
+        self._mark(folder, seconds + time.monotonic() - start)
+        return ensemble, folder
+
+    def _gb_unet(self, stage_one: list[str]) -> tuple[Any, Path]:
+        from nucseg.stacking import GBConfig, GBUNetSegmenter, train_gb_unet
+
+        folder = self.models / "gb-unet"
+        config = json.loads((folder / "config.json").read_text()) if folder.exists() else {}
+        if not self._trained(folder, "model.safetensors") or config.get("stage_one") != stage_one:
+            values = {**self.config.gb_unet, "stage_one": stage_one}
+            if "gb-unet" in self.config.budgets:
+                values.update(time_budget_s=self.config.budgets["gb-unet"], steps=None)
+            start = time.monotonic()
+            train_gb_unet(GBConfig(**values), folder)
+            stage = sum(json.loads((Path(f) / "trained.json").read_text())["train_seconds"]
+                        for f in stage_one)  # fmt: skip
+            self._mark(folder, stage + time.monotonic() - start)
+        return GBUNetSegmenter.load(folder), folder
+
+    # -- evaluation --
+    def _score_file(self, method: str, dataset: str) -> Path:
+        return self.scores / f"{method}_{dataset}.json"
+
+    def done(self, method: str) -> bool:
+        return all(self._score_file(method, d).is_file() for d in self.config.datasets)
+
+    def evaluate(self, method: str) -> None:
+        """Train (if needed) and score ``method`` on every test set; writes its score files."""
+        from nucseg import datasets
+        from nucseg.metrics import coco_map_dataset
+        from nucseg.pipeline import evaluate, provenance
+
+        origin = provenance()
+        segmenter, folder = self._segmenter(method)
+        trained = {"train_seconds": 0.0, "hardware": hardware()}
+        if folder is not None and (folder / "trained.json").is_file():
+            trained = json.loads((folder / "trained.json").read_text())
+        self.scores.mkdir(parents=True, exist_ok=True)
+        for dataset in self.config.datasets:
+            name, split = datasets.resolve_eval_dataset(dataset)
+            ids = datasets.ids(name, split=split)[: self.config.limit_eval]
+            crop = (slice(0, self.config.crop_eval), slice(0, self.config.crop_eval))
+            samples = ((s.id, s.image[crop], s.labels[crop])
+                       for s in (datasets.load_sample(name, i) for i in ids))  # fmt: skip
+            detections = []
+            run = segmenter
+            if hasattr(segmenter, "predict_instances"):  # Mask R-CNN: keep scores for COCO mAP
+
+                def run(image, _segmenter=segmenter, _detections=detections):
+                    labels, scores = _segmenter.predict_instances(image)
+                    _detections.append((labels, scores))
+                    return labels
+
+            keep = None
+            if dataset == "monuseg-breast":  # for figure 3
+                folder_out = self.models / "predictions" / method
+                folder_out.mkdir(parents=True, exist_ok=True)
+
+                def keep(image_id, image, labels, _folder=folder_out):
+                    np.savez_compressed(_folder / f"{image_id}.npz", labels=labels)
+
+            result = evaluate(run, samples, total=len(ids), keep=keep)
+            if detections:
+                truths = [datasets.load_sample(name, i).labels[crop] for i in ids]
+                result["coco_map"] = coco_map_dataset(
+                    (t, p, s) for t, (p, s) in zip(truths, detections, strict=True)
+                )
+            record = {"method": method, "dataset": dataset, **trained, **result,
+                      "provenance": origin}  # fmt: skip
+            path = self._score_file(method, dataset)
+            tmp = path.with_suffix(".json.tmp")
+            tmp.write_text(json.dumps(record, indent=1) + "\n")
+            tmp.replace(path)
+            log.info("%s on %s: AJI %.4f", method, dataset, result["aji"])
+
+    def run(self, *, progress: bool = True) -> None:
+        """Every configured method not done yet, then the tables and figures."""
+        self.out.mkdir(parents=True, exist_ok=True)
+        (self.out / "config.json").write_text(
+            json.dumps(dataclasses.asdict(self.config), indent=1) + "\n"
+        )
+        for method in self.config.methods:
+            if self.done(method):
+                log.info("%s: scores present, skipped", method)
+                continue
+            self.evaluate(method)
+            write_report(self.out, self.models / "predictions")
+        write_report(self.out, self.models / "predictions")
+
+
+# --- tables and figures ---------------------------------------------------------------------------
+
+
+def _load_scores(out: Path) -> dict[tuple[str, str], dict[str, Any]]:
+    scores = {}
+    for path in sorted((out / "scores").glob("*.json")):
+        record = json.loads(path.read_text())
+        scores[record["method"], record["dataset"]] = record
+    return scores
+
+
+def _atomic_text(path: Path, text: str) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(text)
+    tmp.replace(path)
+
+
+def _minutes(seconds: float) -> str:
+    return f"{seconds / 60:.0f} min" if seconds else "-"
+
+
+def write_report(out: str | Path, predictions: str | Path | None = None) -> list[Path]:
+    """Rewrite every table and figure of ``out`` from its score files; returns the paths.
+
+    ``predictions`` holds ``<method>/<image id>.npz`` label images of MoNuSeg breast for figure 3
+    (default ``<out>/models/predictions``); without them figure 3 is not redrawn.
+    """
+    from nucseg.report import markdown_table
+
+    out = Path(out)
+    scores = _load_scores(out)
+    written = []
+    names = {key: name for name, key in paper.METHOD_KEYS.items()}
+    columns = paper.TABLE2_COLUMNS
+    for dataset, table in DATASET_TABLES.items():
+        rows, csv_rows = [], []
+        for method in METHODS:
+            record = scores.get((method, dataset))
+            if record is None:
+                continue
+            theirs = paper.table2_row(dataset, method) or {}
+            cells = [f"{record[c]:.4f}" + (f" ({theirs[c]:.4f})" if c in theirs else "")
+                     for c in columns]  # fmt: skip
+            rows.append([names[method], *cells, _minutes(record.get("train_seconds", 0.0)),
+                         record.get("hardware", "")])  # fmt: skip
+            csv_rows.append({"method": names[method],
+                             **{c: record[c] for c in columns},
+                             **{f"paper_{c}": theirs.get(c, "") for c in columns},
+                             "train_seconds": record.get("train_seconds", 0.0),
+                             "hardware": record.get("hardware", ""),
+                             "n_images": record["n_images"]})  # fmt: skip
+        if not rows:
+            continue
+        header = ["Method", "AJI", "mAP", "F1@0.7", "R@0.7", "P@0.7", "F1@0.5", "R@0.5", "P@0.5",
+                  "training", "hardware"]  # fmt: skip
+        intro = f"Ours (the paper's in brackets) on {dataset}, {csv_rows[0]['n_images']} images."
+        text = intro + "\n\n" + markdown_table(header, rows)
+        _atomic_text(out / f"{table}.md", text + "\n")
+        with open(out / f"{table}.csv.tmp", "w", newline="") as handle:
+            writer = csv.DictWriter(handle, fieldnames=list(csv_rows[0]))
+            writer.writeheader()
+            writer.writerows(csv_rows)
+        (out / f"{table}.csv.tmp").replace(out / f"{table}.csv")
+        written += [out / f"{table}.md", out / f"{table}.csv"]
+    written += _table3(out, scores, names)
+    written += _figure2(out, scores, names)
+    predictions = Path(predictions) if predictions is not None else out / "models" / "predictions"
+    written += _figure3(out, scores, names, predictions)
+    return written
+
+
+def _table3(out: Path, scores: dict, names: dict) -> list[Path]:
+    from nucseg.report import markdown_table
+
+    methods = [m for m in METHODS if (m, "monuseg-breast") in scores]
+    if not methods:
+        return []
+    ids = sorted(scores[methods[0], "monuseg-breast"]["per_image"])
+    header = ["Image", *[names[m] for m in methods]]
+    rows = [[i, *[f"{scores[m, 'monuseg-breast']['per_image'][i]['aji']:.3f}" for m in methods]]
+            for i in ids]  # fmt: skip
+    _atomic_text(out / "table3.md", "Per-image AJI on MoNuSeg breast.\n\n"
+                 + markdown_table(header, rows) + "\n")  # fmt: skip
+    with open(out / "table3.csv.tmp", "w", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["image", *methods])
+        for i in ids:
+            writer.writerow([i, *[scores[m, "monuseg-breast"]["per_image"][i]["aji"]
+                                  for m in methods]])  # fmt: skip
+    (out / "table3.csv.tmp").replace(out / "table3.csv")
+    return [out / "table3.md", out / "table3.csv"]
+
+
+def _figure2(out: Path, scores: dict, names: dict) -> list[Path]:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from nucseg.metrics import PAPER_IOU_THRESHOLDS
+
+    datasets = [d for d in DATASET_TABLES if any(key[1] == d for key in scores)]
+    if not datasets:
+        return []
+    fig, axes = plt.subplots(1, len(datasets), figsize=(6 * len(datasets), 4.5), squeeze=False)
+    for ax, dataset in zip(axes[0], datasets, strict=True):
+        for index, method in enumerate(METHODS):
+            record = scores.get((method, dataset))
+            if record is None:
+                continue
+            values = [record[f"precision_{round(t * 100)}"] for t in PAPER_IOU_THRESHOLDS]
+            style = "--" if method in CLASSICAL else "-"
+            ax.plot(PAPER_IOU_THRESHOLDS, values, style, marker="o", markersize=3,
+                    color=plt.cm.tab20(index % 20), label=names[method])  # fmt: skip
+        ax.set_title(dataset)
+        ax.set_xlabel("IoU threshold")
+        ax.set_ylabel("AP (precision TP / (TP + FP))")
+        ax.set_ylim(0, 1)
+        ax.grid(alpha=0.3)
+    axes[0][-1].legend(fontsize=7, loc="upper right")
+    fig.tight_layout()
+    paths = [out / "figure2.png", out / "figure2.svg"]
+    for path in paths:
+        fig.savefig(path.with_name(path.stem + ".tmp" + path.suffix), dpi=120)
+        path.with_name(path.stem + ".tmp" + path.suffix).replace(path)
+    plt.close(fig)
+    return paths
+
+
+def _figure3(out: Path, scores: dict, names: dict, predictions_root: Path) -> list[Path]:
+    """Lowest- and highest-AJI MoNuSeg breast images of the best method, error-coloured."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    candidates = [m for m in METHODS if (m, "monuseg-breast") in scores]
+    if not candidates:
+        return []
+    best = max(candidates, key=lambda m: scores[m, "monuseg-breast"]["aji"])
+    predictions = predictions_root / best
+    per_image = scores[best, "monuseg-breast"]["per_image"]
+    ranked = sorted(per_image, key=lambda i: per_image[i]["aji"])
+    ends = dict.fromkeys((ranked[0], ranked[-1]))
+    chosen = [i for i in ends if (predictions / f"{i}.npz").is_file()]
+    if not chosen:
+        return []
+    from nucseg import datasets
+    from nucseg.io import error_overlay
+
+    fig, axes = plt.subplots(1, len(chosen), figsize=(6 * len(chosen), 6.3), squeeze=False)
+    for ax, image_id in zip(axes[0], chosen, strict=True):
+        sample = datasets.load_sample("monuseg", image_id)
+        labels = np.load(predictions / f"{image_id}.npz")["labels"]
+        crop = (slice(0, labels.shape[0]), slice(0, labels.shape[1]))  # a crop_eval run
+        ax.imshow(error_overlay(sample.image[crop], sample.labels[crop], labels))
+        ax.set_title(f"{image_id}\n{names[best]}: AJI {per_image[image_id]['aji']:.3f}", fontsize=9)
+        ax.axis("off")
+    fig.suptitle("green: true positive, red: false negative, blue: false positive", fontsize=9)
+    fig.tight_layout()
+    path = out / "figure3.png"
+    fig.savefig(out / "figure3.tmp.png", dpi=100)
+    (out / "figure3.tmp.png").replace(path)
+    plt.close(fig)
+    return [path]
