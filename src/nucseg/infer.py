@@ -29,6 +29,9 @@ STD = (0.229, 0.224, 0.225)
 
 TTA_MODES = ("none", "flips", "d4")
 
+#: Prediction settings a user may override when loading a model (see :meth:`Predictor.load`).
+PREDICT_OPTIONS = ("tile", "overlap", "batch_size", "tta", "precision")
+
 
 @functools.cache
 def cpu_has_bf16() -> bool:
@@ -232,6 +235,7 @@ class Predictor:
             "tta": tta,
             "precision": precision,
         }
+        assert tuple(self.options) == PREDICT_OPTIONS
         _transforms(tta)  # validate early
 
     def predict_maps(self, image: np.ndarray, *, softmax: bool = True) -> np.ndarray:

@@ -92,9 +92,9 @@ def make_segmenter(
     if (method is None) == (model is None):
         raise ValueError("give exactly one of a method and a model")
     if model is not None:
-        from nucseg.infer import Predictor
+        from nucseg.infer import PREDICT_OPTIONS, Predictor
 
-        allowed = {"tile", "overlap", "batch_size", "tta", "precision"}
+        allowed = set(PREDICT_OPTIONS)
         if set(params) - allowed:
             raise TypeError(
                 f"a model has no parameter(s) {sorted(set(params) - allowed)}; "
