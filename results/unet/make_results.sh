@@ -2,8 +2,10 @@
 # Regenerate results/unet/ for the bundled default model (from the repository root, after
 # `make install`). The model itself was trained and bundled with:
 #   nucseg train configs/default.json --out runs/default --time-budget 70m
-#   nucseg tune runs/default                     # post-processing for the run's TTA (flips)
 #   python benchmarks/bundle_model.py runs/default --name default
+#   nucseg tune src/nucseg/data/models/default --tile 256 --overlap 0.25 --tta none
+#       (the shipped prediction settings, chosen on the validation images by
+#        python benchmarks/predict_settings.py src/nucseg/data/models/default)
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 nucseg=".venv/bin/nucseg"
