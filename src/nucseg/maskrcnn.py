@@ -258,7 +258,7 @@ def train_maskrcnn(config: MaskRCNNConfig, run_dir: str | Path, *, progress: boo
         history.append({"step": step, "elapsed_s": round(elapsed, 2), "lr": lr,
                         "loss": float(loss.detach()), **parts})  # fmt: skip
         bar.update(1)
-        bar.set_postfix(loss=f"{float(loss):.3f}")
+        bar.set_postfix(loss=f"{loss.item():.3f}")
     bar.close()
     torch.save(model.state_dict(), run_dir / "model.pt")
     (run_dir / "config.json").write_text(json.dumps(dataclasses.asdict(config), indent=1) + "\n")

@@ -51,7 +51,7 @@ class PlainUNet(nn.Module):
         for skip in reversed(widths[:-1]):
             self.decoder.append(nn.Sequential(*_conv(c + skip, skip), *_conv(skip, skip)))
             c = skip
-        self.head = nn.Conv2d(c, out_channels, 1)
+        self.segmentation_head = nn.Conv2d(c, out_channels, 1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         skips = []
@@ -63,7 +63,7 @@ class PlainUNet(nn.Module):
         for block, skip in zip(self.decoder, reversed(skips[:-1]), strict=True):
             x = nn.functional.interpolate(x, scale_factor=2, mode="nearest")
             x = block(torch.cat([x, skip], dim=1))
-        return self.head(x)
+        return self.segmentation_head(x)
 
 
 @register_model("gb-unet", size_multiple=16, min_size=16,
