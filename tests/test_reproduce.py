@@ -49,3 +49,7 @@ def test_tiny_reproduction_writes_every_table_and_figure_and_resumes(data_root, 
     assert kept.stat().st_mtime_ns == before
     assert (out / "scores" / "gb-unet_tnbc.json").is_file()
     assert (stage_one / "model.safetensors").is_file()
+
+    (out / "figure3.png").unlink()
+    assert main(["reproduce", str(TINY), "--out", str(out), "--report-only"]) == 0
+    assert (out / "figure3.png").is_file()  # redrawn from the saved predictions

@@ -156,7 +156,8 @@ def cmd_reproduce(args: argparse.Namespace) -> int:
     from nucseg.reproduce import ReproduceConfig, Reproduction, write_report
 
     if args.report_only:
-        for path in write_report(args.out, args.models):
+        models = args.models if args.models is not None else args.out / "models"
+        for path in write_report(args.out, models / "predictions"):
             print(path)
         return 0
     config = ReproduceConfig.from_dict(json.loads(Path(args.config).read_text()))

@@ -444,10 +444,11 @@ def _figure3(out: Path, scores: dict, names: dict, predictions_root: Path) -> li
         ax.imshow(error_overlay(sample.image[crop], sample.labels[crop], labels))
         ax.set_title(f"{image_id}\n{names[best]}: AJI {per_image[image_id]['aji']:.3f}", fontsize=9)
         ax.axis("off")
-    fig.suptitle("green: true positive, red: false negative, blue: false positive", fontsize=9)
-    fig.tight_layout()
+    fig.text(0.5, 0.01, "pixels: green true positive, red false negative, blue false positive",
+             ha="center", fontsize=9)  # fmt: skip
+    fig.tight_layout(rect=(0, 0.03, 1, 1))
     path = out / "figure3.png"
-    fig.savefig(out / "figure3.tmp.png", dpi=100)
+    fig.savefig(out / "figure3.tmp.png", dpi=100, bbox_inches="tight")
     (out / "figure3.tmp.png").replace(path)
     plt.close(fig)
     return [path]
