@@ -26,15 +26,15 @@ import numpy as np
 
 from nucseg.stain import (
     IO,
-    REFERENCE_MAX_CONCENTRATIONS,
-    REFERENCE_STAIN_MATRIX,
     NotEnoughTissue,
     StainNormalizer,
     _channel_od,
-    _check_array,
+    _check_stain_target,
     _macenko_stain_vectors,
     _mix,
+    _od_to_rgb,
     _rgb_to_lab,
+    _stain_target_defaults,
     register,
 )
 
@@ -184,14 +184,10 @@ class VahadaneNormalizer(StainNormalizer):
         }
 
     def _default_target(self) -> dict[str, Any]:
-        return {
-            "stain_matrix": [list(row) for row in REFERENCE_STAIN_MATRIX],
-            "max_concentrations": list(REFERENCE_MAX_CONCENTRATIONS),
-        }
+        return _stain_target_defaults()
 
     def _check_target(self, target: dict[str, Any]) -> None:
-        _check_array(target, "stain_matrix", (3, 2))
-        _check_array(target, "max_concentrations", (2,), positive=True)
+        _check_stain_target(target)
 
     def _estimate(self, image: np.ndarray) -> dict[str, Any]:
         if image.size == 0:
@@ -223,8 +219,4 @@ class VahadaneNormalizer(StainNormalizer):
             source["max_concentrations"]
         )
         concentrations = positive_lasso_2(od, src_stains, self.lambda_concentrations)
-        target_od = _mix(tgt_stains * scale[None, :], concentrations)
-        np.maximum(target_od, np.float32(np.log(IO / 255.0)), out=target_od)  # clip at 255
-        np.exp(-target_od, out=target_od)
-        target_od *= np.float32(IO)
-        return target_od.T.reshape(image.shape)
+        return _od_to_rgb(_mix(tgt_stains * scale[None, :], concentrations), IO, image.shape)

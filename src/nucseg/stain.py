@@ -126,6 +126,28 @@ def _mix(matrix: np.ndarray, rows: np.ndarray) -> np.ndarray:
     return out
 
 
+def _stain_target_defaults() -> dict[str, Any]:
+    """The reference H&E target of the stain-matrix normalisers (Macenko, Vahadane)."""
+    return {
+        "stain_matrix": [list(row) for row in REFERENCE_STAIN_MATRIX],
+        "max_concentrations": list(REFERENCE_MAX_CONCENTRATIONS),
+    }
+
+
+def _check_stain_target(target: dict[str, Any]) -> None:
+    """Raise ``ValueError`` unless ``target`` is a stain matrix and two max concentrations."""
+    _check_array(target, "stain_matrix", (3, 2))
+    _check_array(target, "max_concentrations", (2,), positive=True)
+
+
+def _od_to_rgb(od: np.ndarray, io: float, shape: tuple[int, ...]) -> np.ndarray:
+    """``(3, N)`` optical densities (overwritten) -> ``shape`` intensities, clipped at 255."""
+    np.maximum(od, np.float32(np.log(io / 255.0)), out=od)
+    np.exp(-od, out=od)
+    od *= np.float32(io)
+    return od.T.reshape(shape)
+
+
 class StainNormalizer:
     """Base class: subclasses implement the ``_estimate`` / ``_apply`` pair.
 
@@ -286,14 +308,10 @@ class MacenkoNormalizer(StainNormalizer):
         }
 
     def _default_target(self) -> dict[str, Any]:
-        return {
-            "stain_matrix": [list(row) for row in REFERENCE_STAIN_MATRIX],
-            "max_concentrations": list(REFERENCE_MAX_CONCENTRATIONS),
-        }
+        return _stain_target_defaults()
 
     def _check_target(self, target: dict[str, Any]) -> None:
-        _check_array(target, "stain_matrix", (3, 2))
-        _check_array(target, "max_concentrations", (2,), positive=True)
+        _check_stain_target(target)
 
     def _estimate(self, image: np.ndarray) -> dict[str, Any]:
         mask = _tissue_mask(image, self.io, self.beta).ravel()
@@ -319,11 +337,7 @@ class MacenkoNormalizer(StainNormalizer):
         )
         # OD -> concentrations -> rescaled -> target OD, folded into one 3x3 matrix.
         mapping = tgt_stains @ (scale[:, None] * np.linalg.pinv(src_stains))
-        target_od = _mix(mapping, od)
-        np.maximum(target_od, np.float32(np.log(self.io / 255.0)), out=target_od)  # clip at 255
-        np.exp(-target_od, out=target_od)
-        target_od *= np.float32(self.io)
-        return target_od.T.reshape(image.shape)
+        return _od_to_rgb(_mix(mapping, od), self.io, image.shape)
 
 
 def _macenko_stain_vectors(tissue_od: np.ndarray, alpha: float) -> np.ndarray:
