@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 import json
 
 import numpy as np
@@ -9,7 +10,7 @@ import pytest
 import torch
 
 from nucseg.cli import main
-from nucseg.infer import Predictor, forward_tta, predict_maps, to_tensor
+from nucseg.infer import PREDICT_OPTIONS, Predictor, forward_tta, predict_maps, to_tensor
 from nucseg.models import create_model, save_model
 
 SLIM = (32, 16, 16, 8, 8)
@@ -70,6 +71,13 @@ def test_model_folder_loads_and_segments_from_the_cli(model, tmp_path):
     out = tmp_path / "out"
     assert main(["segment", str(image_file), "--model", str(folder), "--out", str(out)]) == 0
     assert (out / "tile_labels.tif").is_file()
+
+
+def test_predictor_options_are_the_documented_ones(model):
+    """`nucseg segment` accepts exactly PREDICT_OPTIONS as overrides and passes them through."""
+    predictor = Predictor(model, num_classes=3)
+    assert tuple(predictor.options) == PREDICT_OPTIONS
+    assert set(PREDICT_OPTIONS) <= set(inspect.signature(predict_maps).parameters)
 
 
 def test_missing_model_folder_is_a_clear_error(tmp_path, capsys):

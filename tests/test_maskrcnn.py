@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 import torch
 from skimage import draw
 
@@ -80,11 +81,21 @@ def test_tiny_maskrcnn_trains_and_predicts(data_root, tmp_path):
                             batch_size=1, stain=None, warmup_steps=1)  # fmt: skip
     run = train_maskrcnn(config, tmp_path / "run", progress=False)
     assert (run / "history.csv").read_text().count("\n") == 4
+    assert (run / "loss.png").is_file()
     segmenter = MaskRCNNSegmenter.load(run, score_threshold=0.0)
     image = np.random.default_rng(0).integers(0, 255, (300, 260, 3), dtype=np.uint8)
     labels, scores = segmenter.predict_instances(image)
     assert labels.shape == (300, 260) and labels.dtype == np.int32
     assert set(np.unique(labels)) - {0} == set(scores)
+
+
+def test_config_from_dict_checks_keys_and_length():
+    config = MaskRCNNConfig.from_dict({"steps": 5, "time_budget_s": None})
+    assert config.steps == 5
+    with pytest.raises(KeyError, match="Mask R-CNN config key.*'lr_rate'"):
+        MaskRCNNConfig.from_dict({"lr_rate": 1.0})
+    with pytest.raises(ValueError, match="exactly one"):
+        MaskRCNNConfig(steps=5)
 
 
 def test_backbone_uses_trainable_batchnorm():

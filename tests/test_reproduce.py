@@ -8,7 +8,8 @@ from pathlib import Path
 import pytest
 
 from nucseg.cli import main
-from nucseg.reproduce import METHODS, ReproduceConfig
+from nucseg.reproduce import METHODS, ReproduceConfig, Reproduction
+from nucseg.train import TrainConfig, fit
 
 TINY = Path(__file__).parent / "data" / "reproduce-tiny.json"
 
@@ -18,6 +19,40 @@ def test_config_rejects_unknown_keys_and_methods():
         ReproduceConfig.from_dict({"method": ["otsu"]})
     with pytest.raises(KeyError, match="unknown methods"):
         ReproduceConfig.from_dict({"methods": ["stardist"]})
+    # A typo inside a block fails at once, not after hours of training the methods before it.
+    for block, key in [("unet", "learning_rate"), ("maskrcnn", "backbon"), ("gb_unet", "widht")]:
+        with pytest.raises(KeyError, match=f"{block}' block key.*{key}"):
+            ReproduceConfig.from_dict({block: {key: 1}})
+
+
+def test_shipped_configs_are_valid():
+    for path in [TINY, Path(__file__).parents[1] / "configs" / "reproduce-cpu.json"]:
+        ReproduceConfig.from_dict(json.loads(path.read_text()))
+
+
+def test_a_killed_unet_resumes_from_its_checkpoint(data_root, tmp_path, caplog):
+    values = json.loads(TINY.read_text())
+    values["unet"].update(steps=3, checkpoint_every_steps=1)
+    run = Reproduction(ReproduceConfig.from_dict(values), tmp_path, tmp_path / "models")
+    folder = tmp_path / "models" / "unet-vgg16"
+    config = TrainConfig.from_dict(run._unet_config("unet-vgg16"))
+    fit(config, folder, stop_after=2, progress=False)  # a session ended here
+    assert not (folder / "model.safetensors").exists()
+    with caplog.at_level("INFO", logger="nucseg.reproduce"):
+        run.train_unet("unet-vgg16")
+    assert "resuming" in caplog.text
+    assert (folder / "history.csv").read_text().count("\n") == 4  # header + 3 steps, not 5
+    assert json.loads((folder / "trained.json").read_text())["train_seconds"] > 0
+
+    # A checkpoint of another config is not resumed: the network is trained from the start.
+    other = tmp_path / "models" / "unet-vgg19"
+    fit(TrainConfig.from_dict({**run._unet_config("unet-vgg19"), "lr": 1.0}), other,
+        stop_after=1, progress=False)  # fmt: skip
+    caplog.clear()
+    with caplog.at_level("INFO", logger="nucseg.reproduce"):
+        run.train_unet("unet-vgg19")
+    assert "another config" in caplog.text and "resuming" not in caplog.text
+    assert json.loads((other / "config.json").read_text())["lr"] != 1.0
 
 
 @pytest.mark.slow

@@ -63,10 +63,20 @@ def test_stage_one_features_stack_image_and_logits(stage_one):
     assert not np.allclose(logits.sum(-1), 1.0)  # logits, not probabilities
 
 
+def test_gb_config_from_dict_makes_tuples_and_checks_keys():
+    config = GBConfig.from_dict({"widths": [8, 16], "steps": 2, "time_budget_s": None})
+    assert config.widths == (8, 16)
+    with pytest.raises(KeyError, match="GB U-Net config key.*'drop'"):
+        GBConfig.from_dict({"drop": 0.5})
+    with pytest.raises(ValueError, match="exactly one"):
+        GBConfig(steps=2)
+
+
 def test_gb_unet_trains_and_segments(stage_one, tmp_path):
     config = GBConfig(stage_one=stage_one, widths=(8, 16, 32), steps=2, time_budget_s=None,
                       batch_size=2, tile=64)  # fmt: skip
     run = train_gb_unet(config, tmp_path / "gb", progress=False)
+    assert (run / "history.csv").read_text().count("\n") == 3 and (run / "loss.png").is_file()
     record = json.loads((run / "thresholds.json").read_text())
     assert record["method"] == "paper" and "threshold" in record["params"]
     segmenter = GBUNetSegmenter.load(run)

@@ -220,18 +220,23 @@ def test_macenko_unfitted_uses_the_reference(image_b):
                                rtol=0.1)  # fmt: skip
 
 
-def test_macenko_recovers_the_stain_vectors(image_a, image_b):
+# --- Macenko and Vahadane: two estimators of the same stain model ---------------------------------
+
+
+@pytest.mark.parametrize("cls", [MacenkoNormalizer, VahadaneNormalizer])
+def test_stain_vectors_are_recovered(cls, image_a, image_b):
     for image, stains in ((image_a, STAINS_A), (image_b, STAINS_B)):
-        estimated = MacenkoNormalizer().fit(image).target["stain_matrix"]
+        estimated = cls().fit(image).target["stain_matrix"]
         assert _cosines(estimated, stains).min() > 0.98  # haematoxylin first, then eosin
 
 
-def test_macenko_transform_gives_the_target_staining(image_a, image_b):
-    normalizer = MacenkoNormalizer().fit(image_a)
-    after = MacenkoNormalizer().fit(normalizer.transform(image_b)).target
+@pytest.mark.parametrize(("cls", "rtol"), [(MacenkoNormalizer, 0.03), (VahadaneNormalizer, 0.05)])
+def test_transform_gives_the_target_staining(cls, rtol, image_a, image_b):
+    normalizer = cls().fit(image_a)
+    after = cls().fit(normalizer.transform(image_b)).target
     assert _cosines(after["stain_matrix"], normalizer.target["stain_matrix"]).min() > 0.995
     np.testing.assert_allclose(after["max_concentrations"],
-                               normalizer.target["max_concentrations"], rtol=0.03)  # fmt: skip
+                               normalizer.target["max_concentrations"], rtol=rtol)  # fmt: skip
 
 
 # --- Vahadane ------------------------------------------------------------------------------------
@@ -259,20 +264,6 @@ def test_positive_lasso_is_exact():
     ours = objective(h.astype(np.float64)[:, :, None])[:, 0]
     assert np.all(ours <= best + 1e-6)  # never worse than any grid point
     assert np.all(ours >= best - 2e-4)  # and the grid (step 0.01) gets within a hair of it
-
-
-def test_vahadane_recovers_the_stain_vectors(image_a, image_b):
-    for image, stains in ((image_a, STAINS_A), (image_b, STAINS_B)):
-        estimated = VahadaneNormalizer().fit(image).target["stain_matrix"]
-        assert _cosines(estimated, stains).min() > 0.98  # haematoxylin first, then eosin
-
-
-def test_vahadane_transform_gives_the_target_staining(image_a, image_b):
-    normalizer = VahadaneNormalizer().fit(image_a)
-    after = VahadaneNormalizer().fit(normalizer.transform(image_b)).target
-    assert _cosines(after["stain_matrix"], normalizer.target["stain_matrix"]).min() > 0.995
-    np.testing.assert_allclose(after["max_concentrations"],
-                               normalizer.target["max_concentrations"], rtol=0.05)  # fmt: skip
 
 
 def test_vahadane_is_deterministic(image_b):

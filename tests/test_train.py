@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import json
+import time
 
 import numpy as np
 import pytest
 import torch
 from safetensors.torch import load_file
 
-from nucseg.train import TrainConfig, batch_indices, fit, learning_rate
+from nucseg.train import TrainConfig, batch_indices, budgeted_steps, fit, learning_rate
 
 TINY = {"model": "unet-resnet18", "decoder_channels": (32, 16, 16, 8, 8), "limit_images": 2,
         "val_images": 0, "stain": None, "tile": 64, "batch_size": 2, "steps": 4,
@@ -36,6 +37,23 @@ def test_config_rejects_unknown_keys_and_ambiguous_length():
         TrainConfig.from_dict({"modle": "x"})
     with pytest.raises(ValueError, match="exactly one"):
         TrainConfig(steps=10, time_budget_s=60)
+
+
+def test_config_turns_json_lists_into_tuples():
+    config = TrainConfig.from_dict({**TINY, "decoder_channels": [32, 16, 16, 8, 8]})
+    assert config.decoder_channels == (32, 16, 16, 8, 8)
+
+
+def test_budgeted_steps_stop_at_the_step_count_or_the_time_budget():
+    assert [s for s, _, _ in budgeted_steps(3, None, desc="t", progress=False)] == [0, 1, 2]
+    assert list(budgeted_steps(None, 0.0, desc="t", progress=False)) == []
+    seen = []
+    for _, elapsed, _ in budgeted_steps(None, 0.05, desc="t", progress=False):
+        seen.append(elapsed)
+        time.sleep(0.02)
+    assert 2 <= len(seen) <= 4 and seen[-1] < 0.05 and seen == sorted(seen)
+    with pytest.raises(ValueError, match="exactly one"):
+        next(budgeted_steps(3, 10.0, desc="t"))
 
 
 def test_tiny_model_overfits_a_real_crop(data_root):

@@ -6,7 +6,13 @@ Images are ``(H, W, 3) uint8`` RGB arrays; label images are ``(H, W)`` integer a
 
 from __future__ import annotations
 
+import dataclasses
+from collections.abc import Mapping
+from typing import Any, TypeVar
+
 import numpy as np
+
+T = TypeVar("T")
 
 
 def check_image(image: np.ndarray, *, name: str = "image") -> np.ndarray:
@@ -42,3 +48,26 @@ def check_same_shape(a: np.ndarray, b: np.ndarray, *, names: tuple[str, str]) ->
             f"{names[0]} has shape {a.shape[:2]} but {names[1]} has shape {b.shape[:2]}; "
             "they must cover the same pixels"
         )
+
+
+def dataclass_from_dict(cls: type[T], values: Mapping[str, Any], *, what: str) -> T:
+    """Build the dataclass ``cls`` from a dict (e.g. a JSON config) with a clear error.
+
+    Unknown keys raise ``KeyError`` naming them, ``what`` (e.g. ``"training config"``) and the
+    valid keys; JSON lists given for tuple-typed fields (``tuple[int, ...]`` etc.) become tuples.
+    """
+    check_keys(values, cls, what=what)
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    values = dict(values)
+    for name, value in values.items():
+        if isinstance(value, list) and str(fields[name].type).startswith("tuple"):
+            values[name] = tuple(value)
+    return cls(**values)
+
+
+def check_keys(values: Mapping[str, Any], cls: type, *, what: str) -> None:
+    """Raise ``KeyError`` if ``values`` has a key that is not a field of the dataclass ``cls``."""
+    names = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(values) - names)
+    if unknown:
+        raise KeyError(f"unknown {what} key(s) {unknown}; valid: {sorted(names)}")

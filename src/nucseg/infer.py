@@ -235,7 +235,6 @@ class Predictor:
             "tta": tta,
             "precision": precision,
         }
-        assert tuple(self.options) == PREDICT_OPTIONS
         _transforms(tta)  # validate early
 
     def predict_maps(self, image: np.ndarray, *, softmax: bool = True) -> np.ndarray:

@@ -19,7 +19,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
-import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,9 +27,8 @@ from typing import Any
 import numpy as np
 import torch
 from scipy import ndimage as ndi
-from tqdm.auto import tqdm
 
-from nucseg._checks import check_image, check_labels
+from nucseg._checks import check_image, check_labels, dataclass_from_dict
 from nucseg.tiling import Slices, pad_to, tile_grid
 
 log = logging.getLogger(__name__)
@@ -196,16 +194,23 @@ class MaskRCNNConfig:
     seed: int = 0
     precision: str = "fp32"
 
+    def __post_init__(self) -> None:
+        if (self.steps is None) == (self.time_budget_s is None):
+            raise ValueError("give exactly one of steps and time_budget_s")
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any]) -> MaskRCNNConfig:
+        """Build from a dict (e.g. the ``maskrcnn`` block of a reproduce config)."""
+        return dataclass_from_dict(cls, values, what="Mask R-CNN config")
+
 
 def train_maskrcnn(config: MaskRCNNConfig, run_dir: str | Path, *, progress: bool = True) -> Path:
     """Train on tiles of the configured images; writes ``model.pt``, ``config.json``, history."""
     from nucseg import datasets
     from nucseg.infer import autocast, default_device
     from nucseg.stain import get_normalizer
-    from nucseg.train import _mosaic
+    from nucseg.train import _mosaic, budgeted_steps, write_history
 
-    if (config.steps is None) == (config.time_budget_s is None):
-        raise ValueError("give exactly one of steps and time_budget_s")
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(config.seed)
@@ -229,14 +234,10 @@ def train_maskrcnn(config: MaskRCNNConfig, run_dir: str | Path, *, progress: boo
         weight_decay=config.weight_decay,
     )  # fmt: skip
     model.train()
-    history, start, step = [], time.monotonic(), 0
-    bar = tqdm(total=config.steps, desc="train mask r-cnn", unit="step", disable=not progress)
-    while True:
-        elapsed = time.monotonic() - start
-        if config.steps is not None and step >= config.steps:
-            break
-        if config.time_budget_s is not None and elapsed >= config.time_budget_s:
-            break
+    history = []
+    loop = budgeted_steps(config.steps, config.time_budget_s, desc="train mask r-cnn",
+                          progress=progress)  # fmt: skip
+    for step, elapsed, bar in loop:
         batch = [tiles[i] for i in rng.integers(len(tiles), size=config.batch_size)]
         images, targets = [], []
         for image, labels in batch:
@@ -253,22 +254,15 @@ def train_maskrcnn(config: MaskRCNNConfig, run_dir: str | Path, *, progress: boo
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 10.0)
         optimiser.step()
-        step += 1
         parts = {k: float(v.detach()) for k, v in losses.items()}
-        history.append({"step": step, "elapsed_s": round(elapsed, 2), "lr": lr,
+        history.append({"step": step + 1, "elapsed_s": round(elapsed, 2), "lr": lr,
                         "loss": float(loss.detach()), **parts})  # fmt: skip
-        bar.update(1)
         bar.set_postfix(loss=f"{loss.item():.3f}")
-    bar.close()
     torch.save(model.state_dict(), run_dir / "model.pt")
     (run_dir / "config.json").write_text(json.dumps(dataclasses.asdict(config), indent=1) + "\n")
     if normaliser is not None:
         (run_dir / "normaliser.json").write_text(json.dumps(normaliser.to_dict()) + "\n")
-    with open(run_dir / "history.csv", "w") as handle:
-        keys = list(history[0]) if history else ["step"]
-        handle.write(",".join(keys) + "\n")
-        for row in history:
-            handle.write(",".join(str(row[k]) for k in keys) + "\n")
+    write_history(run_dir, history, loss_label="Mask R-CNN loss (sum of the five terms)")
     return run_dir
 
 

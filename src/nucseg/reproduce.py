@@ -14,8 +14,8 @@ file present:
   positive pixels green, false negative red, false positive blue.
 
 Trained networks go to ``--models`` (default ``<out>/models``; keep it out of git). A method whose
-score files all exist is skipped, so an interrupted run resumes where it stopped, and the run can
-be spread over several sittings. The ensemble and GB U-Net need three stage-one U-Nets: one whose
+score files all exist is skipped, so an interrupted run resumes where it stopped (a U-Net killed
+mid-training continues from its last checkpoint), and the run can be spread over several sittings. The ensemble and GB U-Net need three stage-one U-Nets: one whose
 weights are present is reused, one whose weights are gone is retrained with its recipe.
 """
 
@@ -34,6 +34,7 @@ from typing import Any
 import numpy as np
 
 from nucseg import paper
+from nucseg._checks import check_keys, dataclass_from_dict
 
 log = logging.getLogger(__name__)
 
@@ -73,14 +74,23 @@ class ReproduceConfig:
 
     @classmethod
     def from_dict(cls, values: dict[str, Any]) -> ReproduceConfig:
-        names = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(values) - names)
-        if unknown:
-            raise KeyError(f"unknown reproduce config keys {unknown}; valid: {sorted(names)}")
-        config = cls(**values)
+        """Build from a dict (a JSON config); unknown keys, methods, block keys: ``KeyError``.
+
+        The ``unet``, ``maskrcnn`` and ``gb_unet`` blocks are checked against the fields of
+        :class:`~nucseg.train.TrainConfig`, :class:`~nucseg.maskrcnn.MaskRCNNConfig` and
+        :class:`~nucseg.stacking.GBConfig` here, so a typo fails before hours of training.
+        """
+        from nucseg.maskrcnn import MaskRCNNConfig
+        from nucseg.stacking import GBConfig
+        from nucseg.train import TrainConfig
+
+        config = dataclass_from_dict(cls, values, what="reproduce config")
         bad = sorted(set(config.methods) - set(METHODS))
         if bad:
             raise KeyError(f"unknown methods {bad}; valid: {list(METHODS)}")
+        blocks = {"unet": TrainConfig, "maskrcnn": MaskRCNNConfig, "gb_unet": GBConfig}
+        for block, target in blocks.items():
+            check_keys(getattr(config, block), target, what=f"reproduce config {block!r} block")
         return config
 
 
@@ -101,6 +111,23 @@ def hardware() -> str:
     except OSError:
         pass
     return f"{name}, {os.cpu_count()} cores"
+
+
+def _checkpoint_elapsed(path: Path, config: dict[str, Any]) -> float | None:
+    """Seconds of training in the checkpoint ``path`` if it holds ``config``, else ``None``."""
+    import torch
+
+    if not path.is_file():
+        return None
+    try:
+        saved = torch.load(path, map_location="cpu", weights_only=False)
+    except Exception as error:  # a checkpoint from another version or a damaged file
+        log.warning("%s cannot be read (%s); training from the start", path, error)
+        return None
+    if saved.get("config") != config:
+        log.warning("%s was written with another config; training from the start", path)
+        return None
+    return float(saved["state"]["elapsed"])
 
 
 class Reproduction:
@@ -131,17 +158,29 @@ class Reproduction:
         (folder / "trained.json").write_text(json.dumps(record) + "\n")
 
     def train_unet(self, name: str) -> Path:
-        """The run folder of U-Net ``name``, trained now unless its weights are there."""
+        """The run folder of U-Net ``name``, trained now unless its weights are there.
+
+        A run killed mid-training (a session that ended) resumes from its last checkpoint if
+        that was written with the same config; otherwise the folder is cleared and the network
+        trained from the start. The recorded training time adds the checkpoint's elapsed time.
+        """
         from nucseg.train import TrainConfig, fit
 
         folder = self.models / name
         if self._trained(folder, "model.safetensors"):
             return folder
-        if folder.exists():
-            shutil.rmtree(folder)
+        config = TrainConfig.from_dict(self._unet_config(name))
         start = time.monotonic()
-        fit(TrainConfig.from_dict(self._unet_config(name)), folder)
-        self._mark(folder, time.monotonic() - start)
+        before = _checkpoint_elapsed(folder / "checkpoint.pt", dataclasses.asdict(config))
+        if before is None:
+            if folder.exists():
+                shutil.rmtree(folder)
+            fit(config, folder)
+            before = 0.0
+        else:
+            log.info("%s: resuming from %s (%.0f s trained)", name, folder, before)
+            fit(config, folder, resume=True)
+        self._mark(folder, before + time.monotonic() - start)
         return folder
 
     def _segmenter(self, method: str) -> tuple[Any, Path | None]:
@@ -170,7 +209,7 @@ class Reproduction:
             if "maskrcnn" in self.config.budgets:
                 values.update(time_budget_s=self.config.budgets["maskrcnn"], steps=None)
             start = time.monotonic()
-            train_maskrcnn(MaskRCNNConfig(**values), folder)
+            train_maskrcnn(MaskRCNNConfig.from_dict(values), folder)
             self._mark(folder, time.monotonic() - start)
         return MaskRCNNSegmenter.load(folder), folder
 
@@ -209,7 +248,7 @@ class Reproduction:
             if "gb-unet" in self.config.budgets:
                 values.update(time_budget_s=self.config.budgets["gb-unet"], steps=None)
             start = time.monotonic()
-            train_gb_unet(GBConfig(**values), folder)
+            train_gb_unet(GBConfig.from_dict(values), folder)
             stage = sum(json.loads((Path(f) / "trained.json").read_text())["train_seconds"]
                         for f in stage_one)  # fmt: skip
             self._mark(folder, stage + time.monotonic() - start)

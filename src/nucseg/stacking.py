@@ -14,7 +14,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -23,7 +22,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from nucseg._checks import check_image
+from nucseg._checks import check_image, dataclass_from_dict
 from nucseg.infer import MEAN, STD, Predictor, autocast, default_device
 from nucseg.tiling import MapStitcher, pad_to, tile_grid
 
@@ -138,6 +137,15 @@ class GBConfig:
     seed: int = 0
     predict_overlap: float = 0.25
 
+    def __post_init__(self) -> None:
+        if (self.steps is None) == (self.time_budget_s is None):
+            raise ValueError("give exactly one of steps and time_budget_s")
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any]) -> GBConfig:
+        """Build from a dict (e.g. the ``gb_unet`` block of a reproduce config)."""
+        return dataclass_from_dict(cls, values, what="GB U-Net config")
+
 
 def _load_stage_one(folders: list[str]) -> list[Predictor]:
     predictors = [Predictor.load(folder, tta="none") for folder in folders]
@@ -166,10 +174,8 @@ def train_gb_unet(config: GBConfig, run_dir: str | Path, *, progress: bool = Tru
     from nucseg.losses import CombinedLoss
     from nucseg.models import create_model, save_model
     from nucseg.targets import unet_weight_map
-    from nucseg.train import TrainConfig, split_ids
+    from nucseg.train import TrainConfig, budgeted_steps, split_ids, write_history
 
-    if (config.steps is None) == (config.time_budget_s is None):
-        raise ValueError("give exactly one of steps and time_budget_s")
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     predictors = _load_stage_one(config.stage_one)
@@ -196,15 +202,11 @@ def train_gb_unet(config: GBConfig, run_dir: str | Path, *, progress: bool = Tru
     model = model.to(device).to(memory_format=torch.channels_last)
     optimiser = torch.optim.Adam(model.parameters(), lr=config.lr)
     loss_fn = CombinedLoss(num_classes=2)
-    history, start, step = [], time.monotonic(), 0
-    bar = tqdm(total=config.steps, desc="train gb u-net", unit="step", disable=not progress)
+    history = []
     model.train()
-    while True:
-        elapsed = time.monotonic() - start
-        if (config.steps is not None and step >= config.steps) or (
-            config.time_budget_s is not None and elapsed >= config.time_budget_s
-        ):
-            break
+    loop = budgeted_steps(config.steps, config.time_budget_s, desc="train gb u-net",
+                          progress=progress)  # fmt: skip
+    for step, elapsed, bar in loop:
         batch = [tiles[i] for i in rng.integers(len(tiles), size=config.batch_size)]
         xs, ys, ws = [], [], []
         for index, s in batch:
@@ -220,11 +222,9 @@ def train_gb_unet(config: GBConfig, run_dir: str | Path, *, progress: bool = Tru
         optimiser.zero_grad(set_to_none=True)
         loss.backward()
         optimiser.step()
-        step += 1
-        history.append({"step": step, "elapsed_s": round(elapsed, 2), "loss": loss.item(), **parts})
-        bar.update(1)
+        history.append({"step": step + 1, "elapsed_s": round(elapsed, 2), "loss": loss.item(),
+                        **parts})  # fmt: skip
         bar.set_postfix(loss=f"{loss.item():.3f}")
-    bar.close()
     save_model(run_dir / "model.safetensors", model, fp16=True)
     config_record = dataclasses.asdict(config)
     (run_dir / "config.json").write_text(json.dumps(config_record, indent=1) + "\n")
@@ -232,10 +232,7 @@ def train_gb_unet(config: GBConfig, run_dir: str | Path, *, progress: bool = Tru
     record = _tune(maps, [labels for _, labels in val]) if val else {"method": "paper",
                                                                       "params": {}}  # fmt: skip
     (run_dir / "thresholds.json").write_text(json.dumps(record, indent=1) + "\n")
-    with open(run_dir / "history.csv", "w") as handle:
-        keys = list(history[0]) if history else ["step"]
-        handle.write(",".join(keys) + "\n")
-        handle.writelines(",".join(str(r[k]) for k in keys) + "\n" for r in history)
+    write_history(run_dir, history)
     return run_dir
 
 

@@ -21,6 +21,7 @@ import logging
 import math
 import threading
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -29,6 +30,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from nucseg._checks import dataclass_from_dict
 from nucseg.infer import autocast, default_device, input_stats, to_tensor
 from nucseg.io import atomic_write
 
@@ -85,14 +87,7 @@ class TrainConfig:
     @classmethod
     def from_dict(cls, values: dict[str, Any]) -> TrainConfig:
         """Build from a dict (e.g. a JSON config file); unknown keys raise ``KeyError``."""
-        names = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(values) - names)
-        if unknown:
-            raise KeyError(f"unknown config key(s) {unknown}; valid: {sorted(names)}")
-        values = dict(values)
-        if values.get("decoder_channels") is not None:
-            values["decoder_channels"] = tuple(values["decoder_channels"])
-        return cls(**values)
+        return dataclass_from_dict(cls, values, what="training config")
 
 
 @dataclass
@@ -549,7 +544,35 @@ def retune(
     return record
 
 
-def write_history(run_dir: Path, history: list[dict[str, Any]]) -> None:
+def budgeted_steps(
+    steps: int | None, time_budget_s: float | None, *, desc: str, progress: bool = True
+) -> Iterator[tuple[int, float, Any]]:
+    """Count training steps until ``steps`` are done or ``time_budget_s`` seconds have passed.
+
+    Exactly one of the two limits must be given. Yields ``(step, elapsed_s, bar)`` before each
+    step (``step`` from 0; ``bar`` is the tqdm progress bar, for ``set_postfix``); the bar advances
+    when the caller asks for the next step. A training loop with no resume or schedule of its own
+    (Mask R-CNN, the GB U-Net) runs as ``for step, elapsed, bar in budgeted_steps(...)``.
+    """
+    if (steps is None) == (time_budget_s is None):
+        raise ValueError("give exactly one of steps and time_budget_s")
+    start, step = time.monotonic(), 0
+    total = steps if steps is not None else None
+    with tqdm(total=total, desc=desc, unit="step", disable=not progress) as bar:
+        while True:
+            elapsed = time.monotonic() - start
+            if (steps is not None and step >= steps) or (
+                time_budget_s is not None and elapsed >= time_budget_s
+            ):
+                return
+            yield step, elapsed, bar
+            step += 1
+            bar.update(1)
+
+
+def write_history(
+    run_dir: Path, history: list[dict[str, Any]], *, loss_label: str = "L_WCE + (1 - Dice)"
+) -> None:
     """``history.csv`` (one row per step) and ``loss.png`` (loss against step, smoothed)."""
     if not history:
         return
@@ -571,7 +594,7 @@ def write_history(run_dir: Path, history: list[dict[str, Any]]) -> None:
     ax.plot(steps, loss, color="0.8", linewidth=0.5, label="loss")
     ax.plot(steps[width - 1 :], smooth, color="C0", label=f"mean of {width} steps")
     ax.set_xlabel("step")
-    ax.set_ylabel("L_WCE + (1 - Dice)")
+    ax.set_ylabel(loss_label)
     ax.legend()
     fig.tight_layout()
     fig.savefig(run_dir / "loss.png")
