@@ -15,8 +15,9 @@ file present:
 
 Trained networks go to ``--models`` (default ``<out>/models``; keep it out of git). A method whose
 score files all exist is skipped, so an interrupted run resumes where it stopped (a U-Net killed
-mid-training continues from its last checkpoint), and the run can be spread over several sittings. The ensemble and GB U-Net need three stage-one U-Nets: one whose
-weights are present is reused, one whose weights are gone is retrained with its recipe.
+mid-training continues from its last checkpoint), and the run can be spread over several
+sittings. The ensemble and GB U-Net need three stage-one U-Nets: one whose weights are present is
+reused, one whose weights are gone is retrained with its recipe.
 """
 
 from __future__ import annotations
