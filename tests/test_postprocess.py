@@ -426,3 +426,23 @@ def test_ideal_distance_map_of_real_labels(monuseg_labels):
     result = distance_watershed(fg, distance)
     scores = metrics.evaluate_image(monuseg_labels, result)
     assert scores["aji"] > 0.95 and scores["f1_50"] > 0.95
+
+
+def test_rule_inputs_take_the_right_channels():
+    from nucseg.postprocess import rule_inputs
+
+    rng = np.random.default_rng(0)
+    probs = rng.dirichlet(np.ones(3), size=(5, 6)).astype(np.float32)
+    maps = np.concatenate([probs, rng.random((5, 6, 1), dtype=np.float32)], axis=-1)
+    np.testing.assert_array_equal(rule_inputs(maps, num_classes=3, method="watershed"), probs)
+    foreground, distance = rule_inputs(maps, num_classes=3, method="distance")
+    np.testing.assert_allclose(foreground, probs[..., 1] + probs[..., 2], atol=1e-6)
+    np.testing.assert_array_equal(distance, maps[..., 3])
+    two = np.stack([1 - maps[..., 3], maps[..., 3]], axis=-1)
+    np.testing.assert_array_equal(rule_inputs(two, num_classes=2, method="paper"), maps[..., 3])
+    with pytest.raises(ValueError, match="needs a distance channel"):
+        rule_inputs(probs, num_classes=3, method="distance")
+    with pytest.raises(ValueError, match="needs 3 classes"):
+        rule_inputs(two, num_classes=2, method="watershed")
+    with pytest.raises(KeyError, match="valid"):
+        rule_inputs(probs, num_classes=3, method="stardist")

@@ -105,3 +105,39 @@ def test_killed_and_resumed_run_equals_uninterrupted(data_root, tmp_path):
     assert json.loads((tmp_path / "full" / "config.json").read_text())["steps"] == config.steps
     with pytest.raises(FileExistsError, match="--resume or --overwrite"):
         fit(config, tmp_path / "full", progress=False)
+
+
+def test_distance_targets_follow_the_augmented_tiles(data_root):
+    from nucseg.augment import Augmenter
+    from nucseg.train import make_batch, prepare_data
+
+    config = TrainConfig.from_dict({**TINY, "distance": True, "num_classes": 3})
+    data = prepare_data(config, progress=False)
+    assert len(data.distances) == len(data.images)
+    indices = batch_indices(0, n_tiles=len(data.tiles), batch_size=4, seed=0)
+    for augmenter in (None, Augmenter()):
+        images, targets, weights, distances = make_batch(data, indices, 0, config, augmenter)
+        assert distances.shape == (4, 1, 64, 64) and distances.dtype == np.float32
+        inside, outside = distances[:, 0][targets > 0], distances[:, 0][targets == 0]
+        assert inside.mean() > 0.3 and np.percentile(outside, 99) < 0.35  # aligned, not shifted
+        assert np.all(distances[:, 0][targets == 1] > 0)  # every interior pixel has a distance
+
+
+@pytest.mark.slow
+def test_distance_model_trains_and_tunes_both_rules(data_root, tmp_path):
+    from nucseg.infer import Predictor
+
+    values = {**TINY, "distance": True, "num_classes": 3, "val_images": 1, "limit_images": 3}
+    run = fit(TrainConfig.from_dict(values), tmp_path / "run", progress=False)
+    record = json.loads((run / "thresholds.json").read_text())
+    assert {c["method"] for c in record["compared"]} == {"watershed", "distance"}
+    best = max(record["compared"], key=lambda c: c["aji"])
+    assert record["method"] == best["method"] and record["params"] == best["params"]
+    predictor = Predictor.load(run)
+    image = np.random.default_rng(0).integers(0, 256, (70, 90, 3), dtype=np.uint8)
+    maps = predictor.predict_maps(image)
+    assert maps.shape == (70, 90, 4)  # 3 class probabilities, then the distance
+    for method in ("watershed", "distance"):
+        predictor.postprocess, predictor.postprocess_params = method, {}
+        labels = predictor.maps_to_labels(maps)
+        assert labels.shape == (70, 90) and labels.dtype == np.int32

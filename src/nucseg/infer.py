@@ -253,13 +253,10 @@ class Predictor:
 
     def maps_to_labels(self, maps: np.ndarray) -> np.ndarray:
         """Instance labels from maps of :meth:`predict_maps`, with the stored post-processing."""
-        from nucseg.postprocess import to_instances
+        from nucseg.postprocess import rule_inputs, to_instances
 
-        if self.num_classes == 2:
-            maps = maps[..., 1]
-        else:
-            maps = maps[..., : self.num_classes]
-        return to_instances(maps, method=self.postprocess, **self.postprocess_params)
+        inputs = rule_inputs(maps, num_classes=self.num_classes, method=self.postprocess)
+        return to_instances(inputs, method=self.postprocess, **self.postprocess_params)
 
     def __call__(self, image: np.ndarray) -> np.ndarray:
         """Segment ``image``: ``(H, W, 3) uint8`` -> ``(H, W) int32`` instance labels."""

@@ -43,6 +43,7 @@ __all__ = [
     "marker_watershed",
     "paper_rule",
     "register",
+    "rule_inputs",
     "to_instances",
     "tune_paper_threshold",
     "tune_watershed",
@@ -110,6 +111,32 @@ def to_instances(
     np.int32(2)
     """
     return _call(get_method(method), maps, params)
+
+
+def rule_inputs(maps: np.ndarray, *, num_classes: int, method: str) -> Any:
+    """What the rule ``method`` takes from a network's ``(H, W, C)`` maps.
+
+    ``maps`` holds ``num_classes`` softmax channels (background first), then any regression
+    channels (a predicted distance map first). ``"paper"`` takes the foreground probability
+    (``1 - background``), ``"watershed"`` the three class channels, ``"distance"`` the pair
+    (foreground probability, distance).
+    """
+    maps = np.asarray(maps)
+    if maps.ndim != 3 or maps.shape[2] < num_classes:
+        raise ValueError(f"maps: expected (H, W, >= {num_classes}) channels, got {maps.shape}")
+    foreground = maps[..., 1] if num_classes == 2 else 1.0 - maps[..., 0]
+    if method == "paper":
+        return foreground
+    if method == "watershed":
+        if num_classes != 3:
+            raise ValueError(f"the watershed rule needs 3 classes, the model has {num_classes}")
+        return maps[..., :3]
+    if method == "distance":
+        if maps.shape[2] <= num_classes:
+            raise ValueError("the distance rule needs a distance channel; the model has none")
+        return foreground, maps[..., num_classes]
+    get_method(method)  # unknown: KeyError listing the valid names
+    raise ValueError(f"no input mapping for post-processing method {method!r}")
 
 
 @register("paper")

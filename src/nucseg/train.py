@@ -75,6 +75,11 @@ class TrainConfig:
     tta: str = "none"
     predict_tile: int = 256
     predict_overlap: float = 0.25
+    # A regression channel after the classes: each nucleus's distance to its border, normalised
+    # to 1 at its centre (targets.distance_map), learnt by MSE with this weight. Post-processing
+    # may then place one marker per distance peak ("distance" rule) instead of per interior blob.
+    distance: bool = False
+    distance_weight: float = 1.0
 
     def __post_init__(self) -> None:
         if (self.steps is None) == (self.time_budget_s is None):
@@ -100,6 +105,7 @@ class TrainingData:
     tiles: list[tuple[int, tuple[slice, slice]]]
     val: list[tuple[str, np.ndarray, np.ndarray]]
     normaliser: Any
+    distances: list[np.ndarray] = field(default_factory=list)  # with TrainConfig.distance
 
 
 def split_ids(config: TrainConfig) -> tuple[list[str], set[str]]:
@@ -116,7 +122,7 @@ def prepare_data(config: TrainConfig, *, progress: bool = True) -> TrainingData:
     """Load, normalise and tile the training images; compute targets and weight maps."""
     from nucseg import datasets
     from nucseg.stain import get_normalizer
-    from nucseg.targets import three_class_target, unet_weight_map
+    from nucseg.targets import distance_map, three_class_target, unet_weight_map
     from nucseg.tiling import tile_grid
 
     ids, val_ids = split_ids(config)
@@ -141,6 +147,8 @@ def prepare_data(config: TrainConfig, *, progress: bool = True) -> TrainingData:
         data.images.append(image)
         data.targets.append(target)
         data.weights.append(unet_weight_map(sample.labels, w0=config.w0, sigma=config.sigma))
+        if config.distance:
+            data.distances.append(distance_map(sample.labels).astype(np.float32))
         grid = tile_grid(image.shape[:2], tile=config.tile, overlap=config.overlap)
         data.tiles += [(index, s) for s in grid]
     log.info(
@@ -193,33 +201,39 @@ def make_batch(
     config: TrainConfig,
     augmenter: Any,
     pool: concurrent.futures.Executor | None = None,
-) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Augmented ``(images, targets, weights)`` of one batch; deterministic given ``step``.
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray | None]:
+    """Augmented ``(images, targets, weights, distances)`` of one batch, given ``step``.
+
+    ``distances`` is ``(N, 1, H, W)`` with :attr:`TrainConfig.distance`, else None.
 
     Each tile has its own seeded generator, so spreading the tiles over the threads of ``pool``
     (OpenCV and NumPy release the GIL) gives the same batch as one thread.
     """
 
-    def one(k: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    def one(k: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray | None]:
         image_index, slices = data.tiles[indices[k]]
         image = data.images[image_index][slices]
         target = data.targets[image_index][slices]
         weight = data.weights[image_index][slices]
+        distance = data.distances[image_index][slices] if data.distances else None
         if augmenter is None:
-            return image, target, weight
+            return image, target, weight, distance
         out = augmenter(
             image,
             target.astype(np.int32),
             weight,
+            None if distance is None else {"distance": distance},
             rng=np.random.default_rng([config.seed, step, k]),
         )
-        return out["image"], out["labels"], out["weight_map"]
+        distance = out["extra"]["distance"] if distance is not None else None
+        return out["image"], out["labels"], out["weight_map"], distance
 
     items = (
         list(pool.map(one, range(len(indices)))) if pool else [one(k) for k in range(len(indices))]
     )
-    images, targets, weights = zip(*items, strict=True)
-    return np.stack(images), np.stack(targets).astype(np.int64), np.stack(weights)
+    images, targets, weights, distances = zip(*items, strict=True)
+    stacked = None if distances[0] is None else np.stack(distances)[:, None].astype(np.float32)
+    return np.stack(images), np.stack(targets).astype(np.int64), np.stack(weights), stacked
 
 
 def learning_rate(step: int, total: int, config: TrainConfig) -> float:
@@ -260,6 +274,7 @@ def build_model(config: TrainConfig) -> torch.nn.Module:
     return create_model(
         config.model,
         num_classes=config.num_classes,
+        distance_channels=int(config.distance),
         encoder_weights=config.encoder_weights,
         **kwargs,
     )
@@ -320,7 +335,7 @@ def fit(
     data = prepare_data(config, progress=progress)
     model = build_model(config).to(device).to(memory_format=torch.channels_last)
     optimiser = torch.optim.Adam(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
-    loss_fn = CombinedLoss(num_classes=config.num_classes)
+    loss_fn = CombinedLoss(num_classes=config.num_classes, distance_weight=config.distance_weight)
     augmenter = None
     if config.augment is not None and config.workers > 0:
         augmenter = _PerThreadAugmenter(config.augment)
@@ -364,7 +379,7 @@ def fit(
         pool = concurrent.futures.ThreadPoolExecutor(config.workers)
         ahead = concurrent.futures.ThreadPoolExecutor(1)
 
-    def batch(step: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    def batch(step: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray | None]:
         indices = batch_indices(
             step, n_tiles=len(data.tiles), batch_size=config.batch_size, seed=config.seed
         )
@@ -375,7 +390,9 @@ def fit(
     while state["total_steps"] is None or state["step"] < state["total_steps"]:
         start = time.perf_counter()
         step = state["step"]
-        images, targets, weights = upcoming.result() if upcoming is not None else batch(step)
+        images, targets, weights, distances = (
+            upcoming.result() if upcoming is not None else batch(step)
+        )
         if ahead is not None:  # assemble the next batch while the model works on this one
             upcoming = ahead.submit(batch, step + 1)
         lr = learning_rate(step, state["total_steps"] or 10**9, config)
@@ -388,6 +405,7 @@ def fit(
             logits.float(),
             torch.from_numpy(targets).to(device),
             torch.from_numpy(weights).to(device),
+            None if distances is None else torch.from_numpy(distances).to(device),
         )
         optimiser.zero_grad(set_to_none=True)
         loss.backward()
@@ -490,20 +508,44 @@ def tune_postprocess(
     return _tune_on_maps(record, maps, truths, config.num_classes)
 
 
+#: Parameters of the ``"distance"`` rule searched when the model predicts a distance map.
+DISTANCE_GRID = {"threshold": [0.4, 0.5, 0.6], "h": [0.1, 0.2, 0.3, 0.4], "min_size": [10, 30]}
+
+
 def _tune_on_maps(
     record: dict[str, Any], maps: list[np.ndarray], truths: list[np.ndarray], num_classes: int
 ) -> dict[str, Any]:
-    """Fill ``record`` with the post-processing tuned on predicted ``maps`` against ``truths``."""
-    from nucseg.postprocess import tune_paper_threshold, tune_watershed
+    """Fill ``record`` with the post-processing tuned on predicted ``maps`` against ``truths``.
+
+    A 3-class model uses the marker watershed; with a distance channel the ``"distance"`` rule is
+    tuned too and the rule of the higher validation AJI kept (``record["compared"]`` lists both).
+    """
+    from nucseg.postprocess import rule_inputs, tune_paper_threshold, tune_watershed
 
     if not maps:
         record.update(method="watershed" if num_classes == 3 else "paper", params={})
-    elif num_classes == 3:
-        params, table = tune_watershed([m[..., :3] for m in maps], truths, grid=WATERSHED_GRID)
-        record.update(method="watershed", params=params, tuning=table)
-    else:
-        threshold, table = tune_paper_threshold([m[..., 1] for m in maps], truths)
+        return record
+    if num_classes == 2 and maps[0].shape[2] == 2:
+        foreground = [rule_inputs(m, num_classes=2, method="paper") for m in maps]
+        threshold, table = tune_paper_threshold(foreground, truths)
         record.update(method="paper", params={"threshold": threshold}, tuning=table)
+        return record
+    grids = {"watershed": WATERSHED_GRID} if num_classes == 3 else {}
+    if maps[0].shape[2] > num_classes:
+        grids["distance"] = DISTANCE_GRID
+    results = {}
+    for method, grid in grids.items():
+        inputs = [rule_inputs(m, num_classes=num_classes, method=method) for m in maps]
+        params, table = tune_watershed(inputs, truths, grid=grid, method=method)
+        best = max(row["aji"] for row in table)
+        results[method] = (best, params, table)
+    method = max(results, key=lambda name: results[name][0])  # first of a tie: watershed
+    _, params, table = results[method]
+    record.update(method=method, params=params, tuning=table)
+    if len(results) > 1:
+        record["compared"] = [
+            {"method": m, "aji": r[0], "params": r[1]} for m, r in results.items()
+        ]
     return record
 
 
