@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import pytest
@@ -85,6 +86,10 @@ def test_tiny_reproduction_writes_every_table_and_figure_and_resumes(data_root, 
     assert (out / "scores" / "gb-unet_tnbc.json").is_file()
     assert (stage_one / "model.safetensors").is_file()
 
+    # Figure 3 is redrawn from out/predictions even after the models folder is gone.
+    kept_predictions = sorted((out / "predictions").rglob("*.npz"))
+    assert sorted(p.parent.name for p in kept_predictions) == sorted(METHODS)  # limit_eval: 1
+    shutil.rmtree(out / "models")
     (out / "figure3.png").unlink()
     assert main(["reproduce", str(TINY), "--out", str(out), "--report-only"]) == 0
     assert (out / "figure3.png").is_file()  # redrawn from the saved predictions

@@ -350,8 +350,10 @@ def _minutes(seconds: float) -> str:
 def write_report(out: str | Path, predictions: str | Path | None = None) -> list[Path]:
     """Rewrite every table and figure of ``out`` from its score files; returns the paths.
 
-    ``predictions`` holds ``<method>/<image id>.npz`` label images of MoNuSeg breast for figure 3
-    (default ``<out>/models/predictions``); without them figure 3 is not redrawn.
+    ``predictions`` holds ``<method>/<image id>.npz`` label images of MoNuSeg breast (default
+    ``<out>/models/predictions``); each method's lowest- and highest-AJI ones are copied to
+    ``<out>/predictions``, from which figure 3 is drawn (not redrawn if the best method's are
+    missing).
     """
     from nucseg.report import markdown_table
 
@@ -393,8 +395,35 @@ def write_report(out: str | Path, predictions: str | Path | None = None) -> list
     written += _table3(out, scores, names)
     written += _figure2(out, scores, names)
     predictions = Path(predictions) if predictions is not None else out / "models" / "predictions"
-    written += _figure3(out, scores, names, predictions)
+    _keep_figure3_images(out, scores, predictions)
+    written += _figure3(out, scores, names, out / "predictions")
     return written
+
+
+def _ends(record: dict[str, Any]) -> list[str]:
+    """The lowest- and highest-AJI image ids of a score record (one id if they coincide)."""
+    per_image = record["per_image"]
+    ranked = sorted(per_image, key=lambda i: per_image[i]["aji"])
+    return list(dict.fromkeys((ranked[0], ranked[-1])))
+
+
+def _keep_figure3_images(out: Path, scores: dict, predictions_root: Path) -> None:
+    """Copy each method's two figure-3 candidates from ``predictions_root`` to ``out/predictions``.
+
+    The models folder (and its predictions) stays out of git and is gone on a fresh machine; the
+    lowest- and highest-AJI MoNuSeg breast labels of every method (about 40 kB each) are kept in
+    the run folder, so figure 3 can be redrawn whichever method ends best.
+    """
+    for (method, dataset), record in scores.items():
+        if dataset != "monuseg-breast":
+            continue
+        for image_id in _ends(record):
+            source = predictions_root / method / f"{image_id}.npz"
+            target = out / "predictions" / method / f"{image_id}.npz"
+            if source.is_file() and not target.is_file():
+                target.parent.mkdir(parents=True, exist_ok=True)
+                shutil.copyfile(source, target.with_suffix(".tmp"))
+                target.with_suffix(".tmp").replace(target)
 
 
 def _table3(out: Path, scores: dict, names: dict) -> list[Path]:
@@ -468,8 +497,7 @@ def _figure3(out: Path, scores: dict, names: dict, predictions_root: Path) -> li
     best = max(candidates, key=lambda m: scores[m, "monuseg-breast"]["aji"])
     predictions = predictions_root / best
     per_image = scores[best, "monuseg-breast"]["per_image"]
-    ranked = sorted(per_image, key=lambda i: per_image[i]["aji"])
-    ends = dict.fromkeys((ranked[0], ranked[-1]))
+    ends = _ends(scores[best, "monuseg-breast"])
     chosen = [i for i in ends if (predictions / f"{i}.npz").is_file()]
     if not chosen:
         return []
