@@ -50,6 +50,12 @@ def check_same_shape(a: np.ndarray, b: np.ndarray, *, names: tuple[str, str]) ->
         )
 
 
+def check_steps_or_budget(steps: int | None, time_budget_s: float | None) -> None:
+    """Raise ``ValueError`` unless exactly one training length is given: steps or seconds."""
+    if (steps is None) == (time_budget_s is None):
+        raise ValueError("give exactly one of steps and time_budget_s")
+
+
 def dataclass_from_dict(cls: type[T], values: Mapping[str, Any], *, what: str) -> T:
     """Build the dataclass ``cls`` from a dict (e.g. a JSON config) with a clear error.
 

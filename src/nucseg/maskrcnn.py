@@ -28,7 +28,7 @@ import numpy as np
 import torch
 from scipy import ndimage as ndi
 
-from nucseg._checks import check_image, check_labels, dataclass_from_dict
+from nucseg._checks import check_image, check_labels, check_steps_or_budget, dataclass_from_dict
 from nucseg.tiling import Slices, pad_to, tile_grid
 
 log = logging.getLogger(__name__)
@@ -195,8 +195,7 @@ class MaskRCNNConfig:
     precision: str = "fp32"
 
     def __post_init__(self) -> None:
-        if (self.steps is None) == (self.time_budget_s is None):
-            raise ValueError("give exactly one of steps and time_budget_s")
+        check_steps_or_budget(self.steps, self.time_budget_s)
 
     @classmethod
     def from_dict(cls, values: dict[str, Any]) -> MaskRCNNConfig:

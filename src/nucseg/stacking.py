@@ -22,7 +22,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from nucseg._checks import check_image, dataclass_from_dict
+from nucseg._checks import check_image, check_steps_or_budget, dataclass_from_dict
 from nucseg.infer import MEAN, STD, Predictor, autocast, default_device
 from nucseg.tiling import MapStitcher, pad_to, tile_grid
 
@@ -138,8 +138,7 @@ class GBConfig:
     predict_overlap: float = 0.25
 
     def __post_init__(self) -> None:
-        if (self.steps is None) == (self.time_budget_s is None):
-            raise ValueError("give exactly one of steps and time_budget_s")
+        check_steps_or_budget(self.steps, self.time_budget_s)
 
     @classmethod
     def from_dict(cls, values: dict[str, Any]) -> GBConfig:

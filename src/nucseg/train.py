@@ -30,7 +30,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from nucseg._checks import dataclass_from_dict
+from nucseg._checks import check_steps_or_budget, dataclass_from_dict
 from nucseg.infer import autocast, default_device, input_stats, to_tensor
 from nucseg.io import atomic_write
 
@@ -82,8 +82,7 @@ class TrainConfig:
     distance_weight: float = 1.0
 
     def __post_init__(self) -> None:
-        if (self.steps is None) == (self.time_budget_s is None):
-            raise ValueError("give exactly one of steps and time_budget_s")
+        check_steps_or_budget(self.steps, self.time_budget_s)
         if self.schedule not in ("cosine", "constant"):
             raise ValueError(f"schedule must be 'cosine' or 'constant', got {self.schedule!r}")
         if self.num_classes not in (2, 3):
@@ -596,11 +595,9 @@ def budgeted_steps(
     when the caller asks for the next step. A training loop with no resume or schedule of its own
     (Mask R-CNN, the GB U-Net) runs as ``for step, elapsed, bar in budgeted_steps(...)``.
     """
-    if (steps is None) == (time_budget_s is None):
-        raise ValueError("give exactly one of steps and time_budget_s")
+    check_steps_or_budget(steps, time_budget_s)
     start, step = time.monotonic(), 0
-    total = steps if steps is not None else None
-    with tqdm(total=total, desc=desc, unit="step", disable=not progress) as bar:
+    with tqdm(total=steps, desc=desc, unit="step", disable=not progress) as bar:
         while True:
             elapsed = time.monotonic() - start
             if (steps is not None and step >= steps) or (
