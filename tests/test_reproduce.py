@@ -26,6 +26,13 @@ def test_config_rejects_unknown_keys_and_methods():
             ReproduceConfig.from_dict({block: {key: 1}})
 
 
+def test_methods_outside_the_config_are_refused(tmp_path):
+    config = ReproduceConfig.from_dict({"methods": ["otsu"], "datasets": ["tnbc"]})
+    with pytest.raises(ValueError, match="not in the config's methods"):
+        Reproduction(config, tmp_path / "out").run(methods=["otsu", "fiji"])
+    assert not (tmp_path / "out").exists()
+
+
 def test_shipped_configs_are_valid():
     for path in [TINY, Path(__file__).parents[1] / "configs" / "reproduce-cpu.json"]:
         ReproduceConfig.from_dict(json.loads(path.read_text()))
@@ -77,13 +84,16 @@ def test_tiny_reproduction_writes_every_table_and_figure_and_resumes(data_root, 
     kept = out / "scores" / "unet-vgg16_tnbc.json"
     before = kept.stat().st_mtime_ns
     (out / "scores" / "gb-unet_tnbc.json").unlink()
+    (out / "scores" / "otsu_tnbc.json").unlink()
     stage_one = out / "models" / "unet-resnet101"
     for path in sorted(stage_one.rglob("*"), reverse=True):
         path.unlink() if path.is_file() else path.rmdir()
     stage_one.rmdir()
-    assert main(["reproduce", str(TINY), "--out", str(out)]) == 0
+    # --methods runs only the methods it names
+    assert main(["reproduce", str(TINY), "--out", str(out), "--methods", "gb-unet"]) == 0
     assert kept.stat().st_mtime_ns == before
     assert (out / "scores" / "gb-unet_tnbc.json").is_file()
+    assert not (out / "scores" / "otsu_tnbc.json").exists()
     assert (stage_one / "model.safetensors").is_file()
 
     # Figure 3 is redrawn from out/predictions even after the models folder is gone.

@@ -161,7 +161,7 @@ def cmd_reproduce(args: argparse.Namespace) -> int:
             print(path)
         return 0
     config = ReproduceConfig.from_dict(json.loads(Path(args.config).read_text()))
-    Reproduction(config, args.out, args.models).run()
+    Reproduction(config, args.out, args.models).run(methods=args.methods)
     for name in ("table2a.md", "table2b.md"):
         if (args.out / name).is_file():
             print((args.out / name).read_text())
@@ -301,6 +301,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", type=Path, required=True, help="run folder: scores, tables, figures")
     p.add_argument("--models", type=Path, help="where trained networks go (default OUT/models)")
     p.add_argument("--report-only", action="store_true", help="redraw tables and figures only")
+    p.add_argument(
+        "--methods",
+        type=lambda text: [m for m in text.split(",") if m],
+        metavar="M1,M2",
+        help="run only these of the config's methods, in this order (default: all, config order)",
+    )
     p.set_defaults(func=cmd_reproduce)
 
     p = sub.add_parser("compare", help="Markdown table of result JSONs beside the paper's rows")
