@@ -95,6 +95,10 @@ def test_tiny_reproduction_writes_every_table_and_figure_and_resumes(data_root, 
     assert (out / "scores" / "gb-unet_tnbc.json").is_file()
     assert not (out / "scores" / "otsu_tnbc.json").exists()
     assert (stage_one / "model.safetensors").is_file()
+    # without --methods, the missing score is made and every finished method skipped
+    assert main(["reproduce", str(TINY), "--out", str(out)]) == 0
+    assert (out / "scores" / "otsu_tnbc.json").is_file()
+    assert kept.stat().st_mtime_ns == before
 
     # Figure 3 is redrawn from out/predictions even after the models folder is gone.
     kept_predictions = sorted((out / "predictions").rglob("*.npz"))
