@@ -36,6 +36,7 @@ import numpy as np
 
 from nucseg import paper
 from nucseg._checks import check_keys, dataclass_from_dict
+from nucseg.io import atomic_write
 
 log = logging.getLogger(__name__)
 
@@ -306,10 +307,8 @@ class Reproduction:
                 )
             record = {"method": method, "dataset": dataset, **trained, **result,
                       "provenance": origin}  # fmt: skip
-            path = self._score_file(method, dataset)
-            tmp = path.with_suffix(".json.tmp")
-            tmp.write_text(json.dumps(record, indent=1) + "\n")
-            tmp.replace(path)
+            with atomic_write(self._score_file(method, dataset), overwrite=True) as tmp:
+                tmp.write_text(json.dumps(record, indent=1) + "\n")
             log.info("%s on %s: AJI %.4f", method, dataset, result["aji"])
 
     def run(self, *, methods: list[str] | None = None, progress: bool = True) -> None:
@@ -349,9 +348,8 @@ def _load_scores(out: Path) -> dict[tuple[str, str], dict[str, Any]]:
 
 
 def _atomic_text(path: Path, text: str) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text)
-    tmp.replace(path)
+    with atomic_write(path, overwrite=True) as tmp:
+        tmp.write_text(text)
 
 
 def _minutes(seconds: float) -> str:
@@ -397,11 +395,11 @@ def write_report(out: str | Path, predictions: str | Path | None = None) -> list
         intro = f"Ours (the paper's in brackets) on {dataset}, {csv_rows[0]['n_images']} images."
         text = intro + "\n\n" + markdown_table(header, rows)
         _atomic_text(out / f"{table}.md", text + "\n")
-        with open(out / f"{table}.csv.tmp", "w", newline="") as handle:
-            writer = csv.DictWriter(handle, fieldnames=list(csv_rows[0]))
-            writer.writeheader()
-            writer.writerows(csv_rows)
-        (out / f"{table}.csv.tmp").replace(out / f"{table}.csv")
+        with atomic_write(out / f"{table}.csv", overwrite=True) as tmp:
+            with open(tmp, "w", newline="") as handle:
+                writer = csv.DictWriter(handle, fieldnames=list(csv_rows[0]))
+                writer.writeheader()
+                writer.writerows(csv_rows)
         written += [out / f"{table}.md", out / f"{table}.csv"]
     written += _table3(out, scores, names)
     written += _figure2(out, scores, names)
@@ -433,8 +431,8 @@ def _keep_figure3_images(out: Path, scores: dict, predictions_root: Path) -> Non
             target = out / "predictions" / method / f"{image_id}.npz"
             if source.is_file() and not target.is_file():
                 target.parent.mkdir(parents=True, exist_ok=True)
-                shutil.copyfile(source, target.with_suffix(".tmp"))
-                target.with_suffix(".tmp").replace(target)
+                with atomic_write(target) as tmp:
+                    shutil.copyfile(source, tmp)
 
 
 def _table3(out: Path, scores: dict, names: dict) -> list[Path]:
@@ -449,13 +447,12 @@ def _table3(out: Path, scores: dict, names: dict) -> list[Path]:
             for i in ids]  # fmt: skip
     _atomic_text(out / "table3.md", "Per-image AJI on MoNuSeg breast.\n\n"
                  + markdown_table(header, rows) + "\n")  # fmt: skip
-    with open(out / "table3.csv.tmp", "w", newline="") as handle:
-        writer = csv.writer(handle)
+    with atomic_write(out / "table3.csv", overwrite=True) as tmp, open(tmp, "w", newline="") as f:
+        writer = csv.writer(f)
         writer.writerow(["image", *methods])
         for i in ids:
             writer.writerow([i, *[scores[m, "monuseg-breast"]["per_image"][i]["aji"]
                                   for m in methods]])  # fmt: skip
-    (out / "table3.csv.tmp").replace(out / "table3.csv")
     return [out / "table3.md", out / "table3.csv"]
 
 
@@ -489,8 +486,8 @@ def _figure2(out: Path, scores: dict, names: dict) -> list[Path]:
     fig.tight_layout()
     paths = [out / "figure2.png", out / "figure2.svg"]
     for path in paths:
-        fig.savefig(path.with_name(path.stem + ".tmp" + path.suffix), dpi=120)
-        path.with_name(path.stem + ".tmp" + path.suffix).replace(path)
+        with atomic_write(path, overwrite=True) as tmp:
+            fig.savefig(tmp, dpi=120)
     plt.close(fig)
     return paths
 
@@ -507,8 +504,9 @@ def _figure3(out: Path, scores: dict, names: dict, predictions_root: Path) -> li
         return []
     best = max(candidates, key=lambda m: scores[m, "monuseg-breast"]["aji"])
     predictions = predictions_root / best
-    per_image = scores[best, "monuseg-breast"]["per_image"]
-    ends = _ends(scores[best, "monuseg-breast"])
+    record = scores[best, "monuseg-breast"]
+    per_image = record["per_image"]
+    ends = _ends(record)
     chosen = [i for i in ends if (predictions / f"{i}.npz").is_file()]
     if not chosen:
         return []
@@ -527,7 +525,7 @@ def _figure3(out: Path, scores: dict, names: dict, predictions_root: Path) -> li
              ha="center", fontsize=9)  # fmt: skip
     fig.tight_layout(rect=(0, 0.03, 1, 1))
     path = out / "figure3.png"
-    fig.savefig(out / "figure3.tmp.png", dpi=100, bbox_inches="tight")
-    (out / "figure3.tmp.png").replace(path)
+    with atomic_write(path, overwrite=True) as tmp:
+        fig.savefig(tmp, dpi=100, bbox_inches="tight")
     plt.close(fig)
     return [path]
