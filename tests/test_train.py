@@ -141,3 +141,24 @@ def test_distance_model_trains_and_tunes_both_rules(data_root, tmp_path):
         predictor.postprocess, predictor.postprocess_params = method, {}
         labels = predictor.maps_to_labels(maps)
         assert labels.shape == (70, 90) and labels.dtype == np.int32
+
+
+@pytest.mark.slow
+def test_moving_average_resumes_and_validation_picks_the_weights(data_root, tmp_path):
+    values = {**TINY, "ema_decay": 0.9, "val_images": 1, "limit_images": 3,
+              "checkpoint_every_steps": 2}  # fmt: skip
+    config = TrainConfig.from_dict(values)
+    fit(config, tmp_path / "full", progress=False)
+    fit(config, tmp_path / "resumed", progress=False, stop_after=2)
+    fit(config, tmp_path / "resumed", progress=False, resume=True)
+    full = load_file(tmp_path / "full" / "model.safetensors")
+    resumed = load_file(tmp_path / "resumed" / "model.safetensors")
+    assert all(torch.equal(full[key], resumed[key]) for key in full)  # the average resumes too
+    record = json.loads((tmp_path / "full" / "thresholds.json").read_text())
+    scores = {c["weights"]: c["score"] for c in record["compared_weights"]}
+    assert scores.keys() == {"trained", "ema"}
+    assert record["weights"] == ("ema" if scores["ema"] > scores["trained"] else "trained")
+    chosen = [row for row in record["tuning"] if row["params"] == record["params"]]
+    assert chosen[0]["aji"] == scores[record["weights"]]
+    with pytest.raises(ValueError, match="ema_decay"):
+        TrainConfig.from_dict({**TINY, "ema_decay": 1.0})

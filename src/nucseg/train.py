@@ -80,6 +80,10 @@ class TrainConfig:
     # may then place one marker per distance peak ("distance" rule) instead of per interior blob.
     distance: bool = False
     distance_weight: float = 1.0
+    # Keep an exponential moving average of the weights (and BatchNorm statistics) with this
+    # decay per step, beside the trained weights. At the end both are tuned on the validation
+    # images and the better one is saved (``thresholds.json``: ``weights``, ``compared_weights``).
+    ema_decay: float | None = None
 
     def __post_init__(self) -> None:
         check_steps_or_budget(self.steps, self.time_budget_s)
@@ -87,6 +91,8 @@ class TrainConfig:
             raise ValueError(f"schedule must be 'cosine' or 'constant', got {self.schedule!r}")
         if self.num_classes not in (2, 3):
             raise ValueError(f"num_classes must be 2 or 3, got {self.num_classes}")
+        if self.ema_decay is not None and not 0.0 < self.ema_decay < 1.0:
+            raise ValueError(f"ema_decay must be in (0, 1), got {self.ema_decay}")
 
     @classmethod
     def from_dict(cls, values: dict[str, Any]) -> TrainConfig:
@@ -340,6 +346,13 @@ def fit(
         augmenter = _PerThreadAugmenter(config.augment)
     elif config.augment is not None:
         augmenter = Augmenter(AugmentConfig(**config.augment))
+    ema = None
+    if config.ema_decay is not None:
+        from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
+
+        ema = AveragedModel(
+            model, multi_avg_fn=get_ema_multi_avg_fn(config.ema_decay), use_buffers=True
+        )
     state = {"step": 0, "total_steps": config.steps, "history": [], "elapsed": 0.0}
     if resume:
         saved = torch.load(checkpoint_path, map_location=device, weights_only=False)
@@ -347,6 +360,8 @@ def fit(
             raise ValueError(f"{checkpoint_path} was written with another config")
         model.load_state_dict(saved["model"])
         optimiser.load_state_dict(saved["optimiser"])
+        if ema is not None:
+            ema.load_state_dict(saved["ema"])
         torch.set_rng_state(saved["torch_rng"])
         state = saved["state"]
         log.info("resumed at step %d", state["step"])
@@ -357,6 +372,7 @@ def fit(
                 "config": dataclasses.asdict(config),
                 "model": model.state_dict(),
                 "optimiser": optimiser.state_dict(),
+                **({} if ema is None else {"ema": ema.state_dict()}),
                 "torch_rng": torch.get_rng_state(),
                 "state": state,
             },
@@ -409,6 +425,8 @@ def fit(
         optimiser.zero_grad(set_to_none=True)
         loss.backward()
         optimiser.step()
+        if ema is not None:
+            ema.update_parameters(model)
         seconds = time.perf_counter() - start
         state["step"] = step + 1
         state["elapsed"] += seconds
@@ -446,7 +464,15 @@ def fit(
     bar.close()
     _shutdown(ahead, pool)
     save_checkpoint()
-    finish(run_dir, model, data, config, state["history"], progress=progress)
+    finish(
+        run_dir,
+        model,
+        data,
+        config,
+        state["history"],
+        progress=progress,
+        ema=None if ema is None else ema.module,
+    )
     return run_dir
 
 
@@ -472,16 +498,40 @@ def finish(
     history: list[dict[str, Any]],
     *,
     progress: bool = True,
+    ema: torch.nn.Module | None = None,
 ) -> None:
-    """Write the final weights, normaliser, history, loss curve and tuned post-processing."""
+    """Write the final weights, normaliser, history, loss curve and tuned post-processing.
+
+    With ``ema`` (the moving average of the weights) both networks are tuned on the validation
+    images and the one of the higher validation score (``_validation_score``) is saved; a tie
+    keeps the trained weights.
+    """
     from nucseg.models import save_model
 
-    save_model(run_dir / "model.safetensors", model, fp16=config.fp16_weights)
     if data.normaliser is not None:
         _write_json(run_dir / "normaliser.json", data.normaliser.to_dict())
     write_history(run_dir, history)
     record = tune_postprocess(model, data.val, config=config, progress=progress)
+    if ema is not None:
+        ema_record = tune_postprocess(ema, data.val, config=config, progress=progress)
+        candidates = (("trained", record), ("ema", ema_record))
+        best = {name: _validation_score(r) for name, r in candidates}
+        if best["ema"] > best["trained"]:
+            model, record = ema, ema_record
+        record["weights"] = "ema" if model is ema else "trained"
+        record["compared_weights"] = [{"weights": k, "score": v} for k, v in best.items()]
+    save_model(run_dir / "model.safetensors", model, fp16=config.fp16_weights)
     _write_json(run_dir / "thresholds.json", record)
+
+
+def _validation_score(record: dict[str, Any]) -> float:
+    """The validation score of a tuned record's chosen parameters: its rule's objective (AJI for
+    the watershed and distance rules, precision for the paper's rule); -1 without validation."""
+    for row in record.get("tuning", []):
+        chosen = row["params"] if "params" in row else {"threshold": row["threshold"]}
+        if chosen == record["params"]:
+            return float(row.get("objective", row["aji"]))
+    return -1.0
 
 
 def tune_postprocess(
