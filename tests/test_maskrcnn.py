@@ -102,3 +102,23 @@ def test_backbone_uses_trainable_batchnorm():
     model = build_maskrcnn("resnet18")
     norms = [m for m in model.backbone.modules() if "BatchNorm" in type(m).__name__]
     assert norms and all(isinstance(m, torch.nn.BatchNorm2d) for m in norms)
+    heads = model.roi_heads
+    for head in (heads.box_head, heads.mask_head, model.backbone.fpn):
+        assert any(isinstance(m, torch.nn.BatchNorm2d) for m in head.modules())
+
+
+def test_untrained_heads_start_near_chance_on_a_real_tile(data_root):
+    from nucseg import datasets
+    from nucseg.maskrcnn import _image_tensor
+
+    torch.manual_seed(0)
+    sample = datasets.load_sample("monuseg", "TCGA-21-5784-01Z-00-DX1")
+    image, labels = sample.image[:256, :256], sample.labels[:256, :256]
+    model = build_maskrcnn("resnet18").train()
+    with torch.no_grad():
+        losses = model([_image_tensor(image)], [instance_targets(labels)])
+    # Binary cross-entropies at chance are log 2; torchvision's own init gives a mask loss of 5-10.
+    assert abs(float(losses["loss_mask"]) - np.log(2)) < 0.05
+    assert float(losses["loss_classifier"]) < 0.8
+    with pytest.raises(ValueError, match="backbone 'vgg16'"):
+        build_maskrcnn("vgg16")
