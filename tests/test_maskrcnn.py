@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import pytest
 import torch
@@ -87,6 +89,24 @@ def test_tiny_maskrcnn_trains_and_predicts(data_root, tmp_path):
     labels, scores = segmenter.predict_instances(image)
     assert labels.shape == (300, 260) and labels.dtype == np.int32
     assert set(np.unique(labels)) - {0} == set(scores)
+
+
+@pytest.mark.slow
+def test_killed_and_resumed_training_equals_uninterrupted(data_root, tmp_path):
+    config = MaskRCNNConfig(backbone="resnet18", limit_images=1, steps=4, time_budget_s=None,
+                            batch_size=1, stain=None, warmup_steps=1)  # fmt: skip
+    train_maskrcnn(config, tmp_path / "full", progress=False)
+    train_maskrcnn(config, tmp_path / "resumed", progress=False, stop_after=2)
+    assert not (tmp_path / "resumed" / "model.pt").exists()  # killed: no final weights
+    train_maskrcnn(config, tmp_path / "resumed", progress=False, resume=True)
+    full = torch.load(tmp_path / "full" / "model.pt")
+    resumed = torch.load(tmp_path / "resumed" / "model.pt")
+    assert all(torch.equal(full[key], resumed[key]) for key in full)
+    history = (tmp_path / "resumed" / "history.csv").read_text().splitlines()
+    assert [row.split(",")[0] for row in history[1:]] == ["1", "2", "3", "4"]
+    other = dataclasses.replace(config, lr=0.5)
+    with pytest.raises(ValueError, match="another config"):
+        train_maskrcnn(other, tmp_path / "resumed", progress=False, resume=True)
 
 
 def test_config_from_dict_checks_keys_and_length():

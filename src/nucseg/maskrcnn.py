@@ -19,6 +19,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -217,6 +218,7 @@ class MaskRCNNConfig:
     time_budget_s: float | None = 1200.0
     seed: int = 0
     precision: str = "fp32"
+    checkpoint_every_s: float = 300.0
 
     def __post_init__(self) -> None:
         check_steps_or_budget(self.steps, self.time_budget_s)
@@ -227,14 +229,30 @@ class MaskRCNNConfig:
         return dataclass_from_dict(cls, values, what="Mask R-CNN config")
 
 
-def train_maskrcnn(config: MaskRCNNConfig, run_dir: str | Path, *, progress: bool = True) -> Path:
-    """Train on tiles of the configured images; writes ``model.pt``, ``config.json``, history."""
+def train_maskrcnn(
+    config: MaskRCNNConfig,
+    run_dir: str | Path,
+    *,
+    progress: bool = True,
+    resume: bool = False,
+    stop_after: int | None = None,
+) -> Path:
+    """Train on tiles of the configured images; writes ``model.pt``, ``config.json``, history.
+
+    Every ``config.checkpoint_every_s`` seconds the weights, optimiser, random states, step,
+    elapsed time and history go to ``run_dir/checkpoint.pt``; ``resume=True`` continues from it
+    (its config must equal ``config``) to the weights an unbroken run ends with. ``stop_after``
+    stops after that many steps with a checkpoint, as a killed run would (for tests).
+    """
     from nucseg import datasets
     from nucseg.infer import autocast, default_device
     from nucseg.stain import get_normalizer
-    from nucseg.train import _mosaic, budgeted_steps, write_history
+    from nucseg.train import _atomic_torch_save, _mosaic, budgeted_steps, write_history
 
     run_dir = Path(run_dir)
+    checkpoint_path = run_dir / "checkpoint.pt"
+    if resume and not checkpoint_path.is_file():
+        raise FileNotFoundError(f"cannot resume: {checkpoint_path} does not exist")
     run_dir.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(config.seed)
     rng = np.random.default_rng(config.seed)
@@ -256,10 +274,37 @@ def train_maskrcnn(config: MaskRCNNConfig, run_dir: str | Path, *, progress: boo
         model.parameters(), lr=config.lr, momentum=config.momentum,
         weight_decay=config.weight_decay,
     )  # fmt: skip
+    history: list[dict[str, Any]] = []
+    step, elapsed = 0, 0.0
+    if resume:
+        saved = torch.load(checkpoint_path, map_location=device, weights_only=False)
+        if saved["config"] != dataclasses.asdict(config):
+            raise ValueError(f"{checkpoint_path} was written with another config")
+        model.load_state_dict(saved["model"])
+        optimiser.load_state_dict(saved["optimiser"])
+        torch.set_rng_state(saved["torch_rng"])
+        rng.bit_generator.state = saved["numpy_rng"]
+        step, elapsed, history = saved["state"]["step"], saved["state"]["elapsed"], saved["history"]
+        log.info("resumed Mask R-CNN at step %d", step)
+
+    def save_checkpoint(step: int, elapsed: float) -> None:
+        _atomic_torch_save(
+            {
+                "config": dataclasses.asdict(config),
+                "model": model.state_dict(),
+                "optimiser": optimiser.state_dict(),
+                "torch_rng": torch.get_rng_state(),
+                "numpy_rng": rng.bit_generator.state,
+                "state": {"step": step, "elapsed": elapsed},
+                "history": history,
+            },
+            checkpoint_path,
+        )
+
     model.train()
-    history = []
+    last_checkpoint = time.monotonic()
     loop = budgeted_steps(config.steps, config.time_budget_s, desc="train mask r-cnn",
-                          progress=progress)  # fmt: skip
+                          progress=progress, start_step=step, elapsed_before=elapsed)  # fmt: skip
     for step, elapsed, bar in loop:
         batch = [tiles[i] for i in rng.integers(len(tiles), size=config.batch_size)]
         images, targets = [], []
@@ -281,7 +326,13 @@ def train_maskrcnn(config: MaskRCNNConfig, run_dir: str | Path, *, progress: boo
         history.append({"step": step + 1, "elapsed_s": round(elapsed, 2), "lr": lr,
                         "loss": float(loss.detach()), **parts})  # fmt: skip
         bar.set_postfix(loss=f"{loss.item():.3f}")
-    torch.save(model.state_dict(), run_dir / "model.pt")
+        if stop_after is not None and step + 1 >= stop_after:
+            save_checkpoint(step + 1, elapsed)
+            return run_dir
+        if time.monotonic() - last_checkpoint > config.checkpoint_every_s:
+            save_checkpoint(step + 1, elapsed)
+            last_checkpoint = time.monotonic()
+    _atomic_torch_save(model.state_dict(), run_dir / "model.pt")
     (run_dir / "config.json").write_text(json.dumps(dataclasses.asdict(config), indent=1) + "\n")
     if normaliser is not None:
         (run_dir / "normaliser.json").write_text(json.dumps(normaliser.to_dict()) + "\n")

@@ -14,10 +14,10 @@ file present:
   positive pixels green, false negative red, false positive blue.
 
 Trained networks go to ``--models`` (default ``<out>/models``; keep it out of git). A method whose
-score files all exist is skipped, so an interrupted run resumes where it stopped (a U-Net killed
-mid-training continues from its last checkpoint), and the run can be spread over several
-sittings. The ensemble and GB U-Net need three stage-one U-Nets: one whose weights are present is
-reused, one whose weights are gone is retrained with its recipe.
+score files all exist is skipped, so an interrupted run resumes where it stopped (a U-Net or
+Mask R-CNN killed mid-training continues from its last checkpoint), and the run can be spread over
+several sittings. The ensemble and GB U-Net need three stage-one U-Nets: one whose weights are
+present is reused, one whose weights are gone is retrained with its recipe.
 """
 
 from __future__ import annotations
@@ -29,6 +29,7 @@ import logging
 import platform
 import shutil
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -173,18 +174,23 @@ class Reproduction:
         if self._trained(folder, "model.safetensors"):
             return folder
         config = TrainConfig.from_dict(self._unet_config(name))
+        self._train_resumably(folder, config, lambda resume: fit(config, folder, resume=resume))
+        return folder
+
+    def _train_resumably(self, folder: Path, config: Any, train: Callable[[bool], Any]) -> None:
+        """``train(resume)`` into ``folder``: resume if its checkpoint holds ``config``, else
+        clear the folder and start; record the training time (with the checkpoint's)."""
         start = time.monotonic()
         before = _checkpoint_elapsed(folder / "checkpoint.pt", dataclasses.asdict(config))
         if before is None:
             if folder.exists():
                 shutil.rmtree(folder)
-            fit(config, folder)
+            train(False)
             before = 0.0
         else:
-            log.info("%s: resuming from %s (%.0f s trained)", name, folder, before)
-            fit(config, folder, resume=True)
+            log.info("resuming %s (%.0f s trained)", folder, before)
+            train(True)
         self._mark(folder, before + time.monotonic() - start)
-        return folder
 
     def _segmenter(self, method: str) -> tuple[Any, Path | None]:
         from nucseg.pipeline import make_segmenter
@@ -211,9 +217,10 @@ class Reproduction:
             values = dict(self.config.maskrcnn)
             if "maskrcnn" in self.config.budgets:
                 values.update(time_budget_s=self.config.budgets["maskrcnn"], steps=None)
-            start = time.monotonic()
-            train_maskrcnn(MaskRCNNConfig.from_dict(values), folder)
-            self._mark(folder, time.monotonic() - start)
+            config = MaskRCNNConfig.from_dict(values)
+            self._train_resumably(
+                folder, config, lambda resume: train_maskrcnn(config, folder, resume=resume)
+            )
         return MaskRCNNSegmenter.load(folder), folder
 
     def _ensemble(self, stage_one: list[str]) -> tuple[Any, Path]:

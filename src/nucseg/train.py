@@ -636,18 +636,25 @@ def retune(
 
 
 def budgeted_steps(
-    steps: int | None, time_budget_s: float | None, *, desc: str, progress: bool = True
+    steps: int | None,
+    time_budget_s: float | None,
+    *,
+    desc: str,
+    progress: bool = True,
+    start_step: int = 0,
+    elapsed_before: float = 0.0,
 ) -> Iterator[tuple[int, float, Any]]:
     """Count training steps until ``steps`` are done or ``time_budget_s`` seconds have passed.
 
     Exactly one of the two limits must be given. Yields ``(step, elapsed_s, bar)`` before each
-    step (``step`` from 0; ``bar`` is the tqdm progress bar, for ``set_postfix``); the bar advances
-    when the caller asks for the next step. A training loop with no resume or schedule of its own
-    (Mask R-CNN, the GB U-Net) runs as ``for step, elapsed, bar in budgeted_steps(...)``.
+    step (``step`` from ``start_step``, ``elapsed_s`` from ``elapsed_before``: a resumed run
+    continues its count and its budget; ``bar`` is the tqdm progress bar, for ``set_postfix``);
+    the bar advances when the caller asks for the next step. A training loop with no schedule of
+    its own (Mask R-CNN, the GB U-Net) runs as ``for step, elapsed, bar in budgeted_steps(...)``.
     """
     check_steps_or_budget(steps, time_budget_s)
-    start, step = time.monotonic(), 0
-    with tqdm(total=steps, desc=desc, unit="step", disable=not progress) as bar:
+    start, step = time.monotonic() - elapsed_before, start_step
+    with tqdm(total=steps, initial=step, desc=desc, unit="step", disable=not progress) as bar:
         while True:
             elapsed = time.monotonic() - start
             if (steps is not None and step >= steps) or (
