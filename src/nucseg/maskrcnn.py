@@ -247,7 +247,14 @@ def train_maskrcnn(
     from nucseg import datasets
     from nucseg.infer import autocast, default_device
     from nucseg.stain import get_normalizer
-    from nucseg.train import _atomic_torch_save, _mosaic, budgeted_steps, write_history
+    from nucseg.train import (
+        _atomic_torch_save,
+        _mosaic,
+        budgeted_steps,
+        load_checkpoint,
+        write_checkpoint,
+        write_history,
+    )
 
     run_dir = Path(run_dir)
     checkpoint_path = run_dir / "checkpoint.pt"
@@ -277,29 +284,15 @@ def train_maskrcnn(
     history: list[dict[str, Any]] = []
     step, elapsed = 0, 0.0
     if resume:
-        saved = torch.load(checkpoint_path, map_location=device, weights_only=False)
-        if saved["config"] != dataclasses.asdict(config):
-            raise ValueError(f"{checkpoint_path} was written with another config")
-        model.load_state_dict(saved["model"])
-        optimiser.load_state_dict(saved["optimiser"])
-        torch.set_rng_state(saved["torch_rng"])
+        saved = load_checkpoint(checkpoint_path, config, model, optimiser, device)
         rng.bit_generator.state = saved["numpy_rng"]
         step, elapsed, history = saved["state"]["step"], saved["state"]["elapsed"], saved["history"]
         log.info("resumed Mask R-CNN at step %d", step)
 
     def save_checkpoint(step: int, elapsed: float) -> None:
-        _atomic_torch_save(
-            {
-                "config": dataclasses.asdict(config),
-                "model": model.state_dict(),
-                "optimiser": optimiser.state_dict(),
-                "torch_rng": torch.get_rng_state(),
-                "numpy_rng": rng.bit_generator.state,
-                "state": {"step": step, "elapsed": elapsed},
-                "history": history,
-            },
-            checkpoint_path,
-        )
+        write_checkpoint(checkpoint_path, config, model, optimiser,
+                         numpy_rng=rng.bit_generator.state, history=history,
+                         state={"step": step, "elapsed": elapsed})  # fmt: skip
 
     model.train()
     last_checkpoint = time.monotonic()

@@ -256,6 +256,42 @@ def _atomic_torch_save(obj: Any, path: Path) -> None:
         torch.save(obj, tmp)
 
 
+def write_checkpoint(
+    path: Path, config: Any, model: torch.nn.Module, optimiser: torch.optim.Optimizer, **extra: Any
+) -> None:
+    """Save a resumable training state: config, weights, optimiser, torch RNG and ``extra``."""
+    _atomic_torch_save(
+        {
+            "config": dataclasses.asdict(config),
+            "model": model.state_dict(),
+            "optimiser": optimiser.state_dict(),
+            "torch_rng": torch.get_rng_state(),
+            **extra,
+        },
+        path,
+    )
+
+
+def load_checkpoint(
+    path: Path,
+    config: Any,
+    model: torch.nn.Module,
+    optimiser: torch.optim.Optimizer,
+    device: torch.device,
+) -> dict[str, Any]:
+    """Restore what :func:`write_checkpoint` saved into ``model``, ``optimiser`` and the torch RNG.
+
+    Returns the whole record (for the caller's ``extra``); refuses a checkpoint of another config.
+    """
+    saved = torch.load(path, map_location=device, weights_only=False)
+    if saved["config"] != dataclasses.asdict(config):
+        raise ValueError(f"{path} was written with another config")
+    model.load_state_dict(saved["model"])
+    optimiser.load_state_dict(saved["optimiser"])
+    torch.set_rng_state(saved["torch_rng"])
+    return saved
+
+
 def _write_json(path: Path, obj: Any) -> None:
     with atomic_write(path, overwrite=True) as tmp:
         tmp.write_text(json.dumps(obj, indent=1, default=_jsonable) + "\n")
@@ -355,29 +391,15 @@ def fit(
         )
     state = {"step": 0, "total_steps": config.steps, "history": [], "elapsed": 0.0}
     if resume:
-        saved = torch.load(checkpoint_path, map_location=device, weights_only=False)
-        if saved["config"] != dataclasses.asdict(config):
-            raise ValueError(f"{checkpoint_path} was written with another config")
-        model.load_state_dict(saved["model"])
-        optimiser.load_state_dict(saved["optimiser"])
+        saved = load_checkpoint(checkpoint_path, config, model, optimiser, device)
         if ema is not None:
             ema.load_state_dict(saved["ema"])
-        torch.set_rng_state(saved["torch_rng"])
         state = saved["state"]
         log.info("resumed at step %d", state["step"])
 
     def save_checkpoint() -> None:
-        _atomic_torch_save(
-            {
-                "config": dataclasses.asdict(config),
-                "model": model.state_dict(),
-                "optimiser": optimiser.state_dict(),
-                **({} if ema is None else {"ema": ema.state_dict()}),
-                "torch_rng": torch.get_rng_state(),
-                "state": state,
-            },
-            checkpoint_path,
-        )
+        extra = {} if ema is None else {"ema": ema.state_dict()}
+        write_checkpoint(checkpoint_path, config, model, optimiser, state=state, **extra)
 
     mean, std = input_stats(model)
     step_seconds: list[float] = []
