@@ -250,6 +250,7 @@ def train_maskrcnn(
     from nucseg.train import (
         _atomic_torch_save,
         _mosaic,
+        _write_json,
         budgeted_steps,
         load_checkpoint,
         write_checkpoint,
@@ -326,9 +327,9 @@ def train_maskrcnn(
             save_checkpoint(step + 1, elapsed)
             last_checkpoint = time.monotonic()
     _atomic_torch_save(model.state_dict(), run_dir / "model.pt")
-    (run_dir / "config.json").write_text(json.dumps(dataclasses.asdict(config), indent=1) + "\n")
+    _write_json(run_dir / "config.json", dataclasses.asdict(config))
     if normaliser is not None:
-        (run_dir / "normaliser.json").write_text(json.dumps(normaliser.to_dict()) + "\n")
+        _write_json(run_dir / "normaliser.json", normaliser.to_dict())
     write_history(run_dir, history, loss_label="Mask R-CNN loss (sum of the five terms)")
     return run_dir
 
@@ -399,20 +400,25 @@ class MaskRCNNSegmenter:
         # Drop low-scored boxes before the mask head rather than after it: the same detections
         # (a box is only suppressed by a higher-scored one), without pasting up to
         # ``max_detections`` masks per tile (6x faster for a barely trained network).
-        self.model.roi_heads.score_thresh = self.score_threshold
+        # The held model's own threshold is restored afterwards, so a caller's model is unchanged.
+        heads = self.model.roi_heads
+        saved_threshold, heads.score_thresh = heads.score_thresh, self.score_threshold
+        try:
+            labels, scores = self._stitch(padded, grid)
+        finally:
+            heads.score_thresh = saved_threshold
+        labels = labels[crop]
+        present = set(np.unique(labels).tolist()) - {0}
+        return labels, {k: v for k, v in scores.items() if k in present}
 
+    def _stitch(self, padded: np.ndarray, grid: Any) -> tuple[np.ndarray, dict[int, float]]:
         def predict_tile(slices: Slices) -> tuple[np.ndarray, np.ndarray]:
             out = self.model([_image_tensor(padded[slices]).to(self.device)])[0]
             keep = out["scores"] >= self.score_threshold
             masks = (out["masks"][keep, 0] >= self.mask_threshold).cpu().numpy()
             return masks, out["scores"][keep].float().cpu().numpy()
 
-        labels, scores = stitch_instances(
-            padded.shape[:2], grid, predict_tile, min_size=self.min_size
-        )
-        labels = labels[crop]
-        present = set(np.unique(labels).tolist()) - {0}
-        return labels, {k: v for k, v in scores.items() if k in present}
+        return stitch_instances(padded.shape[:2], grid, predict_tile, min_size=self.min_size)
 
     def __call__(self, image: np.ndarray) -> np.ndarray:
         return self.predict_instances(image)[0]

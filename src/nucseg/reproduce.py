@@ -331,8 +331,8 @@ class Reproduction:
                 f"methods {unknown} are not in the config's methods {list(self.config.methods)}"
             )
         self.out.mkdir(parents=True, exist_ok=True)
-        (self.out / "config.json").write_text(
-            json.dumps(dataclasses.asdict(self.config), indent=1) + "\n"
+        _atomic_text(
+            self.out / "config.json", json.dumps(dataclasses.asdict(self.config), indent=1) + "\n"
         )
         for method in order:
             if self.done(method):
