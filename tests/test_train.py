@@ -162,3 +162,30 @@ def test_moving_average_resumes_and_validation_picks_the_weights(data_root, tmp_
     assert chosen[0]["aji"] == scores[record["weights"]]
     with pytest.raises(ValueError, match="ema_decay"):
         TrainConfig.from_dict({**TINY, "ema_decay": 1.0})
+
+
+def test_a_run_without_validation_takes_another_runs_post_processing(data_root, tmp_path):
+    from nucseg.infer import Predictor
+    from nucseg.train import retune
+
+    run = fit(TrainConfig.from_dict(TINY), tmp_path / "all", progress=False)  # val_images 0
+    assert json.loads((run / "thresholds.json").read_text())["params"] == {}  # nothing to tune
+    source = tmp_path / "source"
+    source.mkdir()
+    (source / "config.json").write_text(json.dumps({"num_classes": 3}))
+    tuned = {"validation_images": ["a", "b"], "predict": {"tile": 128, "overlap": 0.25,
+             "tta": "none"}, "method": "watershed", "params": {"interior_threshold": 0.7,
+             "foreground_threshold": 0.6, "min_size": 30}, "tuning": []}  # fmt: skip
+    (source / "thresholds.json").write_text(json.dumps(tuned))
+    record = retune(run, params_from=source, progress=False)
+    assert record == json.loads((run / "thresholds.json").read_text())
+    assert record["params_from"] == str(source)
+    assert record["source_validation_images"] == ["a", "b"]
+    predictor = Predictor.load(run)
+    assert predictor.postprocess_params == tuned["params"]
+    assert predictor.options["tile"] == 128 and predictor.options["overlap"] == 0.25
+    with pytest.raises(ValueError, match="drop tta"):
+        retune(run, params_from=source, tta="flips")
+    (source / "config.json").write_text(json.dumps({"num_classes": 2}))
+    with pytest.raises(ValueError, match="2 classes"):
+        retune(run, params_from=source)

@@ -145,10 +145,18 @@ def cmd_train(args: argparse.Namespace) -> int:
 def cmd_tune(args: argparse.Namespace) -> int:
     from nucseg.train import retune
 
-    record = retune(args.run, tta=args.tta, tile=args.tile, overlap=args.overlap)
+    record = retune(
+        args.run, tta=args.tta, tile=args.tile, overlap=args.overlap, params_from=args.params_from
+    )
+    done = (
+        f"{args.run / 'thresholds.json'}: {record['method']} {record['params']}, "
+        f"predict {record['predict']}"
+    )
+    if args.params_from is not None:
+        print(f"{done}; copied from {args.params_from}")
+        return 0
     best = max((row["aji"] for row in record.get("tuning", [])), default=float("nan"))
-    print(f"{args.run / 'thresholds.json'}: {record['method']} {record['params']}, "
-          f"predict {record['predict']}; validation AJI {best:.4f}")  # fmt: skip
+    print(f"{done}; validation AJI {best:.4f}")
     return 0
 
 
@@ -294,6 +302,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--tile", type=int, help="prediction tile side (default: the run's)")
     p.add_argument("--overlap", type=float, help="prediction tile overlap (default: the run's)")
+    p.add_argument(
+        "--params-from",
+        type=Path,
+        metavar="RUN",
+        help="copy this run's tuned post-processing and prediction settings instead of tuning "
+        "(for a run trained on every image, with no validation images of its own)",
+    )
     p.set_defaults(func=cmd_tune)
 
     p = sub.add_parser("reproduce", help="train and score every method of the paper's Table 2")

@@ -627,11 +627,18 @@ def retune(
     tile: int | None = None,
     overlap: float | None = None,
     progress: bool = True,
+    params_from: str | Path | None = None,
 ) -> dict:
     """Re-tune a finished run's post-processing; rewrites thresholds.json.
 
     ``tta``, ``tile`` and ``overlap`` override the run's prediction settings (and are stored in
     the new thresholds.json, so the model then predicts that way by default).
+
+    ``params_from`` names another run (or model folder) whose tuned post-processing and
+    prediction settings are copied instead of tuning: for a run trained on every image
+    (``val_images`` 0), which has no validation images of its own, refitted with the recipe
+    of a run that had them. The record names the source (``params_from``) and its validation
+    images (``source_validation_images``).
     """
     from nucseg import datasets
     from nucseg.models import load_model
@@ -639,6 +646,29 @@ def retune(
 
     run_dir = Path(run_dir)
     values = json.loads((run_dir / "config.json").read_text())
+    if params_from is not None:
+        if any(v is not None for v in (tta, tile, overlap)):
+            raise ValueError(
+                "params_from copies the prediction settings too: drop tta/tile/overlap"
+            )
+        source = Path(params_from)
+        source_config = json.loads((source / "config.json").read_text())
+        if source_config["num_classes"] != values["num_classes"]:
+            raise ValueError(
+                f"{source} predicts {source_config['num_classes']} classes and {run_dir} "
+                f"{values['num_classes']}: its post-processing does not apply"
+            )
+        copied = json.loads((source / "thresholds.json").read_text())
+        record = {
+            "validation_images": [],
+            "predict": copied["predict"],
+            "method": copied["method"],
+            "params": copied["params"],
+            "params_from": str(source),
+            "source_validation_images": copied["validation_images"],
+        }
+        _write_json(run_dir / "thresholds.json", record)
+        return record
     overrides = {"tta": tta, "predict_tile": tile, "predict_overlap": overlap}
     values.update({k: v for k, v in overrides.items() if v is not None})
     config = TrainConfig.from_dict(values)
