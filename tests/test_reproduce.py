@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from nucseg.cli import main
-from nucseg.reproduce import METHODS, ReproduceConfig, Reproduction
+from nucseg.reproduce import METHODS, UNETS, ReproduceConfig, Reproduction
 from nucseg.train import TrainConfig, fit
 
 TINY = Path(__file__).parent / "data" / "reproduce-tiny.json"
@@ -34,8 +34,13 @@ def test_methods_outside_the_config_are_refused(tmp_path):
 
 
 def test_shipped_configs_are_valid():
-    for path in [TINY, Path(__file__).parents[1] / "configs" / "reproduce-cpu.json"]:
-        ReproduceConfig.from_dict(json.loads(path.read_text()))
+    ReproduceConfig.from_dict(json.loads(TINY.read_text()))
+    configs = Path(__file__).parents[1] / "configs"
+    for path in [configs / "reproduce-cpu.json", configs / "reproduce-gpu.json"]:
+        config = ReproduceConfig.from_dict(json.loads(path.read_text()))
+        assert config.methods == list(METHODS), path.name  # all 14, in the paper's order
+        trained = [*UNETS, "maskrcnn", "gb-unet"]
+        assert set(trained) <= set(config.budgets), path.name  # a budget for each
 
 
 def test_a_killed_unet_resumes_from_its_checkpoint(data_root, tmp_path, caplog):
