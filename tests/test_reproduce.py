@@ -6,6 +6,7 @@ import json
 import shutil
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from nucseg.cli import main
@@ -112,3 +113,29 @@ def test_tiny_reproduction_writes_every_table_and_figure_and_resumes(data_root, 
     (out / "figure3.png").unlink()
     assert main(["reproduce", str(TINY), "--out", str(out), "--report-only"]) == 0
     assert (out / "figure3.png").is_file()  # redrawn from the saved predictions
+
+
+def test_a_rescored_methods_kept_figure3_labels_are_replaced(tmp_path):
+    from nucseg.reproduce import _keep_figure3_images
+
+    def record(ajis):
+        return {"per_image": {image_id: {"aji": aji} for image_id, aji in ajis.items()}}
+
+    models, out = tmp_path / "models", tmp_path / "out"
+    (models / "maskrcnn").mkdir(parents=True)
+    for image_id in "abc":
+        np.savez(models / "maskrcnn" / f"{image_id}.npz", labels=np.full((2, 2), ord(image_id)))
+    first = {("maskrcnn", "monuseg-breast"): record({"a": 0.1, "b": 0.5, "c": 0.3})}
+    _keep_figure3_images(out, first, models)
+    assert sorted(p.stem for p in (out / "predictions" / "maskrcnn").glob("*.npz")) == ["a", "b"]
+    # Rescored: new labels for "b", and "c" is now the lowest: "a" goes, "b" is replaced.
+    np.savez(models / "maskrcnn" / "b.npz", labels=np.zeros((2, 2)))
+    second = {("maskrcnn", "monuseg-breast"): record({"a": 0.4, "b": 0.5, "c": 0.2})}
+    _keep_figure3_images(out, second, models)
+    kept = out / "predictions" / "maskrcnn"
+    assert sorted(p.stem for p in kept.glob("*.npz")) == ["b", "c"]
+    assert not np.load(kept / "b.npz")["labels"].any()
+    # Without the models folder, the kept labels stay as they are.
+    shutil.rmtree(models)
+    _keep_figure3_images(out, second, models)
+    assert sorted(p.stem for p in kept.glob("*.npz")) == ["b", "c"]

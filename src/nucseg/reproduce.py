@@ -428,18 +428,27 @@ def _keep_figure3_images(out: Path, scores: dict, predictions_root: Path) -> Non
 
     The models folder (and its predictions) stays out of git and is gone on a fresh machine; the
     lowest- and highest-AJI MoNuSeg breast labels of every method (about 40 kB each) are kept in
-    the run folder, so figure 3 can be redrawn whichever method ends best.
+    the run folder, so figure 3 can be redrawn whichever method ends best. A rescored method's
+    kept labels are replaced by its new predictions, and those of images that are no longer its
+    lowest or highest are removed.
     """
     for (method, dataset), record in scores.items():
         if dataset != "monuseg-breast":
             continue
-        for image_id in _ends(record):
+        ends = _ends(record)
+        kept = out / "predictions" / method
+        for image_id in ends:
             source = predictions_root / method / f"{image_id}.npz"
-            target = out / "predictions" / method / f"{image_id}.npz"
-            if source.is_file() and not target.is_file():
+            target = kept / f"{image_id}.npz"
+            if source.is_file() and not (
+                target.is_file() and target.read_bytes() == source.read_bytes()
+            ):
                 target.parent.mkdir(parents=True, exist_ok=True)
-                with atomic_write(target) as tmp:
+                with atomic_write(target, overwrite=True) as tmp:
                     shutil.copyfile(source, tmp)
+        for stale in kept.glob("*.npz"):
+            if stale.stem not in ends:
+                stale.unlink()
 
 
 def _table3(out: Path, scores: dict, names: dict) -> list[Path]:
