@@ -38,7 +38,9 @@ log = logging.getLogger(__name__)
 ANCHOR_SIZES = ((8,), (16,), (32,), (64,), (128,))
 
 
-def build_maskrcnn(backbone: str = "resnet101", *, max_detections: int = 400) -> torch.nn.Module:
+def build_maskrcnn(
+    backbone: str = "resnet101", *, max_detections: int = 400, rois_per_image: int = 128
+) -> torch.nn.Module:
     """Mask R-CNN (torchvision) with a ``backbone`` FPN, BatchNorm, nuclei-sized anchors, 2 classes.
 
     ``backbone`` is a torchvision ResNet name (``resnet101`` as the paper; ``resnet18`` for quick
@@ -48,6 +50,12 @@ def build_maskrcnn(backbone: str = "resnet101", *, max_detections: int = 400) ->
     heads with torchvision's initialisation start with a mask loss of about 10 (chance is 0.69),
     and 300 SGD steps left that network scoring below Otsu. Images are not resized
     (``min_size`` = ``max_size`` = 256 for 256-pixel tiles).
+
+    ``rois_per_image`` proposals per training image (a quarter of them positive at most) train
+    the box and mask heads, which cost most of a step: a 256-pixel MoNuSeg tile holds about 30
+    nuclei, so 128 give about one positive per nucleus, and a step of 4 tiles takes 4.8 s on 2
+    CPU cores against 7.0 s with 256 (``benchmarks/bench_maskrcnn_step.py``; Detectron2's 512
+    are meant for 800-pixel COCO images).
     """
     from torchvision.models import resnet
     from torchvision.models.detection import MaskRCNN
@@ -77,7 +85,7 @@ def build_maskrcnn(backbone: str = "resnet101", *, max_detections: int = 400) ->
         mask_head=MaskRCNNHeads(channels, [256] * 4, 1, norm_layer=norm),
         rpn_batch_size_per_image=256,
         box_detections_per_img=max_detections,
-        box_batch_size_per_image=256,
+        box_batch_size_per_image=rois_per_image,
     )
     # Detectron2's initialisation of the last layers. torchvision's Kaiming init (fan-out mode)
     # of the 1-channel mask logits layer gives logits of standard deviation about 20, a mask loss
@@ -214,6 +222,7 @@ class MaskRCNNConfig:
     momentum: float = 0.9
     weight_decay: float = 1e-4
     warmup_steps: int = 100
+    rois_per_image: int = 128
     steps: int | None = None
     time_budget_s: float | None = 1200.0
     seed: int = 0
@@ -277,7 +286,7 @@ def train_maskrcnn(
         for s in tile_grid(image.shape, tile=config.tile, overlap=config.overlap):
             tiles.append((image[s], labels[s]))
     device = default_device()
-    model = build_maskrcnn(config.backbone).to(device)
+    model = build_maskrcnn(config.backbone, rois_per_image=config.rois_per_image).to(device)
     optimiser = torch.optim.SGD(
         model.parameters(), lr=config.lr, momentum=config.momentum,
         weight_decay=config.weight_decay,
