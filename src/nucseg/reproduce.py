@@ -440,9 +440,7 @@ def _keep_figure3_images(out: Path, scores: dict, predictions_root: Path) -> Non
         for image_id in ends:
             source = predictions_root / method / f"{image_id}.npz"
             target = kept / f"{image_id}.npz"
-            if source.is_file() and not (
-                target.is_file() and target.read_bytes() == source.read_bytes()
-            ):
+            if source.is_file():
                 target.parent.mkdir(parents=True, exist_ok=True)
                 with atomic_write(target, overwrite=True) as tmp:
                     shutil.copyfile(source, tmp)
