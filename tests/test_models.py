@@ -83,6 +83,24 @@ def test_every_network_wires_up_on_the_meta_device(name, num_classes, distance_c
     assert all(p.grad is not None for p in model.decoder.parameters())
 
 
+@pytest.mark.parametrize("name", [n for n in list_models() if n.startswith("unet-")])
+def test_every_encoders_feature_maps_halve_exactly(name):
+    # The decoder's skip connections expect H/2 ... H/32: an encoder whose maps fall short (timm's
+    # unpadded Inception-v3 did) is silently resized out of line by smp's decoder.
+    with torch.device("meta"):
+        model = create_model(name, num_classes=2)
+        features = model.encoder(torch.empty(1, 3, 64, 96))
+    sides = [tuple(f.shape[-2:]) for f in features if f.shape[-1] != 96]
+    assert sides[-5:] == [(64 >> k, 96 >> k) for k in range(1, 6)]
+
+
+def test_inception_is_same_padded_for_any_multiple_of_32():
+    model = create_model("unet-inception_v3", num_classes=2).eval()
+    assert get_model_entry("unet-inception_v3").min_size == 32
+    with torch.no_grad():
+        assert model(images(1, 32)).shape == (1, 2, 32, 32)
+
+
 @pytest.mark.parametrize("name", slow_unless_fast(list_models()))
 @pytest.mark.parametrize(("num_classes", "distance_channels"), [(2, 0), (3, 1)])
 def test_forward_backward(name, num_classes, distance_channels):

