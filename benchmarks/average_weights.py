@@ -10,12 +10,13 @@ statistics) are averaged; integer buffers (BatchNorm's step counters) are taken 
 run. The output folder is a model folder: the averaged ``model.safetensors`` (fp16 when the first
 run's config says so), the ``config.json``, ``normaliser.json`` and ``thresholds.json`` of
 ``--settings-from`` (its stain normaliser and post-processing), and ``soup.json`` naming the
-sources.
+sources and the SHA-256 of their weight files.
 """
 
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import shutil
 from pathlib import Path
@@ -38,6 +39,10 @@ def average_state_dicts(states: list[dict[str, torch.Tensor]]) -> dict[str, torc
         else:
             averaged[name] = first.clone()
     return averaged
+
+
+def _sha256(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
 def main() -> None:
@@ -64,7 +69,12 @@ def main() -> None:
     for name in SETTINGS:
         if (args.settings_from / name).is_file():
             shutil.copy2(args.settings_from / name, args.out / name)
-    record = {"runs": [str(r) for r in args.runs], "settings_from": str(args.settings_from)}
+    record = {
+        "runs": [
+            {"path": str(run), "sha256": _sha256(run / "model.safetensors")} for run in args.runs
+        ],
+        "settings_from": str(args.settings_from),
+    }
     (args.out / "soup.json").write_text(json.dumps(record, indent=1) + "\n")
     print(f"averaged {len(models)} runs into {args.out}")
 

@@ -2,8 +2,10 @@
 
     python benchmarks/bundle_model.py runs/default --name default
 
-Copies model.safetensors, config.json, thresholds.json, normaliser.json, history.csv and loss.png
-into src/nucseg/data/models/<name>/, and refuses weights over 16 MiB.
+Copies model.safetensors, config.json, thresholds.json, normaliser.json, history.csv, loss.png and
+soup.json (an averaged model's sources, benchmarks/average_weights.py) into
+src/nucseg/data/models/<name>/, removes those the run lacks (a previous model's), and refuses
+weights over 16 MiB.
 """
 
 from __future__ import annotations
@@ -13,7 +15,7 @@ import shutil
 from pathlib import Path
 
 FILES = ("model.safetensors", "config.json", "thresholds.json", "normaliser.json", "history.csv",
-         "loss.png")  # fmt: skip
+         "loss.png", "soup.json")  # fmt: skip
 MAX_BYTES = 16 * 2**20
 DEST = Path(__file__).resolve().parents[1] / "src" / "nucseg" / "data" / "models"
 
@@ -33,6 +35,8 @@ def main() -> None:
     for name in FILES:
         if (args.run / name).is_file():
             shutil.copy2(args.run / name, target / name)
+        elif (target / name).is_file():
+            (target / name).unlink()
     print(f"bundled {args.run} as {target}")
 
 
