@@ -1,11 +1,9 @@
 #!/usr/bin/env bash
 # Regenerate results/unet/ for the bundled default model (from the repository root, after
-# `make install`). The model itself was trained and bundled with:
-#   nucseg train configs/default.json --out runs/default --time-budget 70m
-#   python benchmarks/bundle_model.py runs/default --name default
-#   nucseg tune src/nucseg/data/models/default --tile 256 --overlap 0.25 --tta none
-#       (the shipped prediction settings, chosen on the validation images by
-#        python benchmarks/predict_settings.py src/nucseg/data/models/default)
+# `make install`). The model itself was trained and bundled by benchmarks/train_default.sh: the
+# average of two runs of the default recipe (results/unet/soup/README.md), with the prediction
+# settings and post-processing of the run that held out 4 images (chosen on them by
+# python benchmarks/predict_settings.py and nucseg tune).
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 nucseg=".venv/bin/nucseg"
