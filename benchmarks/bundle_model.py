@@ -5,7 +5,7 @@
 Copies model.safetensors, config.json, thresholds.json, normaliser.json, history.csv, loss.png and
 soup.json (an averaged model's sources, benchmarks/average_weights.py) into
 src/nucseg/data/models/<name>/, removes those the run lacks (a previous model's), and refuses
-weights over 16 MiB.
+weights over 16 MiB. Replacing a bundled model needs --overwrite.
 """
 
 from __future__ import annotations
@@ -24,6 +24,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("run", type=Path)
     parser.add_argument("--name", default="default")
+    parser.add_argument("--overwrite", action="store_true", help="replace a bundled model")
     args = parser.parse_args()
     weights = args.run / "model.safetensors"
     if not weights.is_file():
@@ -31,6 +32,8 @@ def main() -> None:
     if weights.stat().st_size > MAX_BYTES:
         raise SystemExit(f"{weights} is {weights.stat().st_size / 2**20:.1f} MiB, over 16 MiB")
     target = DEST / args.name
+    if (target / "model.safetensors").is_file() and not args.overwrite:
+        raise SystemExit(f"{target} already holds a model; pass --overwrite to replace it")
     target.mkdir(parents=True, exist_ok=True)
     for name in FILES:
         if (args.run / name).is_file():

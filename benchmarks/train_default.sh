@@ -19,4 +19,4 @@ python=".venv/bin/python"
 # 3. Their average, with run 1's stain normaliser and post-processing.
 "$python" benchmarks/average_weights.py runs/all36 runs/default --settings-from runs/default \
     --out runs/soup
-"$python" benchmarks/bundle_model.py runs/soup --name default
+"$python" benchmarks/bundle_model.py runs/soup --name default --overwrite
