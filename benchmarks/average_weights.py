@@ -57,7 +57,7 @@ def main() -> None:
     if args.out.exists() and not args.overwrite:
         raise SystemExit(f"{args.out} exists; pass --overwrite to replace it")
     models = [load_model(run / "model.safetensors") for run in args.runs]
-    configs = {json.dumps(model.nucseg_config.__dict__, sort_keys=True) for model in models}
+    configs = {model.nucseg_config.to_json() for model in models}
     if len(configs) > 1:
         raise SystemExit(f"the runs hold different networks: {sorted(configs)}")
     soup = models[0]
