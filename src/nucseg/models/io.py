@@ -14,6 +14,7 @@ from typing import Any
 
 import torch
 
+from nucseg.atomic import atomic_write
 from nucseg.models.registry import ModelConfig, create_model
 
 FORMAT = "nucseg.model/1"
@@ -83,9 +84,8 @@ def save_model(
         "dtype": str(dtype).removeprefix("torch."),
     }
     path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp")
-    save_file(state, tmp, metadata=metadata)
-    tmp.replace(path)
+    with atomic_write(path, overwrite=True) as tmp:
+        save_file(state, tmp, metadata=metadata)
     return path
 
 
@@ -98,10 +98,15 @@ def read_model_metadata(path: str | os.PathLike) -> dict[str, Any]:
         The :class:`ModelConfig` fields (``name``, ``num_classes``, ``distance_channels``,
         ``encoder_weights``, ``options``) plus ``meta`` (the user's dict) and ``dtype``.
     """
-    from safetensors import safe_open
+    from safetensors import SafetensorError, safe_open
 
-    with safe_open(os.fspath(path), framework="pt") as file:
-        metadata = file.metadata() or {}
+    if not Path(path).is_file():
+        raise FileNotFoundError(f"{path}: no such model file")
+    try:
+        with safe_open(os.fspath(path), framework="pt") as file:
+            metadata = file.metadata() or {}
+    except SafetensorError as err:
+        raise ValueError(f"{path}: not a readable safetensors file ({err})") from None
     if metadata.get("format") != FORMAT:
         raise ValueError(
             f"{path} was not written by nucseg.models.save_model (format "
@@ -131,6 +136,7 @@ def load_model(
         The network in float32 and eval mode (call ``.train()`` to fine-tune), with its
         ``nucseg_config`` and, as ``nucseg_meta``, the user's metadata.
     """
+    from safetensors import SafetensorError
     from safetensors.torch import load_file
 
     info = read_model_metadata(path)
@@ -147,7 +153,11 @@ def load_model(
         distance_channels=config.distance_channels,
         **config.options,
     )
-    state = {k: v.float() if v.is_floating_point() else v for k, v in load_file(path).items()}
+    try:
+        tensors = load_file(path)
+    except SafetensorError as err:  # e.g. a truncated file whose header is intact
+        raise ValueError(f"{path}: damaged safetensors file ({err})") from None
+    state = {k: v.float() if v.is_floating_point() else v for k, v in tensors.items()}
     model.load_state_dict(state, strict=True)
     model.nucseg_config = config  # keeps the provenance of the encoder weights
     model.nucseg_meta = info["meta"]

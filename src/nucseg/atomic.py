@@ -1,0 +1,254 @@
+"""Files that appear complete or not at all: atomic writes, groups of files, stale temporaries.
+
+Every file nucseg writes goes through :func:`atomic_write` (re-exported as
+:func:`nucseg.io.atomic_write`): it is written under a temporary name in the same folder, flushed
+to disk (``fsync`` of the file, then of the folder after the rename) and renamed onto its final
+name. Temporaries are named ``.<name>.nucseg-tmp-<pid>-<random><suffix>`` (and the staging folders
+of :func:`atomic_group` ``.nucseg-tmp-<pid>-<random>``), so :func:`clean_stale_temporaries` can
+recognise those left by a process that was killed (``kill -9``) and remove them once that process
+is gone.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import json
+import logging
+import os
+import re
+import secrets
+import shutil
+import signal
+from collections.abc import Iterator, Mapping
+from pathlib import Path
+from typing import Any
+
+log = logging.getLogger(__name__)
+
+PathLike = str | os.PathLike
+
+#: Marks this tool's temporaries: ``.<name>.nucseg-tmp-<pid>-<hex>...`` or ``.nucseg-tmp-...``.
+TMP_MARK = "nucseg-tmp"
+_TMP_PATTERN = re.compile(rf"^\.(?:.*\.)?{TMP_MARK}-(?P<pid>\d+)-[0-9a-f]+")
+_SIGNALS = {signal.SIGINT, signal.SIGTERM}
+
+
+def temporary_name(path: PathLike) -> Path:
+    """A fresh temporary path beside ``path``, keeping its suffix (writers pick formats by it)."""
+    path = Path(path)
+    token = f"{TMP_MARK}-{os.getpid()}-{secrets.token_hex(4)}"
+    return path.with_name(f".{path.name}.{token}{path.suffix}")
+
+
+def check_writable_folder(folder: PathLike, *, what: str = "output folder") -> Path:
+    """Create ``folder`` if needed and prove a file can be written there; return it.
+
+    Raises
+    ------
+    NotADirectoryError
+        If ``folder`` or one of its parents is a file (the message names it).
+    PermissionError, OSError
+        If the folder cannot be created or written (read-only file system, permissions).
+    """
+    folder = Path(folder)
+    for parent in (folder, *folder.parents):
+        if parent.exists() and not parent.is_dir():
+            raise NotADirectoryError(
+                errno.ENOTDIR, f"{what} {folder}: {parent} is a file, not a folder", str(folder)
+            )
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        probe = temporary_name(folder / "write-test")
+        probe.touch(exist_ok=False)
+        probe.unlink()
+    except OSError as err:
+        reason = err.strerror or str(err)
+        raise type(err)(
+            err.errno, f"cannot write to {what} {folder}: {reason}", str(folder)
+        ) from None
+    return folder
+
+
+def _check_target(path: Path, *, overwrite: bool) -> None:
+    if path.is_dir():
+        raise IsADirectoryError(
+            errno.EISDIR, f"{path} is a folder; choose another output name", str(path)
+        )
+    if not overwrite and path.exists():
+        raise FileExistsError(f"{path} exists; pass --overwrite (overwrite=True) to replace it")
+    if not path.parent.is_dir():
+        if path.parent.exists():
+            raise NotADirectoryError(
+                errno.ENOTDIR, f"{path}: {path.parent} is a file, not a folder", str(path)
+            )
+        raise FileNotFoundError(f"{path}: folder {path.parent} does not exist")
+
+
+def _fsync(path: Path) -> None:
+    """Flush ``path`` (a file or a folder) to disk; folders that refuse it are skipped."""
+    flags = os.O_RDONLY | (os.O_DIRECTORY if path.is_dir() and hasattr(os, "O_DIRECTORY") else 0)
+    try:
+        fd = os.open(path, flags)
+    except OSError:
+        return
+    try:
+        with contextlib.suppress(OSError):  # some file systems do not sync folders
+            os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _remove(path: Path) -> None:
+    """Remove a temporary file or folder; never raise (a cleanup must not hide the real error)."""
+    try:
+        if path.is_dir() and not path.is_symlink():
+            shutil.rmtree(path, ignore_errors=True)
+        else:
+            path.unlink(missing_ok=True)
+    except OSError as err:
+        log.warning("could not remove the temporary %s: %s", path, err)
+
+
+@contextlib.contextmanager
+def atomic_write(path: PathLike, *, overwrite: bool = False) -> Iterator[Path]:
+    """Yield a temporary path beside ``path``; move it onto ``path`` when the block succeeds.
+
+    The temporary (see :func:`temporary_name`) lies in the same folder, so the final
+    :func:`os.replace` is atomic; the file is fsynced before and the folder after the rename. If
+    the block raises (or is interrupted), the temporary is removed and ``path`` is left as it was.
+
+    Parameters
+    ----------
+    path : path-like
+        Final file.
+    overwrite : bool, optional
+        Replace ``path`` if it exists instead of refusing.
+
+    Yields
+    ------
+    pathlib.Path
+        Where the block must write.
+
+    Raises
+    ------
+    FileExistsError
+        If ``path`` exists and ``overwrite`` is False.
+    IsADirectoryError
+        If ``path`` is a folder.
+    FileNotFoundError, NotADirectoryError
+        If the folder of ``path`` does not exist or is a file.
+    """
+    path = Path(path)
+    _check_target(path, overwrite=overwrite)
+    tmp = temporary_name(path)
+    try:
+        yield tmp
+        _fsync(tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        _remove(tmp)
+        raise
+    _fsync(path.parent)
+
+
+@contextlib.contextmanager
+def atomic_group(paths: Mapping[str, PathLike], *, overwrite: bool = False) -> Iterator[dict]:
+    """Write several files that must appear together: all of them, or none.
+
+    Yields ``key -> temporary path`` in a staging folder ``.nucseg-tmp-<pid>-<hex>`` beside the
+    first file; each temporary has its final file's name (a writer that records its file name,
+    like :func:`nucseg.io.export_geojson`, records the right one). When the block succeeds the
+    files are renamed onto their final names with SIGINT and SIGTERM held back, so a signal never
+    leaves a partial set; if the block fails the staging folder is removed.
+
+    Raises
+    ------
+    FileExistsError, IsADirectoryError, NotADirectoryError, FileNotFoundError
+        As :func:`atomic_write`, for any of the files, before anything is written.
+    """
+    finals = {key: Path(p) for key, p in paths.items()}
+    for final in finals.values():
+        _check_target(final, overwrite=overwrite)
+    folder = next(iter(finals.values())).parent
+    staging = folder / f".{TMP_MARK}-{os.getpid()}-{secrets.token_hex(4)}"
+    staging.mkdir()
+    try:
+        tmps = {key: staging / final.name for key, final in finals.items()}
+        yield tmps
+        for tmp in tmps.values():
+            _fsync(tmp)
+        blocked = _block_signals()
+        try:
+            for key, final in finals.items():
+                os.replace(tmps[key], final)
+        finally:
+            _unblock_signals(blocked)
+        _fsync(folder)
+    finally:
+        _remove(staging)
+
+
+def _block_signals() -> set | None:
+    if not hasattr(signal, "pthread_sigmask"):
+        return None
+    return signal.pthread_sigmask(signal.SIG_BLOCK, _SIGNALS)
+
+
+def _unblock_signals(previous: set | None) -> None:
+    if previous is not None:
+        signal.pthread_sigmask(signal.SIG_SETMASK, previous)
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's process
+        return True
+    return True
+
+
+def clean_stale_temporaries(folder: PathLike) -> list[Path]:
+    """Remove this tool's temporaries in ``folder`` whose process no longer runs.
+
+    Only names made by :func:`temporary_name` and :func:`atomic_group` are considered, and only
+    those of a process id that is not running; another nucseg process's live temporaries stay.
+
+    Returns
+    -------
+    list of Path
+        What was removed.
+    """
+    folder = Path(folder)
+    removed = []
+    if not folder.is_dir():
+        return removed
+    for entry in folder.iterdir():
+        match = _TMP_PATTERN.match(entry.name)
+        if match is None or int(match["pid"]) == os.getpid() or _pid_alive(int(match["pid"])):
+            continue
+        _remove(entry)
+        log.info("removed the stale temporary %s", entry)
+        removed.append(entry)
+    return removed
+
+
+def read_json(path: PathLike, *, what: str = "file") -> Any:
+    """Read a JSON file; errors name the file (and never run code: JSON holds data only).
+
+    Raises
+    ------
+    FileNotFoundError
+        If ``path`` is not a file.
+    ValueError
+        If it is not valid UTF-8 JSON.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: no such {what}")
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise ValueError(f"{path}: not a valid JSON {what} ({err})") from None
