@@ -213,19 +213,19 @@ def test_default_config_without_an_op_never_runs_it(sample, op, monkeypatch):
     """With ``p_<op> = 0`` in an otherwise default config, the op's transform never applies."""
     image, labels, _, _ = sample
     aug = Augmenter(replace(AugmentConfig(), **{f"p_{op}": 0.0}), seed=0)
-    if op == "hed":
+    functions = {"hed": "hed_jitter", "stain": "restain", "downscale": "downscale", "jpeg": "jpeg"}
+    if op in functions:  # applied by nucseg's own functions, outside albumentations
         import nucseg.augment as module
 
         def fail(*args, **kwargs):
-            raise AssertionError("hed_jitter called with p_hed = 0")
+            raise AssertionError(f"{functions[op]} called with p_{op} = 0")
 
-        monkeypatch.setattr(module, "hed_jitter", fail)
+        monkeypatch.setattr(module, functions[op], fail)
+    elif op in GEOMETRIC_OPS:
+        assert aug._geometric[True].transforms[GEOMETRIC_OPS.index(op)].p == 0.0
     else:
-        index = ALL_OPS.index(op)
-        compose = aug._geometric[True] if op in GEOMETRIC_OPS else aug._colour
-        offset = 0 if op in GEOMETRIC_OPS else len(GEOMETRIC_OPS) + 1
-        transform = compose.transforms[index - offset]
-        assert transform.p == 0.0
+        albumentations_ops = [o for o in COLOUR_OPS if o not in functions]
+        assert aug._colour.transforms[albumentations_ops.index(op)].p == 0.0
     for _ in range(5):
         aug(image, labels)
 
@@ -291,3 +291,37 @@ def test_hed_jitter_identity_and_agreement_with_skimage():
 def test_importing_augment_does_not_import_torch():
     code = "import sys, nucseg.augment; sys.exit('torch' in sys.modules)"
     assert subprocess.run([sys.executable, "-c", code], check=False).returncode == 0
+
+
+def test_restain_with_the_source_stains_is_the_identity_and_scales_like_hed_jitter():
+    rng = np.random.default_rng(0)
+    image = rng.integers(30, 250, (16, 16, 3), dtype=np.uint8)
+    from nucseg.augment import _RGB_FROM_HED, restain
+
+    np.testing.assert_array_equal(restain(image, stains=_RGB_FROM_HED), image)
+    scale = np.array([1.3, 0.7, 1.0])
+    np.testing.assert_array_equal(
+        restain(image, stains=_RGB_FROM_HED, scale=scale),
+        hed_jitter(image, scale=scale, shift=np.zeros(3)),
+    )
+
+
+def test_random_stain_matrix_turns_h_and_e_by_at_most_the_angle():
+    from nucseg.augment import _RGB_FROM_HED, random_stain_matrix
+
+    rng = np.random.default_rng(1)
+    for _ in range(50):
+        stains = random_stain_matrix(rng, max_angle=20.0)
+        np.testing.assert_allclose(np.linalg.norm(stains, axis=1), 1.0)
+        assert (stains >= 0).all()
+        cosines = np.sum(stains[:2] * _RGB_FROM_HED[:2], axis=1)
+        assert (np.degrees(np.arccos(np.clip(cosines, -1, 1))) <= 20.0 + 1e-6).all()
+        np.testing.assert_array_equal(stains[2], _RGB_FROM_HED[2])
+
+
+def test_strong_stain_config_changes_colours_but_never_labels(sample):
+    image, labels, weights, _ = sample
+    aug = Augmenter(AugmentConfig.strong_stain().only("stain", "downscale", "jpeg"), seed=0)
+    out = aug(image, labels, weights)
+    assert not np.array_equal(out["image"], image)
+    np.testing.assert_array_equal(out["labels"], labels)

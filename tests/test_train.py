@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import time
 
@@ -189,3 +190,22 @@ def test_a_run_without_validation_takes_another_runs_post_processing(data_root, 
     (source / "config.json").write_text(json.dumps({"num_classes": 2}))
     with pytest.raises(ValueError, match="2 classes"):
         retune(run, params_from=source)
+
+
+def test_init_from_starts_from_the_given_weights_and_records_their_hash(tmp_path, data_root):
+    from nucseg.models import load_model
+
+    first = fit(TrainConfig.from_dict(TINY), tmp_path / "a", progress=False)
+    config = TrainConfig.from_dict({**TINY, "steps": 1, "lr": 0.0, "fp16_weights": False,
+                                    "init_from": str(first)})  # fmt: skip
+    second = fit(config, tmp_path / "b", progress=False)
+    record = json.loads((second / "init_from.json").read_text())
+    weights = (first / "model.safetensors").read_bytes()
+    assert record["sha256"] == hashlib.sha256(weights).hexdigest()
+    # lr 0: only BatchNorm statistics move, every weight is the starting one
+    a, b = load_model(first / "model.safetensors"), load_model(second / "model.safetensors")
+    for (name, x), y in zip(a.named_parameters(), b.parameters(), strict=True):
+        torch.testing.assert_close(x, y, msg=name)
+    with pytest.raises(ValueError, match="resnet34"):
+        other = {**TINY, "model": "unet-resnet34", "decoder_channels": None}
+        fit(TrainConfig.from_dict({**other, "init_from": str(first)}), tmp_path / "c")

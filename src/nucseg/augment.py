@@ -17,7 +17,11 @@ Geometric operations, applied to every input with the same parameters:
   together (see ``benchmarks/bench_augment.py``).
 
 Colour operations, applied to the image only: ``hed`` (stain jitter in haematoxylin-eosin-DAB
-space, :func:`hed_jitter`), ``brightness_contrast``, ``hue_saturation`` and ``blur``.
+space, :func:`hed_jitter`), ``stain`` (a random stain matrix and concentrations: another lab's
+palette, :func:`restain`), ``brightness_contrast``, ``hue_saturation``, ``blur``, ``downscale``
+(a scan at lower magnification resampled back up) and ``jpeg`` (compression artefacts). ``stain``,
+``downscale`` and ``jpeg`` are off by default; :meth:`AugmentConfig.strong_stain` turns them on
+with the ranges of the stain stress benchmark (``benchmarks/bench_stain.py``).
 
 Interpolation: the image and float maps are resampled bilinearly, the labels by nearest
 neighbour, so the labels of an output are always a subset of the labels of the input (nuclei
@@ -78,12 +82,22 @@ def _import_albumentations() -> Any:
 
 A = _import_albumentations()
 
-__all__ = ["COLOUR_OPS", "GEOMETRIC_OPS", "AugmentConfig", "Augmenter", "hed_jitter"]
+__all__ = [
+    "COLOUR_OPS",
+    "GEOMETRIC_OPS",
+    "AugmentConfig",
+    "Augmenter",
+    "downscale",
+    "hed_jitter",
+    "jpeg",
+    "random_stain_matrix",
+    "restain",
+]
 
 GEOMETRIC_OPS = ("dihedral", "affine", "perspective", "grid", "elastic")
 """Names of the geometric operations, in the order they are applied."""
 
-COLOUR_OPS = ("hed", "brightness_contrast", "hue_saturation", "blur")
+COLOUR_OPS = ("hed", "stain", "brightness_contrast", "hue_saturation", "blur", "downscale", "jpeg")
 """Names of the colour operations (image only), in the order they are applied."""
 
 _BORDER = cv2.BORDER_REFLECT_101
@@ -139,6 +153,16 @@ class AugmentConfig:
         unit is 2 degrees; saturation 0-255).
     p_blur, blur_sigma
         Probability of a Gaussian blur with standard deviation uniform in ``blur_sigma`` pixels.
+    p_stain, stain_angle, stain_scale
+        Probability of a re-staining (:func:`random_stain_matrix`, :func:`restain`): the
+        haematoxylin and eosin vectors each turned by an angle uniform in ``[0, stain_angle]``
+        degrees in a random direction, and each stain's concentration multiplied by a factor
+        uniform in ``stain_scale``.
+    p_downscale, downscale_range
+        Probability of downsampling by a factor uniform in ``downscale_range`` (area averaging)
+        and upsampling back (bilinear): a 20x scan (factor 0.5) resampled to 40x.
+    p_jpeg, jpeg_quality
+        Probability of a JPEG round trip at a quality uniform in ``jpeg_quality``.
     """
 
     p_dihedral: float = 1.0
@@ -165,9 +189,23 @@ class AugmentConfig:
     saturation_shift_limit: float = 15.0
     p_blur: float = 0.1
     blur_sigma: tuple[float, float] = (0.3, 1.0)
+    p_stain: float = 0.0
+    stain_angle: float = 15.0
+    stain_scale: tuple[float, float] = (0.5, 1.5)
+    p_downscale: float = 0.0
+    downscale_range: tuple[float, float] = (0.5, 0.9)
+    p_jpeg: float = 0.0
+    jpeg_quality: tuple[float, float] = (30.0, 90.0)
 
     def __post_init__(self) -> None:
-        for name in ("scale_range", "perspective_scale", "blur_sigma"):
+        for name in (
+            "scale_range",
+            "perspective_scale",
+            "blur_sigma",
+            "stain_scale",
+            "downscale_range",
+            "jpeg_quality",
+        ):
             value = getattr(self, name)
             if len(value) != 2:
                 raise ValueError(f"{name} must be a (low, high) pair, got {value!r}")
@@ -179,6 +217,13 @@ class AugmentConfig:
         _check_range("scale_range", self.scale_range, low=1e-3, around=1.0)
         _check_range("perspective_scale", self.perspective_scale, low=0.0)
         _check_range("blur_sigma", self.blur_sigma, low=0.0)
+        _check_range("stain_scale", self.stain_scale, low=1e-3)
+        _check_range("downscale_range", self.downscale_range, low=0.1)
+        _check_range("jpeg_quality", self.jpeg_quality, low=1.0)
+        if self.downscale_range[1] > 1.0 or self.jpeg_quality[1] > 100.0:
+            raise ValueError("downscale_range must lie in [0.1, 1], jpeg_quality in [1, 100]")
+        if not 0.0 <= self.stain_angle <= 60.0:
+            raise ValueError(f"stain_angle must be in [0, 60] degrees, got {self.stain_angle}")
         if not 0.0 <= self.rotate_limit <= 180.0:
             raise ValueError(f"rotate_limit must be in [0, 180] degrees, got {self.rotate_limit}")
         if not 0.0 <= self.shear_limit < 45.0:
@@ -213,6 +258,35 @@ class AugmentConfig:
             p_perspective=0.25,
             p_grid=0.25,
             scale_range=(1.0, 1.0),
+        )
+
+    @classmethod
+    def strong_stain(cls) -> AugmentConfig:
+        """The default geometry with strong colour augmentation, for stain-invariant training.
+
+        Every tile is re-stained with probability 0.8 (stain vectors turned by up to 20 degrees,
+        concentrations 0.5-1.5x), with stronger brightness, contrast, hue and saturation jitter,
+        blur, a 20x-like resampling and JPEG compression: the kinds of shift of the stain stress
+        benchmark (``benchmarks/bench_stain.py``), drawn at random.
+        """
+        return replace(
+            cls(),
+            p_hed=0.3,
+            p_stain=0.8,
+            stain_angle=20.0,
+            stain_scale=(0.5, 1.5),
+            p_brightness_contrast=0.6,
+            brightness_limit=0.15,
+            contrast_limit=0.4,
+            p_hue_saturation=0.5,
+            hue_shift_limit=10.0,
+            saturation_shift_limit=40.0,
+            p_blur=0.2,
+            blur_sigma=(0.3, 1.5),
+            p_downscale=0.2,
+            downscale_range=(0.5, 0.9),
+            p_jpeg=0.3,
+            jpeg_quality=(30.0, 90.0),
         )
 
     def only(self, *ops: str) -> AugmentConfig:
@@ -277,12 +351,116 @@ def hed_jitter(image: np.ndarray, *, scale: np.ndarray, shift: np.ndarray) -> np
     shift = np.asarray(shift, dtype=np.float64).reshape(3)
     matrix = _HED_FROM_RGB @ np.diag(scale) @ _RGB_FROM_HED  # OD row vector -> jittered OD
     affine = np.hstack([matrix.T, (shift @ _RGB_FROM_HED)[:, None]]).astype(np.float32)
-    od = cv2.transform(_OD_LUT[image], affine)
+    return _od_image_to_rgb(cv2.transform(_OD_LUT[image], affine))
+
+
+def random_stain_matrix(
+    rng: np.random.Generator, *, max_angle: float, base: np.ndarray | None = None
+) -> np.ndarray:
+    """A random (3, 3) stain matrix near ``base``: the H and E rows turned by up to ``max_angle``.
+
+    Each of the haematoxylin and eosin optical-density vectors (rows) is rotated by an angle
+    uniform in ``[0, max_angle]`` degrees towards a random direction perpendicular to it; the
+    result is clipped to non-negative optical densities and renormalised. The DAB row is kept.
+
+    Parameters
+    ----------
+    rng : numpy.random.Generator
+        Source of randomness.
+    max_angle : float
+        Largest rotation, in degrees.
+    base : (3, 3) array, optional
+        Unit stain vectors (rows: H, E, DAB; columns: R, G, B); Ruifrok & Johnston's if omitted.
+
+    Returns
+    -------
+    (3, 3) float64 array
+        Rows of unit length.
+    """
+    base = _RGB_FROM_HED if base is None else np.asarray(base, dtype=np.float64)
+    out = base.copy()
+    for row in (0, 1):
+        vector = base[row]
+        direction = rng.normal(size=3)
+        direction -= direction @ vector * vector
+        direction /= max(np.linalg.norm(direction), 1e-12)
+        angle = np.deg2rad(rng.uniform(0.0, max_angle))
+        turned = np.cos(angle) * vector + np.sin(angle) * direction
+        turned = np.clip(turned, 1e-3, None)
+        out[row] = turned / np.linalg.norm(turned)
+    return out
+
+
+def restain(
+    image: np.ndarray,
+    *,
+    stains: np.ndarray,
+    scale: np.ndarray | None = None,
+    source: np.ndarray | None = None,
+) -> np.ndarray:
+    """Re-stain an RGB image: deconvolve with ``source`` stains, recompose with ``stains``.
+
+    Optical densities ``OD = -ln((I + 1) / 256)`` are unmixed into concentrations with the
+    ``source`` stain matrix (Ruifrok & Johnston's H, E, DAB if omitted), multiplied by ``scale``
+    and mixed again with ``stains``: one 3 x 3 matrix per pixel in optical density, so the cost
+    is that of :func:`hed_jitter`, of which this is the generalisation.
+
+    Parameters
+    ----------
+    image : (H, W, 3) uint8 array
+        RGB image.
+    stains : (3, 3) array
+        Target stain vectors (rows: H, E, DAB; columns: R, G, B optical densities).
+    scale : (3,) array, optional
+        Concentration factors for H, E and DAB (ones if omitted).
+    source : (3, 3) array, optional
+        Stain vectors the image is unmixed with.
+
+    Returns
+    -------
+    (H, W, 3) uint8 array
+
+    Examples
+    --------
+    >>> image = np.full((2, 2, 3), (200, 120, 180), dtype=np.uint8)
+    >>> bool((restain(image, stains=_RGB_FROM_HED) == image).all())
+    True
+    """
+    check_image(image)
+    source = _RGB_FROM_HED if source is None else np.asarray(source, dtype=np.float64)
+    stains = np.asarray(stains, dtype=np.float64).reshape(3, 3)
+    scale = np.ones(3) if scale is None else np.asarray(scale, dtype=np.float64).reshape(3)
+    matrix = np.linalg.inv(source) @ np.diag(scale) @ stains  # OD row vector -> new OD
+    affine = np.hstack([matrix.T, np.zeros((3, 1))]).astype(np.float32)
+    return _od_image_to_rgb(cv2.transform(_OD_LUT[image], affine))
+
+
+def _od_image_to_rgb(od: np.ndarray) -> np.ndarray:
+    """uint8 RGB of ``(H, W, 3)`` optical densities ``-ln((I + 1) / 256)``."""
     rgb = cv2.exp(-od)
     rgb *= 256.0
     rgb -= 0.5  # +0.5 for rounding, -1 for the +1 of the OD
     np.clip(rgb, 0.0, 255.0, out=rgb)
     return rgb.astype(np.uint8)
+
+
+def downscale(image: np.ndarray, factor: float) -> np.ndarray:
+    """Downsample by ``factor`` (area averaging) and upsample back to the same size (bilinear)."""
+    rows, cols = image.shape[:2]
+    small = cv2.resize(
+        image,
+        (max(1, round(cols * factor)), max(1, round(rows * factor))),
+        interpolation=cv2.INTER_AREA,
+    )
+    return cv2.resize(small, (cols, rows), interpolation=cv2.INTER_LINEAR)
+
+
+def jpeg(image: np.ndarray, quality: int) -> np.ndarray:
+    """A JPEG round trip of an RGB image at ``quality`` (1-100), 4:2:0 as most scanners."""
+    ok, data = cv2.imencode(".jpg", image[..., ::-1], [cv2.IMWRITE_JPEG_QUALITY, int(quality)])
+    if not ok:
+        raise RuntimeError("OpenCV could not encode a JPEG")
+    return np.ascontiguousarray(cv2.imdecode(data, cv2.IMREAD_COLOR)[..., ::-1])
 
 
 class Augmenter:
@@ -382,8 +560,17 @@ class Augmenter:
             scale = generator.uniform(1 - self.config.hed_scale, 1 + self.config.hed_scale, 3)
             shift = generator.uniform(-self.config.hed_shift, self.config.hed_shift, 3)
             image = hed_jitter(image, scale=scale, shift=shift)
+        c = self.config
+        if c.p_stain > 0 and generator.random() < c.p_stain:
+            stains = random_stain_matrix(generator, max_angle=c.stain_angle)
+            scale = np.append(generator.uniform(*c.stain_scale, 2), 1.0)
+            image = restain(image, stains=stains, scale=scale)
         self._colour.set_random_state(generator, py_random)
         image = self._colour(image=image)["image"]
+        if c.p_downscale > 0 and generator.random() < c.p_downscale:
+            image = downscale(image, generator.uniform(*c.downscale_range))
+        if c.p_jpeg > 0 and generator.random() < c.p_jpeg:
+            image = jpeg(image, round(generator.uniform(*c.jpeg_quality)))
 
         out = {"image": image, "labels": labels, "weight_map": None, "extra": {}}
         if maps is not None:

@@ -84,6 +84,10 @@ class TrainConfig:
     # decay per step, beside the trained weights. At the end both are tuned on the validation
     # images and the better one is saved (``thresholds.json``: ``weights``, ``compared_weights``).
     ema_decay: float | None = None
+    # Start from the weights of this model (a run folder or a model.safetensors file written by
+    # nucseg.models.save_model) instead of encoder_weights: fine-tuning. The network must be the
+    # same; the file's SHA-256 is recorded in init_from.json.
+    init_from: str | None = None
 
     def __post_init__(self) -> None:
         check_steps_or_budget(self.steps, self.time_budget_s)
@@ -321,6 +325,28 @@ def build_model(config: TrainConfig) -> torch.nn.Module:
     )
 
 
+def _initialise_from(model: torch.nn.Module, config: TrainConfig, run_dir: Path) -> None:
+    """Load ``config.init_from``'s weights into ``model`` and record the file and its SHA-256."""
+    import hashlib
+
+    from nucseg.models import load_model
+
+    path = Path(config.init_from)
+    weights = path / "model.safetensors" if path.is_dir() else path
+    if not weights.is_file():
+        raise FileNotFoundError(f"init_from: {weights} does not exist")
+    source = load_model(weights)
+    if source.nucseg_config.name != config.model:
+        raise ValueError(
+            f"init_from: {weights} holds a {source.nucseg_config.name!r} network, the config "
+            f"trains {config.model!r}"
+        )
+    model.load_state_dict(source.state_dict(), strict=True)
+    digest = hashlib.sha256(weights.read_bytes()).hexdigest()
+    _write_json(run_dir / "init_from.json", {"path": str(weights), "sha256": digest})
+    log.info("initialised from %s (sha256 %s)", weights, digest[:12])
+
+
 def _calibrate_steps(recent: list[float], step: int, elapsed: float, budget: float) -> int:
     """Total steps that end the run at ``budget`` seconds, at the median recent step time."""
     return step + max(1, int((budget - elapsed) / float(np.median(recent))))
@@ -374,7 +400,10 @@ def fit(
     torch.manual_seed(config.seed)
     device = default_device()
     data = prepare_data(config, progress=progress)
-    model = build_model(config).to(device).to(memory_format=torch.channels_last)
+    model = build_model(config)
+    if config.init_from is not None and not resume:
+        _initialise_from(model, config, run_dir)
+    model = model.to(device).to(memory_format=torch.channels_last)
     optimiser = torch.optim.Adam(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
     loss_fn = CombinedLoss(num_classes=config.num_classes, distance_weight=config.distance_weight)
     augmenter = None
