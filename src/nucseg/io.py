@@ -15,6 +15,7 @@ a pixel belongs to an object if and only if its centre (c + 0.5, r + 0.5) lies i
 from __future__ import annotations
 
 import csv
+import errno
 import json
 import logging
 import math
@@ -138,6 +139,8 @@ def read_labels(path: PathLike) -> np.ndarray:
 
 def _read_pixels(path: Path, *, expand_palette: bool) -> np.ndarray:
     """Decode ``path`` into an array, naming the file in every error."""
+    if path.is_dir():
+        raise IsADirectoryError(errno.EISDIR, f"{path} is a folder, not an image file", str(path))
     if not path.is_file():
         raise FileNotFoundError(f"{path}: no such file")
     try:
@@ -156,7 +159,11 @@ def _read_pixels(path: Path, *, expand_palette: bool) -> np.ndarray:
     except (FileNotFoundError, PermissionError):
         raise
     except Exception as err:  # decoders raise many types (OSError, SyntaxError, TiffFileError)
-        raise ValueError(f"{path}: cannot read the file: {type(err).__name__}: {err}") from err
+        raise ValueError(
+            f"{path}: cannot read the file: {type(err).__name__}: {err} (damaged or truncated?)"
+        ) from err
+    if array.size == 0:  # tifffile returns an empty array for a TIFF cut after its header
+        raise ValueError(f"{path}: cannot read the file: no pixels (damaged or truncated?)")
     if depth16:
         raise ValueError(f"{path}: 16 bits per channel; convert the image to 8-bit RGB first")
     return array
