@@ -10,10 +10,11 @@ import uuid
 
 import numpy as np
 import pytest
+import shapely
+import shapely.geometry
 import tifffile
 from helpers import data_file
 from PIL import Image
-from scipy import ndimage as ndi
 from skimage import draw
 from skimage.color import rgb2hed
 
@@ -42,21 +43,6 @@ def _random_labels(rng: np.random.Generator, shape=(40, 50), n=12, max_radius=6)
         )
         labels[rr, cc] = k
     return labels
-
-
-def _rasterise(rings: list[np.ndarray], shape: tuple[int, int]) -> np.ndarray:
-    """Pixels whose centre (row + 0.5, col + 0.5 in corner coordinates) lies inside a ring."""
-    mask = np.zeros(shape, dtype=bool)
-    for ring in rings:
-        ring = np.asarray(ring, dtype=float)
-        rr, cc = draw.polygon(ring[:, 1] - 0.5, ring[:, 0] - 0.5, shape=shape)
-        mask[rr, cc] = True
-    return mask
-
-
-def _shoelace(ring) -> float:
-    x, y = np.asarray(ring, dtype=float).T
-    return 0.5 * abs(float(np.sum(x[:-1] * y[1:] - x[1:] * y[:-1])))
 
 
 # --- read_image ----------------------------------------------------------------------------------
@@ -405,55 +391,6 @@ def test_write_csv_rejects_ragged_columns(tmp_path):
 # --- outlines and GeoJSON ------------------------------------------------------------------------
 
 
-def test_label_contours_square_corners_by_hand():
-    labels = np.zeros((8, 9), np.int32)
-    labels[2:5, 3:7] = 4  # pixel rows 2..4, columns 3..6
-    (ring,) = io.label_contours(labels)[4]
-    assert ring[0].tolist() == ring[-1].tolist()
-    # corners: x (column) from 3 to 7, y (row) from 2 to 5
-    assert {tuple(v) for v in ring.tolist()} == {(3, 2), (7, 2), (7, 5), (3, 5)}
-    assert len(ring) == 5
-
-
-def test_label_contours_single_pixel_and_image_border():
-    labels = np.zeros((3, 4), np.int32)
-    labels[0, 3] = 1  # top-right pixel
-    (ring,) = io.label_contours(labels)[1]
-    assert {tuple(v) for v in ring.tolist()} == {(3, 0), (4, 0), (4, 1), (3, 1)}
-
-
-def test_label_contours_rings_are_pixel_edges_and_rasterise_back():
-    rng = np.random.default_rng(6)
-    for _ in range(20):
-        mask = ndi.binary_opening(rng.random((30, 30)) < 0.6)
-        labels, _ = ndi.label(mask, structure=np.ones((3, 3)))
-        labels = labels.astype(np.int32)
-        for label, rings in io.label_contours(labels).items():
-            filled = ndi.binary_fill_holes(labels == label)
-            for ring in rings:
-                assert ring[0].tolist() == ring[-1].tolist()
-                steps = np.diff(ring, axis=0)
-                assert np.all((steps[:, 0] == 0) ^ (steps[:, 1] == 0))  # horizontal or vertical
-            np.testing.assert_array_equal(_rasterise(rings, labels.shape), filled)
-            assert sum(_shoelace(r) for r in rings) == filled.sum()
-
-
-def test_label_contours_sparse_label_values():
-    labels = np.zeros((4, 4), np.int64)
-    labels[1, 1], labels[2, 3] = 2_000_000_000, 7
-    rings = io.label_contours(labels)
-    assert sorted(rings) == [7, 2_000_000_000]
-    assert {tuple(v) for v in rings[2_000_000_000][0].tolist()} == {(1, 1), (2, 1), (2, 2), (1, 2)}
-
-
-def test_label_contours_split_object_gives_pieces_largest_first():
-    labels = np.zeros((10, 10), np.int32)
-    labels[1:3, 1:3] = 2  # 4 pixels
-    labels[5:9, 5:9] = 2  # 16 pixels
-    rings = io.label_contours(labels)[2]
-    assert [_shoelace(r) for r in rings] == [16.0, 4.0]
-
-
 def test_export_geojson_qupath_layout(tmp_path):
     labels = _random_labels(np.random.default_rng(7))
     present = np.unique(labels[labels > 0])
@@ -462,22 +399,27 @@ def test_export_geojson_qupath_layout(tmp_path):
     data = json.loads((tmp_path / "n.geojson").read_text())
     assert data["type"] == "FeatureCollection" and n == len(data["features"]) == len(present)
     ids = set()
-    for feature, label in zip(data["features"], present, strict=True):
+    rows, cols = np.mgrid[: labels.shape[0], : labels.shape[1]]
+    for i, (feature, label) in enumerate(zip(data["features"], present, strict=True)):
         assert feature["type"] == "Feature"
         ids.add(str(uuid.UUID(feature["id"])))
         props = feature["properties"]
         assert props["objectType"] == "detection"
         assert props["classification"] == {"name": "Nucleus", "color": [255, 0, 0]}
-        assert props["measurements"]["label"] == label
-        assert props["measurements"]["area"] == (labels == label).sum()
-        geometry = feature["geometry"]
-        polygons = (
-            [geometry["coordinates"]] if geometry["type"] == "Polygon" else geometry["coordinates"]
-        )
-        rings = [polygon[0] for polygon in polygons]
-        assert all(ring[0] == ring[-1] and len(ring) >= 5 for ring in rings)
-        filled = ndi.binary_fill_holes(labels == label)
-        np.testing.assert_array_equal(_rasterise(rings, labels.shape), filled)
+        values = props["measurements"]
+        assert values["label"] == label
+        geometry = shapely.geometry.shape(feature["geometry"])
+        assert geometry.is_valid
+        mask = labels == label
+        np.testing.assert_array_equal(shapely.contains_xy(geometry, cols + 0.5, rows + 0.5), mask)
+        # measurements agree with the polygon: area with holes excluded, centroid in its frame
+        assert values["area_px2"] == geometry.area == mask.sum()
+        assert values["perimeter_px"] == pytest.approx(geometry.length)
+        assert values["centroid_x_px"] == pytest.approx(table["centroid_col"][i] + 0.5)
+        assert values["centroid_y_px"] == pytest.approx(table["centroid_row"][i] + 0.5)
+        assert values["eccentricity"] == table["eccentricity"][i]
+        assert not {"area", "perimeter", "centroid_row", "centroid_col"} & set(values)
+        assert "area_um2" not in values
     assert len(ids) == n
     io.export_geojson(tmp_path / "n.geojson", labels, measurements=table, overwrite=True,
                       color=(255, 0, 0))  # fmt: skip
@@ -485,12 +427,31 @@ def test_export_geojson_qupath_layout(tmp_path):
     assert [f["id"] for f in again["features"]] == [f["id"] for f in data["features"]]
 
 
+def test_export_geojson_physical_units_and_bad_mpp(tmp_path):
+    labels = np.zeros((6, 8), np.int32)
+    labels[1:3, 2:6] = 5  # 8 pixels, perimeter 12, centroid (x 4, y 2)
+    io.export_geojson(tmp_path / "u.geojson", labels, mpp=0.25)
+    (feature,) = json.loads((tmp_path / "u.geojson").read_text())["features"]
+    values = feature["properties"]["measurements"]
+    assert values == {
+        "label": 5, "area_px2": 8.0, "perimeter_px": 12.0, "centroid_x_px": 4.0,
+        "centroid_y_px": 2.0, "area_um2": 0.5, "perimeter_um": 3.0, "centroid_x_um": 1.0,
+        "centroid_y_um": 0.5,
+    }  # fmt: skip
+    for bad in (0, -1.0, float("nan")):
+        with pytest.raises(ValueError, match="mpp"):
+            io.export_geojson(tmp_path / "bad.geojson", labels, mpp=bad)
+    assert not (tmp_path / "bad.geojson").exists()
+
+
 def test_export_geojson_without_measurements_and_empty(tmp_path):
     labels = np.zeros((5, 5), np.int32)
     labels[1:3, 1:3] = 1
     io.export_geojson(tmp_path / "a.geojson", labels, classification="Tumor")
     (feature,) = json.loads((tmp_path / "a.geojson").read_text())["features"]
-    assert "measurements" not in feature["properties"]
+    assert set(feature["properties"]["measurements"]) == {
+        "label", "area_px2", "perimeter_px", "centroid_x_px", "centroid_y_px"
+    }  # fmt: skip
     assert feature["properties"]["classification"]["name"] == "Tumor"
     assert feature["geometry"]["type"] == "Polygon"
     assert io.export_geojson(tmp_path / "b.geojson", np.zeros((5, 5), np.int32)) == 0
@@ -506,7 +467,8 @@ def test_export_geojson_multipolygon_and_nan_measurement(tmp_path):
     (feature,) = json.loads((tmp_path / "m.geojson").read_text())["features"]
     assert feature["geometry"]["type"] == "MultiPolygon"
     assert len(feature["geometry"]["coordinates"]) == 2
-    assert feature["properties"]["measurements"] == {"label": 1, "area": 20}
+    assert feature["properties"]["measurements"]["area_px2"] == 20
+    assert "score" not in feature["properties"]["measurements"]
     with pytest.raises(ValueError, match="'label' column"):
         io.export_geojson(tmp_path / "x.geojson", labels, measurements={"area": [20]})
 

@@ -5,11 +5,10 @@ Images are ``(H, W, 3) uint8`` RGB arrays and label images ``(H, W) int32`` arra
 :func:`atomic_write`: a file appears complete or not at all, and an existing file is replaced only
 with ``overwrite=True``.
 
-Outlines (:func:`label_contours`, :func:`export_geojson`) use pixel-corner coordinates, QuPath's
-convention: the pixel at (row r, column c) is the unit square from corner (x=c, y=r) to corner
-(x=c + 1, y=r + 1), with x = column and y = row measured from the top-left corner of the image.
-An outline runs along pixel edges, so it encloses exactly the pixels of its object (holes aside):
-a pixel belongs to an object if and only if its centre (c + 0.5, r + 0.5) lies inside the polygon.
+Outlines (:func:`export_geojson`) come from :mod:`nucseg.geometry`: valid polygons along pixel
+edges in pixel-corner coordinates, QuPath's convention (the pixel at row r, column c is the unit
+square from corner (x=c, y=r) to corner (x=c + 1, y=r + 1)), with measurements computed from
+the polygons themselves.
 """
 
 from __future__ import annotations
@@ -29,11 +28,11 @@ import numpy as np
 import tifffile
 from numpy.typing import ArrayLike
 from PIL import Image
-from scipy import ndimage as ndi
-from skimage.segmentation import relabel_sequential
+from shapely.geometry import mapping
 
 from nucseg._checks import check_image, check_labels, check_same_shape
 from nucseg.atomic import atomic_write  # noqa: F401  (every writer goes through it)
+from nucseg.geometry import nucleus_polygons, polygon_measurements
 from nucseg.measure import MEASUREMENT_COLUMNS, inner_boundaries, measure_nuclei  # noqa: F401
 
 log = logging.getLogger(__name__)
@@ -315,74 +314,10 @@ def _foreground(mask: np.ndarray, name: str) -> np.ndarray:
 # --- outlines ------------------------------------------------------------------------------------
 
 
-def label_contours(labels: np.ndarray) -> dict[int, list[np.ndarray]]:
-    """Trace the outer outline of every object along pixel edges.
-
-    Parameters
-    ----------
-    labels : (H, W) integer array
-        Instance labels.
-
-    Returns
-    -------
-    dict of int to list of (K, 2) int64 arrays
-        Label -> one closed ring (first vertex == last) per 8-connected piece of the object,
-        largest piece first. Vertices are pixel corners as (x = column, y = row), see the module
-        docstring; collinear vertices are dropped. Holes are not traced: a ring encloses them.
-
-    Examples
-    --------
-    >>> labels = np.zeros((4, 5), dtype=np.int32)
-    >>> labels[1:3, 1:4] = 7
-    >>> label_contours(labels)[7][0].tolist()
-    [[1, 1], [1, 3], [4, 3], [4, 1], [1, 1]]
-    """
-    labels = check_labels(labels)
-    values = None
-    if labels.size and int(labels.max()) > labels.size:  # sparse ids: avoid a huge object list
-        labels, _, values = relabel_sequential(labels)
-    rings = {}
-    for index, box in enumerate(ndi.find_objects(labels), start=1):
-        if box is not None:
-            offset = np.array([box[1].start, box[0].start])
-            label = index if values is None else int(values[index])
-            rings[label] = [ring + offset for ring in _trace_mask(labels[box] == index)]
-    return rings
-
-
-def _trace_mask(mask: np.ndarray) -> list[np.ndarray]:
-    """Pixel-edge outer rings of the 8-connected pieces of a boolean mask, largest first.
-
-    ``cv2.findContours`` returns the centres of boundary pixels. On the mask upsampled 2x, each
-    pixel becomes a 2x2 block whose boundary sub-pixels sit at 2r or 2r + 1 (rows) and 2c or
-    2c + 1 (columns); (u + 1) // 2 maps them to the pixel corners r or r + 1 (c or c + 1).
-    """
-    up = np.pad(mask, 1).astype(np.uint8).repeat(2, axis=0).repeat(2, axis=1)
-    contours, _ = cv2.findContours(up, cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE)
-    rings = []
-    for contour in contours:
-        corners = _simplify((contour[:, 0, :].astype(np.int64) + 1) // 2 - 1)
-        rings.append(np.vstack([corners, corners[:1]]))
-    rings.sort(key=lambda ring: -abs(_ring_area(ring)))
-    return rings
-
-
-def _simplify(points: np.ndarray) -> np.ndarray:
-    """Drop repeated and collinear vertices of an open cyclic vertex list."""
-    while len(points) > 3:
-        points = points[np.any(points != np.roll(points, 1, axis=0), axis=1)]
-        before, after = np.roll(points, 1, axis=0) - points, np.roll(points, -1, axis=0) - points
-        cross = before[:, 0] * after[:, 1] - before[:, 1] * after[:, 0]
-        if cross.all():
-            break
-        points = points[cross != 0]
-    return points
-
-
-def _ring_area(ring: np.ndarray) -> float:
-    """Signed area of a closed ring (shoelace formula)."""
-    x, y = ring[:, 0], ring[:, 1]
-    return 0.5 * float(np.sum(x[:-1] * y[1:] - x[1:] * y[:-1]))
+#: Columns of a measurement table that describe the geometry in another convention (pixel counts,
+#: pixel-centre coordinates, scikit-image's perimeter): :func:`export_geojson` replaces them with
+#: the polygon's own measurements.
+_GEOMETRY_COLUMNS = frozenset({"area", "perimeter", "centroid_row", "centroid_col"})
 
 
 def export_geojson(
@@ -390,18 +325,25 @@ def export_geojson(
     labels: np.ndarray,
     *,
     measurements: Mapping[str, ArrayLike] | None = None,
+    mpp: float | None = None,
     classification: str = "Nucleus",
     color: tuple[int, int, int] = (0, 255, 0),
     overwrite: bool = False,
 ) -> int:
     """Write every object as a QuPath detection in a GeoJSON FeatureCollection.
 
-    Import into QuPath with File > Import objects from file (or drag and drop). Coordinates are
-    pixel corners, x = column and y = row, origin at the top-left corner of the image: QuPath's
-    own convention (see :func:`label_contours`). An object in one piece becomes a ``Polygon``,
-    one in several 8-connected pieces a ``MultiPolygon``; holes are filled. Each feature gets a
-    version-5 UUID ``id`` derived from the file name and the label (QuPath 0.4+ reads ids as
-    UUIDs), so exporting again gives the same ids.
+    Import into QuPath with File > Import objects from file (or drag and drop). Each geometry is
+    a valid polygon from :func:`nucseg.geometry.nucleus_polygons`: pixel-corner coordinates,
+    x = column and y = row from the top-left corner of the image (QuPath's convention); holes
+    kept as interior rings; a ``MultiPolygon`` for an object in several pieces (pixels touching
+    only at a corner count as separate pieces). Each feature gets a version-5 UUID ``id`` derived
+    from the file name and the label (QuPath 0.4+ reads ids as UUIDs), so exporting again gives
+    the same ids.
+
+    Every feature's ``measurements`` hold ``label`` and the polygon's own area, perimeter and
+    centroid (:func:`nucseg.geometry.polygon_measurements`: ``area_px2``, ``perimeter_px``,
+    ``centroid_x_px``, ``centroid_y_px``, and with ``mpp`` also ``area_um2``, ``perimeter_um``,
+    ``centroid_x_um``, ``centroid_y_um``), so they agree with the geometry QuPath draws.
 
     Parameters
     ----------
@@ -410,8 +352,12 @@ def export_geojson(
     labels : (H, W) integer array
         Instance labels.
     measurements : mapping of str to 1-D array-like, optional
-        Columns with a ``label`` column, e.g. from :func:`measure_nuclei`; the row of each label
-        becomes the feature's ``measurements`` (non-finite values are left out).
+        Further columns with a ``label`` column, e.g. from :func:`measure_nuclei`; the row of
+        each label is added to the feature's ``measurements`` (non-finite values are left out).
+        Its ``area``, ``perimeter``, ``centroid_row`` and ``centroid_col`` columns are left out:
+        the polygon's measurements replace them.
+    mpp : float, optional
+        Pixel size in micrometres per pixel; adds the measurements in um and um2.
     classification : str, optional
         Class name given to every object.
     color : tuple of int, optional
@@ -425,27 +371,27 @@ def export_geojson(
         Number of features written.
     """
     labels = check_labels(labels)
+    if mpp is not None and not (math.isfinite(mpp) and mpp > 0):
+        raise ValueError(f"mpp must be a positive number of micrometres per pixel, got {mpp}")
     rows = _rows_by_label(measurements) if measurements is not None else {}
+    pairs = list(nucleus_polygons(labels))
+    geometry_columns = polygon_measurements([polygon for _, polygon in pairs], mpp=mpp)
     name = Path(path).name
     features = []
-    for label, rings in label_contours(labels).items():
-        coordinates = [ring.tolist() for ring in rings]
-        if len(coordinates) == 1:
-            geometry = {"type": "Polygon", "coordinates": coordinates}
-        else:
-            geometry = {"type": "MultiPolygon", "coordinates": [[ring] for ring in coordinates]}
-        properties = {
-            "objectType": "detection",
-            "classification": {"name": classification, "color": [int(c) for c in color]},
-        }
-        if label in rows:
-            properties["measurements"] = rows[label]
+    for i, (label, polygon) in enumerate(pairs):
+        values = {"label": label, **{k: float(v[i]) for k, v in geometry_columns.items()}}
+        extra = rows.get(label, {})
+        values.update({k: v for k, v in extra.items() if k not in _GEOMETRY_COLUMNS | {"label"}})
         features.append(
             {
                 "type": "Feature",
                 "id": str(uuid.uuid5(_UUID_NAMESPACE, f"{name}:{label}")),
-                "geometry": geometry,
-                "properties": properties,
+                "geometry": mapping(polygon),
+                "properties": {
+                    "objectType": "detection",
+                    "classification": {"name": classification, "color": [int(c) for c in color]},
+                    "measurements": values,
+                },
             }
         )
     text = json.dumps({"type": "FeatureCollection", "features": features}, allow_nan=False)

@@ -1,0 +1,193 @@
+"""Label images to valid polygons, and measurements that agree with them (numpy + shapely).
+
+Coordinates are pixel corners, QuPath's and openslide's convention: the pixel at (row r, column c)
+is the unit square ``[c, c + 1] x [r, r + 1]``, with x = column and y = row measured from the
+top-left corner of the image. A polygon runs along pixel edges, so it holds exactly the pixels of
+its object: a pixel belongs to the object if and only if its centre (c + 0.5, r + 0.5) lies inside.
+
+Rules, for every label:
+
+- **Pieces.** Pixels are connected through their edges (4-connectivity). An object in one piece
+  gives a ``Polygon``; one in several pieces, including pieces that touch only at a corner, a
+  ``MultiPolygon`` whose parts touch at most at points (valid under the OGC/JTS rules that shapely
+  and QuPath apply). ``largest_piece=True`` keeps only the piece with the most pixels instead.
+- **Holes** are kept as interior rings, so the polygon's area is the object's pixel count (times
+  ``scale ** 2``) and the polygon rasterises back to the object exactly.
+- **Placement.** ``offset=(row, column)`` and ``scale`` map a chunk to another frame, e.g. a chunk
+  read at a downsampled level of a slide to level-0 pixels: a corner (r, c) of the label image
+  becomes ``x = offset[1] + scale * c``, ``y = offset[0] + scale * r``.
+
+How: each object's bounding box is upsampled 2x and traced with ``cv2.findContours`` (outer
+boundaries and holes); the traced boundary sub-pixels map to pixel corners. That tracing joins
+pixels that touch at a corner, which gives self-touching rings; only those polygons (found with
+``shapely.is_valid``) are repaired with ``shapely.make_valid``, which splits them at the touching
+corner without changing the area. About 0.1 s for 500 nuclei on a 1000 x 1000 image.
+
+API for whole-slide engines (one chunk at a time)::
+
+    for label, polygon in nucleus_polygons(chunk_labels, offset=(row0, col0), scale=downsample):
+        ...  # polygon: shapely Polygon/MultiPolygon in level-0 pixel corners, always valid
+    columns = polygon_measurements(polygons, mpp=mpp)  # area, perimeter, centroid per polygon
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+
+import cv2
+import numpy as np
+import shapely
+from scipy import ndimage as ndi
+from shapely.geometry import MultiPolygon, Polygon
+from skimage.segmentation import relabel_sequential
+
+from nucseg._checks import check_labels
+
+Geometry = Polygon | MultiPolygon
+
+
+def nucleus_polygons(
+    labels: np.ndarray,
+    *,
+    offset: tuple[float, float] = (0.0, 0.0),
+    scale: float = 1.0,
+    largest_piece: bool = False,
+) -> Iterator[tuple[int, Geometry]]:
+    """Yield one valid polygon per object of a label image, in increasing label order.
+
+    Parameters
+    ----------
+    labels : (H, W) integer array
+        Instance labels, 0 = background; the values need not be consecutive.
+    offset : (float, float), optional
+        (row, column) added to every vertex after scaling: the position of the label image's
+        top-left corner in the output frame (e.g. level-0 pixels of a slide).
+    scale : float, optional
+        Size of one label pixel in the output frame (e.g. the downsample of the level read).
+    largest_piece : bool, optional
+        Keep only the piece with the most pixels of an object in several 4-connected pieces
+        (the first such piece in contour order on a tie), so every geometry is a ``Polygon``.
+
+    Yields
+    ------
+    label : int
+        The object's label value.
+    polygon : shapely.Polygon or shapely.MultiPolygon
+        Valid geometry in pixel-corner coordinates (x = column, y = row; see the module
+        docstring): holes kept as interior rings, a ``MultiPolygon`` for an object in several
+        pieces unless ``largest_piece``. Its area is the pixel count times ``scale ** 2``.
+
+    Examples
+    --------
+    >>> labels = np.zeros((4, 5), dtype=np.int32)
+    >>> labels[1:3, 1:4] = 7
+    >>> [(label, polygon.bounds, polygon.area) for label, polygon in nucleus_polygons(labels)]
+    [(7, (1.0, 1.0, 4.0, 3.0), 6.0)]
+    >>> _, moved = next(nucleus_polygons(labels, offset=(100, 200), scale=2))
+    >>> moved.bounds
+    (202.0, 102.0, 208.0, 106.0)
+    """
+    labels = check_labels(labels)
+    if not scale > 0:
+        raise ValueError(f"scale must be > 0, got {scale}")
+    row0, col0 = (float(v) for v in offset)
+    if not labels.size:
+        return
+    values = None
+    if int(labels.max()) > labels.size:  # sparse ids: avoid a huge object list
+        labels, _, values = relabel_sequential(labels)
+    for index, box in enumerate(ndi.find_objects(labels), start=1):
+        if box is None:
+            continue
+        polygon = _mask_polygon(labels[box] == index, largest_piece=largest_piece)
+        r, c = box[0].start, box[1].start
+        polygon = shapely.transform(
+            polygon, lambda xy, r=r, c=c: (xy + (c, r)) * scale + (col0, row0)
+        )
+        yield (index if values is None else int(values[index])), polygon
+
+
+def _mask_polygon(mask: np.ndarray, *, largest_piece: bool) -> Geometry:
+    """The valid pixel-edge polygon of a boolean mask (corners in the mask's own frame).
+
+    ``cv2.findContours`` returns boundary pixels of the foreground. On the mask upsampled 2x,
+    each pixel becomes a 2x2 block whose boundary sub-pixels sit at 2r or 2r + 1 (rows) and 2c
+    or 2c + 1 (columns); (u + 1) // 2 maps them to the pixel corners r or r + 1 (c or c + 1),
+    for outer boundaries and holes alike.
+    """
+    up = np.pad(mask, 1).astype(np.uint8).repeat(2, axis=0).repeat(2, axis=1)
+    contours, hierarchy = cv2.findContours(up, cv2.RETR_CCOMP, cv2.CHAIN_APPROX_SIMPLE)
+    rings = [_corners(contour) for contour in contours]
+    parents = hierarchy[0, :, 3]
+    polygons = [
+        Polygon(ring, [rings[j] for j in np.flatnonzero(parents == i)])
+        for i, ring in enumerate(rings)
+        if parents[i] < 0
+    ]
+    geometry = polygons[0] if len(polygons) == 1 else MultiPolygon(polygons)
+    if not geometry.is_valid:  # pixels touching at a corner: split the rings there
+        geometry = shapely.make_valid(geometry, method="structure", keep_collapsed=False)
+    if isinstance(geometry, MultiPolygon) and largest_piece:
+        geometry = max(geometry.geoms, key=lambda part: part.area)
+    return geometry
+
+
+def _corners(contour: np.ndarray) -> np.ndarray:
+    """Pixel corners (x, y) of a contour traced on the 2x upsampled, 1-padded mask."""
+    points = (contour[:, 0, :].astype(np.int64) + 1) // 2 - 1
+    while len(points) > 3:  # drop repeated, then collinear, vertices
+        points = points[np.any(points != np.roll(points, 1, axis=0), axis=1)]
+        before, after = np.roll(points, 1, axis=0) - points, np.roll(points, -1, axis=0) - points
+        cross = before[:, 0] * after[:, 1] - before[:, 1] * after[:, 0]
+        if cross.all():
+            break
+        points = points[cross != 0]
+    return points
+
+
+def polygon_measurements(
+    polygons: Sequence[Geometry], *, mpp: float | None = None
+) -> dict[str, np.ndarray]:
+    """Area, perimeter and centroid of each polygon, computed from the polygon itself.
+
+    Parameters
+    ----------
+    polygons : sequence of shapely.Polygon or shapely.MultiPolygon
+        Geometries in pixel units, e.g. from :func:`nucleus_polygons`.
+    mpp : float, optional
+        Pixel size in micrometres per pixel. When given, the physical columns are added.
+
+    Returns
+    -------
+    dict of str to (N,) float64 array
+        ``area_px2`` (``shapely.area``: holes excluded, so the pixel count for a label image's
+        polygon), ``perimeter_px`` (``shapely.length``: the outer and hole rings along pixel
+        edges, as drawn; longer than a smooth outline by up to 4/pi), ``centroid_x_px`` and
+        ``centroid_y_px`` (``shapely.centroid``: the area-weighted centre, in pixel corners, so a
+        label's centroid is the mean of its pixels' centres (c + 0.5, r + 0.5)). With ``mpp``,
+        also ``area_um2``, ``perimeter_um``, ``centroid_x_um`` and ``centroid_y_um``.
+
+    Examples
+    --------
+    >>> square = shapely.box(2, 0, 4, 2)  # pixels (0..1, 2..3)
+    >>> {k: v.tolist() for k, v in polygon_measurements([square], mpp=0.25).items()}
+    ... # doctest: +NORMALIZE_WHITESPACE
+    {'area_px2': [4.0], 'perimeter_px': [8.0], 'centroid_x_px': [3.0], 'centroid_y_px': [1.0],
+     'area_um2': [0.25], 'perimeter_um': [2.0], 'centroid_x_um': [0.75], 'centroid_y_um': [0.25]}
+    """
+    if mpp is not None and not mpp > 0:
+        raise ValueError(f"mpp must be > 0 micrometres per pixel, got {mpp}")
+    geometries = np.asarray(list(polygons) + [None], dtype=object)[:-1]  # 1-D even if empty
+    centroids = shapely.get_coordinates(shapely.centroid(geometries)).reshape(-1, 2)
+    columns = {
+        "area_px2": shapely.area(geometries).astype(np.float64),
+        "perimeter_px": shapely.length(geometries).astype(np.float64),
+        "centroid_x_px": centroids[:, 0].astype(np.float64),
+        "centroid_y_px": centroids[:, 1].astype(np.float64),
+    }
+    if mpp is not None:
+        columns["area_um2"] = columns["area_px2"] * mpp**2
+        columns["perimeter_um"] = columns["perimeter_px"] * mpp
+        columns["centroid_x_um"] = columns["centroid_x_px"] * mpp
+        columns["centroid_y_um"] = columns["centroid_y_px"] * mpp
+    return columns
