@@ -1,0 +1,164 @@
+"""One chunk's result on disk: which nuclei it keeps, their measurements, outlines and pixels.
+
+``<name>.npy`` holds the kept nuclei as local labels 1..n, cropped to their bounding box (work
+pixels; its origin is in the Parquet file's metadata). ``<name>.parquet`` holds one row per kept
+nucleus in local-label order: level-0 coordinates, um units, and its GeoJSON geometry. Both are
+written under temporary names and renamed, the Parquet file last, so a chunk whose Parquet file
+exists is complete.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import secrets
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+__all__ = ["ChunkInfo", "read_chunk_info", "write_chunk"]
+
+#: Per-nucleus columns of the chunk tables and of ``nuclei.parquet`` (which adds ``id``, ``chunk``).
+COLUMNS = (
+    "centroid_x",
+    "centroid_y",
+    "centroid_x_um",
+    "centroid_y_um",
+    "bbox_x0",
+    "bbox_y0",
+    "bbox_x1",
+    "bbox_y1",
+    "area_um2",
+    "perimeter_um",
+    "eccentricity",
+    "solidity",
+    "mean_hematoxylin_od",
+)
+
+
+@dataclasses.dataclass(frozen=True)
+class ChunkInfo:
+    """Where a finished chunk's files are and what they hold."""
+
+    name: str
+    parquet: Path
+    npy: Path
+    n: int
+    origin: tuple[int, int]  # work-pixel (row, col) of the npy crop
+    shape: tuple[int, int]
+    cut: int
+
+
+def _atomic(path: Path) -> Path:
+    return path.with_name(f".{path.name}.tmp{secrets.token_hex(4)}")
+
+
+def write_chunk(
+    plan: Any, index: tuple[int, int], pixels: np.ndarray, labels: np.ndarray, chunk_dir: Path
+) -> dict[str, Any]:
+    """Keep the nuclei of ``labels`` whose centroid is in the chunk's core; write their files.
+
+    ``pixels`` and ``labels`` cover the chunk's window (core and halo), at work resolution.
+    """
+    import shapely
+    from shapely import wkt
+
+    from nucseg.geometry import nucleus_polygons, polygon_measurements
+    from nucseg.measure import measure_nuclei
+    from nucseg.slide.engine import chunk_name
+
+    name = chunk_name(index)
+    r0, c0, r1, c1 = plan.core(index)
+    wr0, wc0, wr1, wc1 = plan.window(index)
+    table = measure_nuclei(pixels, labels)
+    rows = table["centroid_row"] + wr0
+    cols = table["centroid_col"] + wc0
+    keep = (rows >= r0) & (rows < r1) & (cols >= c0) & (cols < c1)
+    s = plan.scale
+    if plan.roi_wkt is not None:  # centroids in level-0 pixel corners, as the ROI
+        keep &= shapely.contains_xy(wkt.loads(plan.roi_wkt), (cols + 0.5) * s, (rows + 0.5) * s)
+    kept = table["label"][keep]
+    lut = np.zeros(int(labels.max(initial=0)) + 1, dtype=np.int32)
+    lut[kept] = np.arange(1, kept.size + 1, dtype=np.int32)
+    local = lut[labels]
+    if kept.size:
+        nz_r, nz_c = np.nonzero(np.any(local, axis=1)), np.nonzero(np.any(local, axis=0))
+        top, bottom, left, right = nz_r[0][0], nz_r[0][-1] + 1, nz_c[0][0], nz_c[0][-1] + 1
+    else:
+        top = bottom = left = right = 0
+    crop = np.ascontiguousarray(local[top:bottom, left:right])
+    rows_total, cols_total = plan.work_shape
+    edges = []  # window edges that are halo edges, not the slide's border
+    if wr0 > 0:
+        edges.append(local[0])
+    if wr1 < rows_total:
+        edges.append(local[-1])
+    if wc0 > 0:
+        edges.append(local[:, 0])
+    if wc1 < cols_total:
+        edges.append(local[:, -1])
+    cut = len(np.unique(np.concatenate(edges + [np.zeros(1, np.int32)]))) - 1
+
+    offset = ((wr0 + top) * s, (wc0 + left) * s)
+    polygons = [g for _, g in nucleus_polygons(crop, offset=offset, scale=s)] if kept.size else []
+    geo = polygon_measurements(polygons, mpp=plan.mpp)
+    hulls = shapely.area(shapely.convex_hull(np.asarray(polygons + [None], dtype=object)[:-1]))
+    bounds = shapely.bounds(np.asarray(polygons + [None], dtype=object)[:-1]).reshape(-1, 4)
+    geometries = [json.dumps(shapely.geometry.mapping(g)) for g in polygons]
+    columns = {
+        "local_label": np.arange(1, kept.size + 1, dtype=np.int32),
+        "centroid_x": geo["centroid_x_px"],
+        "centroid_y": geo["centroid_y_px"],
+        "centroid_x_um": geo["centroid_x_um"],
+        "centroid_y_um": geo["centroid_y_um"],
+        "bbox_x0": bounds[:, 0],
+        "bbox_y0": bounds[:, 1],
+        "bbox_x1": bounds[:, 2],
+        "bbox_y1": bounds[:, 3],
+        "area_um2": geo["area_um2"],
+        "perimeter_um": geo["perimeter_um"],
+        "eccentricity": table["eccentricity"][keep],
+        "solidity": np.where(hulls > 0, geo["area_px2"] / np.maximum(hulls, 1e-12), 1.0),
+        "mean_hematoxylin_od": table["mean_hematoxylin"][keep],
+        "chunk_row": np.full(kept.size, index[0], dtype=np.int32),
+        "chunk_col": np.full(kept.size, index[1], dtype=np.int32),
+        "geometry": pa.array(geometries, type=pa.string()),
+    }
+    meta = {
+        "chunk": name,
+        "n": int(kept.size),
+        "origin": [int(wr0 + top), int(wc0 + left)],
+        "shape": list(crop.shape),
+        "cut": int(cut),
+    }
+    chunk_dir.mkdir(parents=True, exist_ok=True)
+    npy = chunk_dir / f"{name}.npy"
+    tmp = _atomic(npy)
+    with open(tmp, "wb") as fh:
+        np.save(fh, crop)
+    os.replace(tmp, npy)
+    arrow = pa.table(columns).replace_schema_metadata({"nucseg.chunk": json.dumps(meta)})
+    parquet = chunk_dir / f"{name}.parquet"
+    tmp = _atomic(parquet)
+    pq.write_table(arrow, tmp)
+    os.replace(tmp, parquet)
+    return {"chunk": name, "nuclei": int(kept.size), "cut": int(cut)}
+
+
+def read_chunk_info(chunk_dir: Path, name: str) -> ChunkInfo:
+    """The metadata of a finished chunk."""
+    parquet = chunk_dir / f"{name}.parquet"
+    meta = json.loads(pq.read_schema(parquet).metadata[b"nucseg.chunk"])
+    return ChunkInfo(
+        name=name,
+        parquet=parquet,
+        npy=chunk_dir / f"{name}.npy",
+        n=int(meta["n"]),
+        origin=tuple(meta["origin"]),
+        shape=tuple(meta["shape"]),
+        cut=int(meta["cut"]),
+    )

@@ -1,0 +1,314 @@
+"""The chunk engine: plan a slide's chunks, and segment one chunk into files on disk.
+
+A slide is worked on at the *work resolution*, the model's microns per pixel. The plan
+(:class:`SlidePlan`, saved as ``plan.json`` in the run folder) fixes the pyramid level read, the
+resampling from it, and a grid of square chunk *cores* over the work-resolution slide; each chunk
+is read with a *halo* around its core. :func:`run_chunk` is a pure function of (plan, segmenter,
+chunk index): it reads the chunk, segments it, keeps each nucleus whose centroid lies in the core
+(so a nucleus is kept by exactly one chunk, whole, as long as it is smaller than the halo) and
+writes two files into the run folder's ``chunks/``: ``<name>.npy``, the kept nuclei as local
+labels 1..n, and ``<name>.parquet``, one row per nucleus (level-0 coordinates, um units, its
+GeoJSON geometry), written last, under a temporary name, so that its presence marks the chunk
+done. Single-process runs loop over the chunks; a Dask run can map the same function over them.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import math
+import os
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from nucseg.slide.reader import SlideReader, open_slide, resize
+
+log = logging.getLogger(__name__)
+
+__all__ = [
+    "ChunkSegmenter",
+    "SlidePlan",
+    "chunk_done",
+    "chunk_name",
+    "fit_stain",
+    "make_plan",
+    "read_chunk",
+    "read_window",
+    "run_chunk",
+]
+
+Segmenter = Callable[[np.ndarray], np.ndarray]
+
+#: Relative difference between the slide's and the model's mpp below which no resampling is done.
+MPP_TOLERANCE = 0.01
+
+
+@dataclasses.dataclass(frozen=True)
+class SlidePlan:
+    """Everything that decides what a chunk holds; saved as ``plan.json``.
+
+    Attributes
+    ----------
+    slide : str
+        Slide file.
+    mpp : float
+        Microns per level-0 pixel used (from the file or ``--mpp``).
+    work_mpp : float
+        Microns per work-resolution pixel (the model's).
+    level : int
+        Pyramid level read.
+    scale : float
+        Level-0 pixels per work pixel.
+    work_shape : (int, int)
+        ``(rows, cols)`` of the slide at work resolution.
+    chunk, halo : int
+        Core side and halo width, in work pixels.
+    chunks : list of (int, int)
+        ``(chunk_row, chunk_col)`` of the chunks to process (those touching tissue and ROI).
+    roi_wkt : str or None
+        Region of interest (level-0 pixels) as WKT; nuclei whose centroid lies outside are
+        dropped.
+    """
+
+    slide: str
+    mpp: float
+    work_mpp: float
+    level: int
+    scale: float
+    work_shape: tuple[int, int]
+    chunk: int
+    halo: int
+    chunks: list[tuple[int, int]]
+    roi_wkt: str | None = None
+
+    def to_json(self) -> str:
+        return json.dumps(dataclasses.asdict(self), indent=1)
+
+    @classmethod
+    def from_json(cls, text: str) -> SlidePlan:
+        data = json.loads(text)
+        data["work_shape"] = tuple(data["work_shape"])
+        data["chunks"] = [tuple(c) for c in data["chunks"]]
+        return cls(**data)
+
+    def core(self, index: tuple[int, int]) -> tuple[int, int, int, int]:
+        """``(row0, col0, row1, col1)`` of a chunk's core in work pixels."""
+        r, c = index
+        rows, cols = self.work_shape
+        r0, c0 = r * self.chunk, c * self.chunk
+        return r0, c0, min(r0 + self.chunk, rows), min(c0 + self.chunk, cols)
+
+    def window(self, index: tuple[int, int]) -> tuple[int, int, int, int]:
+        """``(row0, col0, row1, col1)`` of the core plus halo, clipped to the slide."""
+        r0, c0, r1, c1 = self.core(index)
+        rows, cols = self.work_shape
+        h = self.halo
+        return max(r0 - h, 0), max(c0 - h, 0), min(r1 + h, rows), min(c1 + h, cols)
+
+    @property
+    def grid(self) -> tuple[int, int]:
+        """Number of chunk rows and columns covering the slide."""
+        rows, cols = self.work_shape
+        return math.ceil(rows / self.chunk), math.ceil(cols / self.chunk)
+
+
+def make_plan(
+    reader: SlideReader,
+    *,
+    mpp: float,
+    model_mpp: float,
+    chunk: int = 2048,
+    halo: int = 128,
+    tissue: np.ndarray | None = None,
+    tissue_downsample: float = 1.0,
+    roi: Any = None,
+) -> SlidePlan:
+    """Choose the level, resampling and chunks of a slide.
+
+    The level read is the coarsest one at least as fine as the model's resolution; it is
+    resampled to the model's mpp unless the two differ by less than :data:`MPP_TOLERANCE`.
+    Chunks are kept if their core touches ``tissue`` (an overview mask, ``tissue_downsample``
+    level-0 pixels per pixel; None keeps all).
+    """
+    if halo < 0 or chunk < 1:
+        raise ValueError(f"chunk must be >= 1 and halo >= 0, got chunk={chunk}, halo={halo}")
+    ratio = model_mpp / mpp  # level-0 pixels per model pixel
+    if abs(ratio - 1) < MPP_TOLERANCE:
+        ratio = 1.0
+    level = reader.best_level(ratio)
+    width, height = reader.dimensions
+    work_shape = (max(1, round(height / ratio)), max(1, round(width / ratio)))
+    plan = SlidePlan(
+        slide=str(reader.path),
+        mpp=float(mpp),
+        work_mpp=float(mpp * ratio),
+        level=int(level),
+        scale=float(ratio),
+        work_shape=work_shape,
+        chunk=int(chunk),
+        halo=int(halo),
+        chunks=[],
+        roi_wkt=None if roi is None else roi.wkt,
+    )
+    n_rows, n_cols = plan.grid
+    selected = []
+    for r in range(n_rows):
+        for c in range(n_cols):
+            if tissue is None:
+                selected.append((r, c))
+                continue
+            r0, c0, r1, c1 = plan.core((r, c))
+            f = ratio / tissue_downsample  # overview pixels per work pixel
+            rows = slice(max(int(r0 * f) - 1, 0), int(math.ceil(r1 * f)) + 1)
+            cols = slice(max(int(c0 * f) - 1, 0), int(math.ceil(c1 * f)) + 1)
+            if tissue[rows, cols].any():
+                selected.append((r, c))
+    return dataclasses.replace(plan, chunks=selected)
+
+
+def chunk_name(index: tuple[int, int]) -> str:
+    """File stem of a chunk's outputs, e.g. ``r0003_c0012``."""
+    return f"r{index[0]:04d}_c{index[1]:04d}"
+
+
+def chunk_done(chunk_dir: str | os.PathLike, index: tuple[int, int]) -> bool:
+    """Whether a chunk's files are complete (its Parquet file exists)."""
+    return (Path(chunk_dir) / f"{chunk_name(index)}.parquet").is_file()
+
+
+def read_window(reader: SlideReader, plan: SlidePlan, box: tuple[int, int, int, int]) -> np.ndarray:
+    """Pixels of the work-resolution box ``(row0, col0, row1, col1)``, ``(rows, cols, 3) uint8``."""
+    r0, c0, r1, c1 = box
+    level_scale = reader.downsamples[plan.level]
+    x, y = round(c0 * plan.scale), round(r0 * plan.scale)
+    w = max(1, round((c1 - c0) * plan.scale / level_scale))
+    h = max(1, round((r1 - r0) * plan.scale / level_scale))
+    return resize(reader.read_region(x, y, w, h, plan.level), (c1 - c0, r1 - r0))
+
+
+def read_chunk(reader: SlideReader, plan: SlidePlan, index: tuple[int, int]) -> np.ndarray:
+    """Pixels of a chunk's window (core and halo) at work resolution."""
+    return read_window(reader, plan, plan.window(index))
+
+
+class ChunkSegmenter:
+    """A :class:`nucseg.infer.Predictor` with stain statistics fixed for a whole slide.
+
+    The model's normaliser maps every chunk with the same source statistics (fitted once on the
+    slide's tissue), so neighbouring chunks are normalised alike; without a normaliser or
+    statistics, chunks go to the network as they are.
+    """
+
+    def __init__(self, predictor: Any, source: dict[str, Any] | None) -> None:
+        self.predictor = predictor
+        self.source = source
+
+    def normalise(self, image: np.ndarray) -> np.ndarray:
+        normaliser = self.predictor.normaliser
+        if normaliser is None or self.source is None:
+            return image
+        out = normaliser._apply(image, self.source)
+        return np.clip(np.rint(out), 0, 255).astype(np.uint8)
+
+    def __call__(self, image: np.ndarray) -> np.ndarray:
+        from nucseg.infer import predict_maps
+
+        p = self.predictor
+        maps = predict_maps(
+            p.model,
+            self.normalise(image),
+            num_classes=p.num_classes,
+            device=p.device,
+            **p.options,
+        )
+        return p.maps_to_labels(maps)
+
+
+def fit_stain(reader: SlideReader, plan: SlidePlan, normaliser: Any, *, samples: int = 8) -> Any:
+    """Source stain statistics of a slide from up to ``samples`` 512-pixel tissue windows.
+
+    Returns None (and logs why) when the tissue holds too little stain to estimate them.
+    """
+    from nucseg.stain import NotEnoughTissue
+
+    if normaliser is None or not plan.chunks:
+        return None
+    picks = np.linspace(0, len(plan.chunks) - 1, min(samples, len(plan.chunks))).round()
+    pieces = []
+    for i in sorted({int(p) for p in picks}):
+        r0, c0, r1, c1 = plan.core(plan.chunks[i])
+        side = min(512, r1 - r0, c1 - c0)
+        rc, cc = (r0 + r1 - side) // 2, (c0 + c1 - side) // 2
+        pieces.append(read_window(reader, plan, (rc, cc, rc + side, cc + side)))
+    sizes = {p.shape for p in pieces}
+    if len(sizes) != 1:
+        pieces = [p[: min(s[0] for s in sizes), : min(s[1] for s in sizes)] for p in pieces]
+    try:
+        return normaliser._estimate(np.concatenate(pieces, axis=0))
+    except (NotEnoughTissue, np.linalg.LinAlgError) as err:
+        log.warning(
+            "%s: stain statistics not estimated (%s); chunks not normalised", plan.slide, err
+        )
+        return None
+
+
+def run_chunk(
+    plan: SlidePlan,
+    segmenter: Segmenter,
+    index: tuple[int, int],
+    chunk_dir: str | os.PathLike,
+    *,
+    reader: SlideReader | None = None,
+    pixels: np.ndarray | None = None,
+) -> dict[str, Any]:
+    """Segment one chunk and write its files into ``chunk_dir``.
+
+    Parameters
+    ----------
+    plan : SlidePlan
+        The slide's plan.
+    segmenter : callable
+        ``(H, W, 3) uint8 -> (H, W) int32`` instance labels.
+    index : (int, int)
+        Chunk row and column.
+    chunk_dir : path-like
+        Where ``<name>.npy`` and ``<name>.parquet`` go.
+    reader : SlideReader, optional
+        An open reader of ``plan.slide`` (opened here otherwise).
+    pixels : array, optional
+        The chunk's pixels, already read with :func:`read_chunk` (a prefetching caller).
+
+    Returns
+    -------
+    dict
+        ``chunk``, ``nuclei``, ``cut`` (kept nuclei touching a halo edge), ``pixels`` (core
+        pixels), ``seconds``.
+    """
+    from nucseg.slide.chunkio import write_chunk
+
+    start = time.perf_counter()
+    if pixels is None:
+        own = reader is None
+        reader = open_slide(plan.slide) if own else reader
+        try:
+            pixels = read_chunk(reader, plan, index)
+        finally:
+            if own:
+                reader.close()
+    read_s = time.perf_counter() - start
+    labels = np.asarray(segmenter(pixels), dtype=np.int32)
+    segment_s = time.perf_counter() - start - read_s
+    info = write_chunk(plan, index, pixels, labels, Path(chunk_dir))
+    r0, c0, r1, c1 = plan.core(index)
+    return {
+        **info,
+        "pixels": (r1 - r0) * (c1 - c0),
+        "read_s": read_s,
+        "segment_s": segment_s,
+        "seconds": time.perf_counter() - start,
+    }

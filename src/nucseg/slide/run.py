@@ -1,0 +1,423 @@
+"""Segment one whole slide: checks, tissue, plan, chunks (resumable), outputs, report.
+
+Everything is written to ``OUT/<slide stem>/``: the final files (``nuclei.parquet``,
+``nuclei.geojson[.gz]``, ``labels.ome.tif``, ``tissue.png``, ``thumbnail_overlay.png``,
+``report.json``) and, while the run is going, the work folder ``chunks/`` with ``plan.json`` and
+one pair of files per finished chunk. A run killed at any point continues with ``resume=True``
+and redoes only the chunks without their Parquet file.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import resource
+import shutil
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from nucseg.slide import engine, tissue
+from nucseg.slide.reader import open_slide
+
+log = logging.getLogger(__name__)
+
+__all__ = ["DEFAULT_MODEL_MPP", "model_mpp", "output_paths", "segment_slide", "slide_stem"]
+
+#: Microns per pixel of a model whose files do not record it: every model trained by nucseg so
+#: far learned from 40x MoNuSeg and TNBC images (about 0.25 um/px).
+DEFAULT_MODEL_MPP = 0.25
+
+
+def slide_stem(path: str | os.PathLike) -> str:
+    """Output folder name of a slide: its file name without the (``.ome``) extension."""
+    name = Path(path).name
+    for suffix in (".ome.tiff", ".ome.tif"):
+        if name.lower().endswith(suffix):
+            return name[: -len(suffix)]
+    return Path(name).stem
+
+
+def output_paths(folder: Path, *, gzip: bool = False, labels: bool = True) -> dict[str, Path]:
+    """The final files of a slide's output folder."""
+    paths = {
+        "parquet": folder / "nuclei.parquet",
+        "geojson": folder / ("nuclei.geojson.gz" if gzip else "nuclei.geojson"),
+        "tissue": folder / "tissue.png",
+        "overlay": folder / "thumbnail_overlay.png",
+        "report": folder / "report.json",
+    }
+    if labels:
+        paths["labels"] = folder / "labels.ome.tif"
+    return paths
+
+
+def model_mpp(folder: str | os.PathLike) -> tuple[float, str]:
+    """Microns per pixel a model was trained at, and where that came from.
+
+    Read from the ``"mpp"`` key of the model folder's ``thresholds.json``, else of its
+    ``config.json``; :data:`DEFAULT_MODEL_MPP` when neither has it.
+    """
+    for name in ("thresholds.json", "config.json"):
+        file = Path(folder) / name
+        if file.is_file():
+            value = json.loads(file.read_text()).get("mpp")
+            if value is not None:
+                return float(value), name
+    return DEFAULT_MODEL_MPP, "default (not recorded by the model)"
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _write_png(path: Path, rgb: np.ndarray, *, overwrite: bool) -> None:
+    from nucseg.io import write_png
+
+    write_png(path, rgb, overwrite=overwrite)
+
+
+def segment_slide(
+    path: str | os.PathLike,
+    out_dir: str | os.PathLike,
+    *,
+    model: str | None = None,
+    method: str | None = None,
+    segmenter: Callable[[np.ndarray], np.ndarray] | None = None,
+    mpp: float | None = None,
+    roi: list[tuple[int, int, int, int]] | None = None,
+    roi_geojson: str | os.PathLike | None = None,
+    chunk: int = 2048,
+    halo: int = 128,
+    predict: dict[str, Any] | None = None,
+    labels: bool = True,
+    gzip: bool = False,
+    resume: bool = False,
+    overwrite: bool = False,
+    keep_chunks: bool = False,
+    progress: bool = True,
+    argv: list[str] | None = None,
+) -> dict[str, Any]:
+    """Segment every nucleus of a whole slide into ``out_dir/<slide stem>/``.
+
+    Parameters
+    ----------
+    path : path-like
+        The slide (SVS, NDPI, MRXS, OME-TIFF, tiled TIFF, ...; see :mod:`nucseg.slide.reader`).
+    out_dir : path-like
+        Parent of the slide's output folder.
+    model : str, optional
+        Run folder or bundled model name (default: the bundled ``default`` model).
+    method : str, optional
+        A classical method instead of a model (no stain normalisation, model mpp 0.25).
+    segmenter : callable, optional
+        Any ``image -> labels`` instead of both (its mpp is taken as 0.25).
+    mpp : float, optional
+        Microns per level-0 pixel, overriding the file's.
+    roi : list of (x, y, w, h), optional
+        Level-0 rectangles to restrict the work to.
+    roi_geojson : path-like, optional
+        GeoJSON of (QuPath) annotations to restrict the work to.
+    chunk, halo : int, optional
+        Chunk core side and halo width in work pixels; the halo must exceed the largest
+        nucleus (a kept nucleus touching a halo edge is counted as ``cut`` in the report).
+    predict : dict, optional
+        Prediction settings overriding the model's (``tile``, ``overlap``, ``batch_size``...).
+    labels : bool, optional
+        Write ``labels.ome.tif``.
+    gzip : bool, optional
+        Write ``nuclei.geojson.gz`` instead of ``nuclei.geojson``.
+    resume : bool, optional
+        Continue an interrupted run, redoing only unfinished chunks.
+    overwrite : bool, optional
+        Replace existing outputs (and discard an unfinished run's chunks unless ``resume``).
+    keep_chunks : bool, optional
+        Keep the ``chunks/`` work folder after the outputs are written.
+    progress : bool, optional
+        Show a progress bar over the tissue chunks.
+    argv : list of str, optional
+        The command line, for the report.
+
+    Returns
+    -------
+    dict
+        The report (also written as ``report.json``).
+
+    Raises
+    ------
+    ValueError
+        If the slide cannot be read, its mpp is unknown and ``mpp`` not given (before any model
+        is loaded), or a resumed run was planned with other settings.
+    FileExistsError
+        If outputs exist without ``overwrite``, or chunks of an unfinished run without
+        ``resume`` or ``overwrite``.
+    """
+    from nucseg.pipeline import provenance
+
+    started = time.perf_counter()
+    times: dict[str, float] = {}
+    path = Path(path)
+    reader = open_slide(path)
+    try:
+        slide_mpp = float(mpp) if mpp is not None else reader.mpp
+        if slide_mpp is None:
+            raise ValueError(
+                f"{path}: the file records no microns per pixel; pass --mpp (e.g. --mpp 0.25 "
+                "for a 40x scan)"
+            )
+        if not slide_mpp > 0:
+            raise ValueError(f"{path}: microns per pixel must be > 0, got {slide_mpp}")
+        folder = Path(out_dir) / slide_stem(path)
+        outputs = output_paths(folder, gzip=gzip, labels=labels)
+        chunk_dir = folder / "chunks"
+        existing = [str(p) for p in outputs.values() if p.exists()]
+        if existing and not overwrite:
+            raise FileExistsError(f"{existing[0]} exists; pass --overwrite to replace it")
+        if chunk_dir.exists() and not (resume or overwrite):
+            raise FileExistsError(
+                f"{chunk_dir} holds an unfinished run; pass --resume to continue it or "
+                "--overwrite to start again"
+            )
+        if chunk_dir.exists() and overwrite and not resume:
+            shutil.rmtree(chunk_dir)
+        work = _resolve_work(model, method, segmenter)
+        folder.mkdir(parents=True, exist_ok=True)
+
+        t = time.perf_counter()
+        region = tissue.roi_geometry(roi, roi_geojson)
+        downsample = max(1.0, tissue.OVERVIEW_MPP / slide_mpp)
+        overview, downsample = tissue.read_overview(reader, downsample)
+        mask = tissue.tissue_mask(overview, mpp=downsample * slide_mpp)
+        if region is not None:
+            mask &= tissue.roi_mask(region, mask.shape, downsample)
+        _write_png(
+            outputs["tissue"], np.repeat(mask[..., None] * np.uint8(255), 3, 2), overwrite=overwrite
+        )
+        tissue_mm2 = float(mask.sum()) * (downsample * slide_mpp) ** 2 / 1e6
+        times["tissue_s"] = time.perf_counter() - t
+
+        plan = engine.make_plan(
+            reader,
+            mpp=slide_mpp,
+            model_mpp=work["mpp"],
+            chunk=chunk,
+            halo=halo,
+            tissue=mask,
+            tissue_downsample=downsample,
+            roi=region,
+        )
+        _save_plan(chunk_dir, plan, resume=resume)
+
+        t = time.perf_counter()
+        segment, stain = _build_segmenter(work, reader, plan, predict or {})
+        times["model_and_stain_s"] = time.perf_counter() - t
+
+        t = time.perf_counter()
+        chunk_stats = _run_chunks(reader, plan, segment, chunk_dir, progress=progress)
+        times["chunks_s"] = time.perf_counter() - t
+        times["chunk_read_s"] = chunk_stats.pop("read_s")
+        times["chunk_segment_s"] = chunk_stats.pop("segment_s")
+
+        report = _assemble(
+            reader, plan, chunk_dir, outputs, overview, downsample,
+            overwrite=overwrite, stem=slide_stem(path), times=times,
+        )  # fmt: skip
+    finally:
+        reader.close()
+    n = report.pop("nuclei")
+    report = {
+        "slide": str(path),
+        "format": reader.format,
+        "dimensions": list(reader.dimensions),
+        "levels": len(reader.levels),
+        "mpp_file": reader.mpp,
+        "mpp": slide_mpp,
+        "work_mpp": plan.work_mpp,
+        "level_read": plan.level,
+        "scale": plan.scale,
+        "model": work["describe"],
+        "stain": stain,
+        "chunk": plan.chunk,
+        "halo": plan.halo,
+        "chunks": len(plan.chunks),
+        "chunks_resumed": chunk_stats["resumed"],
+        "cut_nuclei": sum(engine_cut for engine_cut in chunk_stats["cut"]),
+        "tissue_mm2": tissue_mm2,
+        "roi": plan.roi_wkt,
+        "nuclei": n,
+        "nuclei_per_mm2": n / tissue_mm2 if tissue_mm2 > 0 else None,
+        "tissue_mpx": chunk_stats["pixels"] * plan.scale**2 / 1e6,
+        "seconds": time.perf_counter() - started,
+        "times": times,
+        "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+        "outputs": {k: str(v) for k, v in outputs.items()},
+        **provenance(argv),
+    }
+    with _atomic_json(outputs["report"], overwrite) as tmp:
+        tmp.write_text(json.dumps(report, indent=1) + "\n")
+    if not keep_chunks:
+        shutil.rmtree(chunk_dir)
+    return report
+
+
+def _atomic_json(path: Path, overwrite: bool):
+    from nucseg.io import atomic_write
+
+    return atomic_write(path, overwrite=overwrite)
+
+
+def _resolve_work(model: str | None, method: str | None, segmenter: Any) -> dict[str, Any]:
+    """What segments the chunks: a model folder, a classical method, or a callable; its mpp."""
+    given = sum(x is not None for x in (model, method, segmenter))
+    if given > 1:
+        raise ValueError("give at most one of a model, a method and a segmenter")
+    if segmenter is not None:
+        return {"kind": "callable", "segmenter": segmenter, "mpp": DEFAULT_MODEL_MPP,
+                "describe": {"callable": repr(segmenter)}}  # fmt: skip
+    if method is not None:
+        from nucseg.classical import get_method
+
+        get_method(method)  # unknown: KeyError listing the valid names
+        return {"kind": "method", "method": method, "mpp": DEFAULT_MODEL_MPP,
+                "describe": {"method": method}}  # fmt: skip
+    from nucseg.pipeline import resolve_model
+
+    folder = resolve_model(model or "default")
+    value, source = model_mpp(folder)
+    weights = folder / "model.safetensors"
+    return {
+        "kind": "model",
+        "folder": folder,
+        "mpp": value,
+        "describe": {
+            "model": str(model or "default"),
+            "folder": str(folder),
+            "sha256": _sha256(weights),
+            "mpp": value,
+            "mpp_source": source,
+        },
+    }
+
+
+def _save_plan(chunk_dir: Path, plan: engine.SlidePlan, *, resume: bool) -> None:
+    from nucseg.io import atomic_write
+
+    chunk_dir.mkdir(parents=True, exist_ok=True)
+    file = chunk_dir / "plan.json"
+    if file.is_file():
+        old = engine.SlidePlan.from_json(file.read_text())
+        if old != plan:
+            raise ValueError(
+                f"{file}: the unfinished run was planned with other settings (slide, mpp, "
+                "model mpp, chunk, halo, tissue or ROI); pass --overwrite to start again"
+            )
+        return
+    with atomic_write(file) as tmp:
+        tmp.write_text(plan.to_json())
+
+
+def _build_segmenter(
+    work: dict[str, Any], reader: Any, plan: engine.SlidePlan, predict: dict[str, Any]
+) -> tuple[Callable[[np.ndarray], np.ndarray], Any]:
+    if work["kind"] == "callable":
+        return work["segmenter"], None
+    if work["kind"] == "method":
+        from nucseg.pipeline import make_segmenter
+
+        return make_segmenter(work["method"]), None
+    from nucseg.infer import Predictor
+
+    predictor = Predictor.load(work["folder"], **predict)
+    source = engine.fit_stain(reader, plan, predictor.normaliser)
+    stain = None
+    if predictor.normaliser is not None:
+        stain = {"normaliser": predictor.normaliser.name, "source": source}
+    return engine.ChunkSegmenter(predictor, source), {"stain": stain, **predictor.options}
+
+
+def _run_chunks(
+    reader: Any, plan: engine.SlidePlan, segment: Any, chunk_dir: Path, *, progress: bool
+) -> dict[str, Any]:
+    """Segment the unfinished chunks, reading the next one while the current one is segmented."""
+    from tqdm.auto import tqdm
+
+    todo = [c for c in plan.chunks if not engine.chunk_done(chunk_dir, c)]
+    stats: dict[str, Any] = {"resumed": len(plan.chunks) - len(todo), "cut": [], "pixels": 0}
+    stats.update(read_s=0.0, segment_s=0.0)
+    for index in plan.chunks:
+        r0, c0, r1, c1 = plan.core(index)
+        stats["pixels"] += (r1 - r0) * (c1 - c0)
+    bar = tqdm(total=len(todo), desc=Path(plan.slide).name, unit="chunk", disable=not progress)
+    start, done_pixels = time.perf_counter(), 0
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        pending = pool.submit(engine.read_chunk, reader, plan, todo[0]) if todo else None
+        for i, index in enumerate(todo):
+            t = time.perf_counter()
+            pixels = pending.result()
+            stats["read_s"] += time.perf_counter() - t
+            if i + 1 < len(todo):
+                pending = pool.submit(engine.read_chunk, reader, plan, todo[i + 1])
+            info = engine.run_chunk(plan, segment, index, chunk_dir, pixels=pixels)
+            stats["segment_s"] += info["segment_s"]
+            done_pixels += info["pixels"] * plan.scale**2
+            bar.set_postfix_str(f"{done_pixels / 1e6 / (time.perf_counter() - start):.2f} MPx/s")
+            bar.update()
+    bar.close()
+    from nucseg.slide.chunkio import read_chunk_info
+
+    for index in plan.chunks:
+        stats["cut"].append(read_chunk_info(chunk_dir, engine.chunk_name(index)).cut)
+    return stats
+
+
+def _assemble(
+    reader: Any,
+    plan: engine.SlidePlan,
+    chunk_dir: Path,
+    outputs: dict[str, Path],
+    overview: np.ndarray,
+    downsample: float,
+    *,
+    overwrite: bool,
+    stem: str,
+    times: dict[str, float],
+) -> dict[str, Any]:
+    from nucseg.slide import writers
+    from nucseg.slide.chunkio import read_chunk_info
+
+    infos = [read_chunk_info(chunk_dir, engine.chunk_name(c)) for c in plan.chunks]
+    shape = (reader.dimensions[1], reader.dimensions[0])
+    t = time.perf_counter()
+    n = writers.write_parquet(outputs["parquet"], infos, overwrite=overwrite)
+    times["parquet_s"] = time.perf_counter() - t
+    t = time.perf_counter()
+    writers.write_geojson(outputs["geojson"], infos, stem=stem, overwrite=overwrite)
+    times["geojson_s"] = time.perf_counter() - t
+    if "labels" in outputs:
+        t = time.perf_counter()
+        writers.write_label_pyramid(
+            outputs["labels"], infos, shape=shape, scale=plan.scale, mpp=plan.mpp,
+            overwrite=overwrite,
+        )  # fmt: skip
+        times["labels_s"] = time.perf_counter() - t
+    t = time.perf_counter()
+    side = max(shape) / 4096
+    view = overview
+    if side < downsample:  # a finer view than the tissue overview, at most 4096 pixels a side
+        from nucseg.slide.tissue import read_overview
+
+        view, _ = read_overview(reader, max(side, 1.0))
+    image = writers.outline_overlay(view, infos, shape=shape, scale=plan.scale)
+    _write_png(outputs["overlay"], image, overwrite=overwrite)
+    times["overlay_s"] = time.perf_counter() - t
+    return {"nuclei": n}

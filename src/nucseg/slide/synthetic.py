@@ -1,0 +1,155 @@
+"""Writing pyramidal test slides with tifffile: generic tiled TIFF, Aperio-style SVS, OME-TIFF.
+
+The pixels come from a function ``region(y, x, h, w) -> (h, w, 3) uint8`` of level-0 pixels, so
+a slide of any size is written tile by tile without ever holding a level in memory. Used by the
+tests and by ``benchmarks/bench_slide.py``.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Iterator, Sequence
+from pathlib import Path
+
+import cv2
+import numpy as np
+import tifffile
+
+__all__ = ["FLAVOURS", "mosaic_region", "write_slide"]
+
+FLAVOURS = ("tiff", "svs", "ome")
+
+Region = Callable[[int, int, int, int], np.ndarray]
+
+
+def _level_tiles(
+    region: Region, shape: tuple[int, int], factor: int, tile: int
+) -> Iterator[np.ndarray]:
+    """Tiles, in row-major order, of the level ``factor`` times smaller than level 0."""
+    rows, cols = shape
+    level_rows, level_cols = -(-rows // factor), -(-cols // factor)
+    for ty in range(0, level_rows, tile):
+        for tx in range(0, level_cols, tile):
+            h, w = min(tile, level_rows - ty), min(tile, level_cols - tx)
+            pixels = region(ty * factor, tx * factor, h * factor, w * factor)
+            if factor > 1:
+                pixels = cv2.resize(pixels, (w, h), interpolation=cv2.INTER_AREA)
+            out = np.full((tile, tile, 3), 255, dtype=np.uint8)
+            out[:h, :w] = pixels
+            yield out
+
+
+def write_slide(
+    path: str | os.PathLike,
+    shape: tuple[int, int],
+    region: Region | np.ndarray,
+    *,
+    mpp: float | None,
+    flavour: str = "tiff",
+    levels: int = 3,
+    tile: int = 256,
+    compression: str = "jpeg",
+) -> Path:
+    """Write a tiled pyramidal RGB slide.
+
+    Parameters
+    ----------
+    path : path-like
+        Output file (``.tif``, ``.svs`` or ``.ome.tif``).
+    shape : (int, int)
+        Level-0 ``(rows, columns)``.
+    region : callable or (rows, columns, 3) uint8 array
+        ``region(y, x, h, w)`` returns level-0 pixels; an array is used directly.
+    mpp : float or None
+        Microns per pixel to record (None: record none).
+    flavour : {"tiff", "svs", "ome"}
+        "tiff": generic tiled TIFF, levels as pages, mpp in the resolution tags (centimetres);
+        "svs": the same with an Aperio ``ImageDescription`` (``|MPP = ...``), what OpenSlide's
+        Aperio driver reads; "ome": OME-TIFF with SubIFD levels and ``PhysicalSizeX/Y``.
+    levels : int
+        Pyramid levels, each half the size of the previous one.
+    tile : int
+        Tile side in pixels.
+    compression : str
+        TIFF compression ("jpeg", "zlib", None).
+    """
+    if flavour not in FLAVOURS:
+        raise ValueError(f"flavour must be one of {FLAVOURS}, got {flavour!r}")
+    if isinstance(region, np.ndarray):
+        array = region
+
+        def region(y: int, x: int, h: int, w: int) -> np.ndarray:
+            out = np.full((h, w, 3), 255, dtype=np.uint8)
+            part = array[y : y + h, x : x + w]
+            out[: part.shape[0], : part.shape[1]] = part
+            return out
+
+    rows, cols = shape
+    path = Path(path)
+    options = {"tile": (tile, tile), "photometric": "rgb", "compression": compression}
+    if compression == "jpeg":
+        options["compressionargs"] = {"level": 90}
+    resolution = None
+    if mpp is not None:
+        resolution = (1e4 / mpp, 1e4 / mpp)
+    with tifffile.TiffWriter(path, bigtiff=rows * cols > 2**31, ome=flavour == "ome") as tif:
+        for level in range(levels):
+            factor = 2**level
+            level_shape = (-(-rows // factor), -(-cols // factor), 3)
+            extra: dict = {}
+            if flavour == "ome":
+                if level == 0:
+                    extra["subifds"] = levels - 1
+                    extra["metadata"] = {"axes": "YXS"}
+                    if mpp is not None:
+                        extra["metadata"].update(
+                            PhysicalSizeX=mpp,
+                            PhysicalSizeXUnit="µm",
+                            PhysicalSizeY=mpp,
+                            PhysicalSizeYUnit="µm",
+                        )
+                else:
+                    extra["subfiletype"] = 1
+            else:
+                extra["metadata"] = None
+                if level and flavour == "tiff":
+                    extra["subfiletype"] = 1
+                if level == 0 and flavour == "svs":
+                    extra["description"] = (
+                        f"Aperio Image Library v12.0.0\r\n{cols}x{rows} [0,0 {cols}x{rows}] "
+                        f"({tile}x{tile}) JPEG/RGB Q=90"
+                        + (f"|AppMag = 40|MPP = {mpp}" if mpp is not None else "")
+                    )
+            if resolution is not None and flavour != "ome":
+                level_mpp = 1e4 / resolution[0] * factor
+                extra["resolution"] = (1e4 / level_mpp, 1e4 / level_mpp)
+                extra["resolutionunit"] = "CENTIMETER"
+            tif.write(
+                _level_tiles(region, (rows, cols), factor, tile),
+                shape=level_shape,
+                dtype=np.uint8,
+                **options,
+                **extra,
+            )
+    return path
+
+
+def mosaic_region(
+    images: Sequence[np.ndarray], origins: Sequence[tuple[int, int]], *, background: int = 255
+) -> Region:
+    """``region(y, x, h, w)`` of a white canvas with ``images`` pasted at ``(row, col)`` origins."""
+    boxes = [
+        (r, c, r + im.shape[0], c + im.shape[1]) for im, (r, c) in zip(images, origins, strict=True)
+    ]
+
+    def region(y: int, x: int, h: int, w: int) -> np.ndarray:
+        out = np.full((h, w) + images[0].shape[2:], background, dtype=images[0].dtype)
+        for image, (r0, c0, r1, c1) in zip(images, boxes, strict=True):
+            top, bottom, left, right = max(r0, y), min(r1, y + h), max(c0, x), min(c1, x + w)
+            if top < bottom and left < right:
+                out[top - y : bottom - y, left - x : right - x] = image[
+                    top - r0 : bottom - r0, left - c0 : right - c0
+                ]
+        return out
+
+    return region

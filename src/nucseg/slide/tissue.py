@@ -1,0 +1,163 @@
+"""Tissue masks from a low-resolution view of a slide, and regions of interest.
+
+The overview is read from the coarsest pyramid level that is still at least as fine as the wanted
+resolution, window by window, so a slide without a pyramid never has its level 0 decoded at once.
+Tissue is where the largest per-channel optical density ``-ln((I + 1) / 256)`` exceeds a
+threshold (0.15 by default: the tissue threshold of the Macenko normaliser; white glass is about
+0.06), closed, hole-filled and cleared of specks smaller than ``min_area_um2``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+import cv2
+import numpy as np
+from scipy import ndimage as ndi
+
+from nucseg.slide.reader import SlideReader, resize
+
+__all__ = ["read_overview", "roi_geometry", "roi_mask", "tissue_mask"]
+
+#: Microns per pixel of the overview on which tissue is detected.
+OVERVIEW_MPP = 8.0
+
+
+def read_overview(
+    reader: SlideReader, downsample: float, *, window: int = 2048
+) -> tuple[np.ndarray, float]:
+    """Read the whole slide shrunk about ``downsample`` times, in windows.
+
+    Returns
+    -------
+    image : (rows, cols, 3) uint8 array
+        The overview.
+    downsample : float
+        Its exact level-0 pixels per overview pixel (along columns).
+    """
+    width, height = reader.dimensions
+    downsample = max(1.0, float(downsample))
+    out_w, out_h = max(1, round(width / downsample)), max(1, round(height / downsample))
+    level = reader.best_level(downsample)
+    level_scale = reader.downsamples[level]
+    out = np.empty((out_h, out_w, 3), dtype=np.uint8)
+    step = max(1, int(window * level_scale / downsample))  # overview pixels per window
+    for r in range(0, out_h, step):
+        for c in range(0, out_w, step):
+            h, w = min(step, out_h - r), min(step, out_w - c)
+            x0, y0 = round(c * width / out_w), round(r * height / out_h)
+            x1, y1 = round((c + w) * width / out_w), round((r + h) * height / out_h)
+            lw = max(1, round((x1 - x0) / level_scale))
+            lh = max(1, round((y1 - y0) / level_scale))
+            out[r : r + h, c : c + w] = resize(reader.read_region(x0, y0, lw, lh, level), (w, h))
+    return out, width / out_w
+
+
+def tissue_mask(
+    overview: np.ndarray,
+    *,
+    mpp: float,
+    threshold: float = 0.15,
+    min_area_um2: float = 5000.0,
+    closing_um: float = 16.0,
+) -> np.ndarray:
+    """Boolean tissue mask of an overview image.
+
+    Parameters
+    ----------
+    overview : (rows, cols, 3) uint8 array
+        Low-resolution RGB view of the slide.
+    mpp : float
+        Microns per overview pixel.
+    threshold : float, optional
+        Largest channel optical density above which a pixel is tissue.
+    min_area_um2 : float, optional
+        Tissue pieces smaller than this are dropped.
+    closing_um : float, optional
+        Radius of the morphological closing that joins nearby tissue.
+
+    Returns
+    -------
+    (rows, cols) bool array
+
+    Examples
+    --------
+    >>> image = np.full((20, 20, 3), 240, dtype=np.uint8)
+    >>> image[5:15, 5:15] = (150, 60, 150)
+    >>> int(tissue_mask(image, mpp=8.0, min_area_um2=0).sum())
+    100
+    """
+    od = -np.log((overview.astype(np.float32) + 1) / 256)
+    mask = od.max(axis=2) > threshold
+    radius = int(round(closing_um / mpp))
+    if radius > 0:
+        disk = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * radius + 1, 2 * radius + 1))
+        padded = np.pad(mask, radius).astype(np.uint8)
+        mask = cv2.morphologyEx(padded, cv2.MORPH_CLOSE, disk)[radius:-radius, radius:-radius] > 0
+    mask = ndi.binary_fill_holes(mask)
+    labels, n = ndi.label(mask)
+    if n:
+        sizes = np.bincount(labels.ravel())
+        keep = sizes * mpp * mpp >= min_area_um2
+        keep[0] = False
+        mask = keep[labels]
+    return mask
+
+
+def roi_geometry(
+    rects: list[tuple[int, int, int, int]] | None = None,
+    geojson: str | os.PathLike | None = None,
+) -> Any:
+    """Union of level-0 rectangles ``(x, y, w, h)`` and the polygons of a GeoJSON file, or None.
+
+    The GeoJSON may be a FeatureCollection, a list of features (QuPath's export) or a single
+    feature or geometry; its Polygon and MultiPolygon geometries are used.
+
+    Raises
+    ------
+    ValueError
+        If a rectangle is empty or the file holds no polygon; the message names the file.
+    """
+    import shapely
+    from shapely.geometry import box, shape
+
+    parts = []
+    for x, y, w, h in rects or []:
+        if w <= 0 or h <= 0:
+            raise ValueError(f"--roi {x},{y},{w},{h}: width and height must be positive")
+        parts.append(box(x, y, x + w, y + h))
+    if geojson is not None:
+        try:
+            data = json.loads(Path(geojson).read_text())
+        except (OSError, json.JSONDecodeError) as err:
+            raise ValueError(f"{geojson}: cannot read it as GeoJSON: {err}") from err
+        features = data.get("features", [data]) if isinstance(data, dict) else data
+        found = 0
+        for feature in features:
+            geometry = feature.get("geometry", feature) if isinstance(feature, dict) else None
+            if geometry and geometry.get("type") in ("Polygon", "MultiPolygon"):
+                parts.append(shapely.make_valid(shape(geometry)))
+                found += 1
+        if not found:
+            raise ValueError(f"{geojson}: holds no Polygon or MultiPolygon annotation")
+    if not parts:
+        return None
+    return shapely.union_all(parts)
+
+
+def roi_mask(geometry: Any, shape: tuple[int, int], downsample: float) -> np.ndarray:
+    """Rasterise a level-0 ROI geometry onto an overview grid of ``shape`` (rows, cols)."""
+    mask = np.zeros(shape, dtype=np.uint8)
+    polygons = getattr(geometry, "geoms", [geometry])
+    for polygon in polygons:
+        if polygon.geom_type != "Polygon" or polygon.is_empty:
+            continue
+        exterior = np.round(np.asarray(polygon.exterior.coords) / downsample).astype(np.int32)
+        cv2.fillPoly(mask, [exterior], 1)
+        for interior in polygon.interiors:
+            hole = np.round(np.asarray(interior.coords) / downsample).astype(np.int32)
+            cv2.fillPoly(mask, [hole], 0)
+    return mask > 0

@@ -1,0 +1,221 @@
+"""Assemble a slide's outputs from its finished chunks, streaming: never a whole slide in memory.
+
+Nuclei get global ids 1..N in chunk order (the plan's row-major order), then local order. The
+Parquet table and the GeoJSON are written one chunk at a time; the label image one band of
+tile rows at a time, each band composed from the chunks' ``.npy`` crops read through memory maps
+(where two chunks' nuclei overlap, the earlier chunk keeps the pixel). Every file is written under
+a temporary name and renamed when complete.
+"""
+
+from __future__ import annotations
+
+import gzip
+import json
+import math
+import uuid
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from nucseg.io import atomic_write
+from nucseg.slide.chunkio import COLUMNS, ChunkInfo
+
+__all__ = ["compose_labels", "write_geojson", "write_label_pyramid", "write_parquet"]
+
+_UUID_NAMESPACE = uuid.UUID("5d1f7c36-7a0c-4c1e-9a51-8e1f0c3b9d42")
+TILE = 256
+
+
+def _offsets(chunks: Sequence[ChunkInfo]) -> list[int]:
+    offsets, total = [], 0
+    for chunk in chunks:
+        offsets.append(total)
+        total += chunk.n
+    return offsets
+
+
+def write_parquet(path: Path, chunks: Sequence[ChunkInfo], *, overwrite: bool = False) -> int:
+    """Write ``nuclei.parquet``: id, the :data:`COLUMNS`, chunk; one row group per chunk."""
+    schema = pa.schema(
+        [("id", pa.int64())]
+        + [(c, pa.float64()) for c in COLUMNS]
+        + [("chunk_row", pa.int32()), ("chunk_col", pa.int32())]
+    )
+    total = 0
+    with atomic_write(path, overwrite=overwrite) as tmp:
+        with pq.ParquetWriter(tmp, schema, compression="zstd") as writer:
+            for chunk, offset in zip(chunks, _offsets(chunks), strict=True):
+                table = pq.read_table(chunk.parquet, columns=["local_label", *COLUMNS])
+                ids = pa.array(table["local_label"].to_numpy().astype(np.int64) + offset)
+                index = table.num_rows
+                columns = [ids] + [table[c].cast(pa.float64()) for c in COLUMNS]
+                rc = pq.read_table(chunk.parquet, columns=["chunk_row", "chunk_col"])
+                columns += [rc["chunk_row"], rc["chunk_col"]]
+                writer.write_table(pa.Table.from_arrays(columns, schema=schema))
+                total += index
+    return total
+
+
+def write_geojson(
+    path: Path, chunks: Sequence[ChunkInfo], *, stem: str, overwrite: bool = False
+) -> int:
+    """Write every nucleus as a QuPath detection (gzip-compressed if ``path`` ends in ``.gz``).
+
+    Each feature's ``measurements`` hold its id and the :data:`COLUMNS`; its ``id`` is a
+    version-5 UUID of the slide stem and the nucleus id.
+    """
+    opener = gzip.open if path.suffix == ".gz" else open
+    total = 0
+    with atomic_write(path, overwrite=overwrite) as tmp:
+        with opener(tmp, "wt", encoding="utf-8") as fh:
+            fh.write('{"type": "FeatureCollection", "features": [\n')
+            first = True
+            for chunk, offset in zip(chunks, _offsets(chunks), strict=True):
+                table = pq.read_table(chunk.parquet).to_pydict()
+                for i, local in enumerate(table["local_label"]):
+                    nucleus = offset + local
+                    measurements = {"id": nucleus}
+                    measurements.update({c: table[c][i] for c in COLUMNS})
+                    feature = {
+                        "type": "Feature",
+                        "id": str(uuid.uuid5(_UUID_NAMESPACE, f"{stem}:{nucleus}")),
+                        "geometry": "GEOMETRY",
+                        "properties": {
+                            "objectType": "detection",
+                            "classification": {"name": "Nucleus", "color": [0, 255, 0]},
+                            "measurements": measurements,
+                        },
+                    }
+                    text = json.dumps(feature, allow_nan=False)
+                    text = text.replace('"GEOMETRY"', table["geometry"][i], 1)
+                    fh.write(("" if first else ",\n") + text)
+                    first = False
+                    total += 1
+            fh.write("\n]}\n")
+    return total
+
+
+def compose_labels(
+    chunks: Sequence[ChunkInfo],
+    rows: np.ndarray,
+    cols: np.ndarray,
+    *,
+    scale: float,
+    offsets: Sequence[int] | None = None,
+) -> np.ndarray:
+    """Global labels at level-0 pixel centres ``rows`` x ``cols`` (both increasing).
+
+    Each level-0 pixel takes the label of the work pixel it lies in.
+    """
+    offsets = _offsets(chunks) if offsets is None else offsets
+    work_rows = np.floor((np.asarray(rows) + 0.5) / scale).astype(np.int64)
+    work_cols = np.floor((np.asarray(cols) + 0.5) / scale).astype(np.int64)
+    out = np.zeros((len(work_rows), len(work_cols)), dtype=np.int32)
+    if not len(work_rows) or not len(work_cols):
+        return out
+    for chunk, offset in zip(chunks, offsets, strict=True):
+        (r0, c0), (h, w) = chunk.origin, chunk.shape
+        if not chunk.n or r0 > work_rows[-1] or r0 + h <= work_rows[0]:
+            continue
+        if c0 > work_cols[-1] or c0 + w <= work_cols[0]:
+            continue
+        ri0, ri1 = np.searchsorted(work_rows, [r0, r0 + h])
+        ci0, ci1 = np.searchsorted(work_cols, [c0, c0 + w])
+        crop = np.load(chunk.npy, mmap_mode="r")
+        block = crop[work_rows[ri0:ri1] - r0][:, work_cols[ci0:ci1] - c0]
+        del crop
+        target = out[ri0:ri1, ci0:ci1]
+        paint = (block > 0) & (target == 0)
+        target[paint] = block[paint] + offset
+    return out
+
+
+def _label_tiles(
+    chunks: Sequence[ChunkInfo], shape: tuple[int, int], factor: int, scale: float
+) -> Iterator[np.ndarray]:
+    """Tiles of the label level ``factor`` times smaller than level 0, row-major."""
+    offsets = _offsets(chunks)
+    rows, cols = -(-shape[0] // factor), -(-shape[1] // factor)
+    col_index = np.arange(cols) * factor
+    for ty in range(0, rows, TILE):
+        row_index = np.arange(ty, min(ty + TILE, rows)) * factor
+        band = compose_labels(chunks, row_index, col_index, scale=scale, offsets=offsets)
+        for tx in range(0, cols, TILE):
+            tile = np.zeros((TILE, TILE), dtype=np.int32)
+            part = band[:, tx : tx + TILE]
+            tile[: part.shape[0], : part.shape[1]] = part
+            yield tile
+
+
+def write_label_pyramid(
+    path: Path,
+    chunks: Sequence[ChunkInfo],
+    *,
+    shape: tuple[int, int],
+    scale: float,
+    mpp: float,
+    min_levels: int = 3,
+    overwrite: bool = False,
+) -> int:
+    """Write the level-0 label image as a tiled, zlib-compressed, pyramidal int32 OME-TIFF.
+
+    Levels halve until the largest side is at most 1024 pixels, and there are at least
+    ``min_levels``; lower levels take every second pixel (labels are not averaged). Returns the
+    number of levels.
+    """
+    import tifffile
+
+    levels = max(min_levels, 1 + math.ceil(math.log2(max(max(shape) / 1024, 1))))
+    metadata = {
+        "axes": "YX",
+        "PhysicalSizeX": mpp,
+        "PhysicalSizeXUnit": "µm",
+        "PhysicalSizeY": mpp,
+        "PhysicalSizeYUnit": "µm",
+    }
+    with atomic_write(path, overwrite=overwrite) as tmp:
+        with tifffile.TiffWriter(tmp, bigtiff=shape[0] * shape[1] > 2**29, ome=True) as tif:
+            for level in range(levels):
+                factor = 2**level
+                level_shape = (-(-shape[0] // factor), -(-shape[1] // factor))
+                extra: dict[str, Any] = (
+                    {"subifds": levels - 1, "metadata": metadata}
+                    if level == 0
+                    else {"subfiletype": 1}
+                )
+                tif.write(
+                    _label_tiles(chunks, shape, factor, scale),
+                    shape=level_shape,
+                    dtype=np.int32,
+                    tile=(TILE, TILE),
+                    compression="zlib",
+                    photometric="minisblack",
+                    **extra,
+                )
+    return levels
+
+
+def outline_overlay(
+    rgb: np.ndarray, chunks: Sequence[ChunkInfo], *, shape: tuple[int, int], scale: float
+) -> np.ndarray:
+    """Nucleus outlines (yellow) drawn on a low-resolution view ``rgb`` of the whole slide."""
+    out_h, out_w = rgb.shape[:2]
+    rows = np.minimum(((np.arange(out_h) + 0.5) * shape[0] / out_h).astype(np.int64), shape[0] - 1)
+    cols = np.minimum(((np.arange(out_w) + 0.5) * shape[1] / out_w).astype(np.int64), shape[1] - 1)
+    out = rgb.copy()
+    for start in range(0, out_h, 512):
+        stop = min(start + 512, out_h)
+        lo, hi = max(start - 1, 0), min(stop + 1, out_h)
+        band = compose_labels(chunks, rows[lo:hi], cols, scale=scale)
+        edge = np.zeros(band.shape, dtype=bool)
+        edge[1:] |= band[1:] != band[:-1]
+        edge[:-1] |= band[1:] != band[:-1]
+        edge[:, 1:] |= band[:, 1:] != band[:, :-1]
+        edge[:, :-1] |= band[:, 1:] != band[:, :-1]
+        edge &= band > 0
+        out[start:stop][edge[start - lo : start - lo + stop - start]] = (255, 255, 0)
+    return out
