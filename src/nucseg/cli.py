@@ -352,6 +352,10 @@ def build_parser() -> argparse.ArgumentParser:
     q.set_defaults(func=cmd_datasets_pack)
     q = dsub.add_parser("list", help="list the evaluation datasets and their sizes")
     q.set_defaults(func=cmd_datasets_list)
+
+    from nucseg.slide.cli import add_parser as add_slide_parser  # light: no torch
+
+    add_slide_parser(sub)
     return parser
 
 

@@ -1,0 +1,149 @@
+"""``nucseg slide``: the whole-slide command (parser and handler; heavy imports inside)."""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import io
+import logging
+import sys
+from pathlib import Path
+from typing import Any
+
+log = logging.getLogger("nucseg")
+
+SUMMARY_COLUMNS = ("slide", "status", "nuclei", "tissue_mm2", "nuclei_per_mm2", "minutes", "error")
+
+
+def _roi(text: str) -> tuple[int, int, int, int]:
+    parts = text.split(",")
+    try:
+        x, y, w, h = (int(float(p)) for p in parts)
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"--roi expects x,y,w,h in level-0 pixels, got {text!r}"
+        ) from None
+    return x, y, w, h
+
+
+def add_parser(sub: Any) -> None:
+    """Add the ``slide`` sub-command to the ``nucseg`` parser's sub-parsers."""
+    p = sub.add_parser(
+        "slide",
+        help="segment whole slides (SVS, NDPI, MRXS, OME-TIFF, ...) chunk by chunk",
+        description="Segment every nucleus of whole-slide images, writing OUT/<slide>/: "
+        "nuclei.parquet, nuclei.geojson, labels.ome.tif, tissue.png, thumbnail_overlay.png, "
+        "report.json; and OUT/slides.csv, one row per slide. See docs/slides.md.",
+    )
+    p.add_argument("slides", nargs="+", type=Path, metavar="SLIDE")
+    p.add_argument("--out", type=Path, required=True, help="output folder")
+    p.add_argument("--model", default=None, metavar="PATH_OR_NAME", help="trained model")
+    p.add_argument("--method", default=None, help="classical method instead of a model")
+    p.add_argument(
+        "--mpp", type=float, default=None, help="microns per level-0 pixel (overrides the file's)"
+    )
+    p.add_argument(
+        "--roi", type=_roi, action="append", metavar="X,Y,W,H", help="level-0 region (repeatable)"
+    )
+    p.add_argument("--roi-geojson", type=Path, metavar="FILE", help="QuPath annotations to keep")
+    p.add_argument("--chunk", type=int, default=2048, help="chunk core side, model pixels")
+    p.add_argument("--halo", type=int, default=128, help="chunk halo, model pixels")
+    p.add_argument("--tile", type=int, default=None, help="network tile side (default: model's)")
+    p.add_argument("--overlap", type=float, default=None, help="network tile overlap fraction")
+    p.add_argument("--batch-size", type=int, default=None, help="network tiles per batch")
+    p.add_argument("--no-labels", action="store_true", help="do not write labels.ome.tif")
+    p.add_argument("--gzip", action="store_true", help="write nuclei.geojson.gz")
+    p.add_argument("--resume", action="store_true", help="continue an interrupted run")
+    p.add_argument("--overwrite", action="store_true", help="replace existing outputs")
+    p.add_argument("--keep-chunks", action="store_true", help="keep the per-chunk work files")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.set_defaults(func=cmd_slide)
+
+
+def cmd_slide(args: argparse.Namespace) -> int:
+    """Segment each slide; one failing slide is reported and the others go on."""
+    from nucseg.slide.run import segment_slide, slide_stem
+
+    if args.model is not None and args.method is not None:
+        raise ValueError("give either --model or --method, not both")
+    if args.roi_geojson is not None and not args.roi_geojson.is_file():
+        raise FileNotFoundError(f"--roi-geojson {args.roi_geojson}: no such file")
+    stems = [slide_stem(p) for p in args.slides]
+    clash = sorted({s for s in stems if stems.count(s) > 1})
+    if clash:
+        raise ValueError(f"several slides share the name(s) {clash}: their outputs would clash")
+    predict = {
+        k: v
+        for k, v in (
+            ("tile", args.tile),
+            ("overlap", args.overlap),
+            ("batch_size", args.batch_size),
+        )
+        if v is not None
+    }
+    rows = []
+    for path in args.slides:
+        row: dict[str, Any] = {"slide": str(path), "status": "ok", "error": ""}
+        try:
+            report = segment_slide(
+                path,
+                args.out,
+                model=args.model,
+                method=args.method,
+                mpp=args.mpp,
+                roi=args.roi,
+                roi_geojson=args.roi_geojson,
+                chunk=args.chunk,
+                halo=args.halo,
+                predict=predict,
+                labels=not args.no_labels,
+                gzip=args.gzip,
+                resume=args.resume,
+                overwrite=args.overwrite,
+                keep_chunks=args.keep_chunks,
+                progress=not args.no_progress,
+                argv=sys.argv,
+            )
+            row.update(
+                nuclei=report["nuclei"],
+                tissue_mm2=round(report["tissue_mm2"], 4),
+                nuclei_per_mm2=round(report["nuclei_per_mm2"] or 0.0, 1),
+                minutes=round(report["seconds"] / 60, 2),
+            )
+        except (OSError, KeyError, ValueError, TypeError, RuntimeError) as err:
+            if args.verbose:
+                log.exception("%s failed", path)
+            message = err.args[0] if isinstance(err, KeyError) and err.args else str(err)
+            print(f"nucseg: error: {message}", file=sys.stderr)
+            row.update(status="failed", error=message)
+        rows.append(row)
+    _write_summary(args.out / "slides.csv", rows)
+    print(_table(rows))
+    return 2 if any(r["status"] != "ok" for r in rows) else 0
+
+
+def _table(rows: list[dict[str, Any]]) -> str:
+    header = ("slide", "nuclei", "tissue mm2", "minutes", "status")
+    lines = [[Path(r["slide"]).name, str(r.get("nuclei", "")), str(r.get("tissue_mm2", "")),
+              str(r.get("minutes", "")), r["status"]] for r in rows]  # fmt: skip
+    widths = [max(len(h), *(len(line[i]) for line in lines)) for i, h in enumerate(header)]
+    out = ["  ".join(h.ljust(w) for h, w in zip(header, widths, strict=True))]
+    out += ["  ".join(c.ljust(w) for c, w in zip(line, widths, strict=True)) for line in lines]
+    return "\n".join(out)
+
+
+def _write_summary(path: Path, rows: list[dict[str, Any]]) -> None:
+    """Update ``slides.csv``: this run's rows replace earlier rows of the same slides."""
+    from nucseg.io import atomic_write
+
+    old = []
+    if path.is_file():
+        with open(path, newline="") as fh:
+            old = [r for r in csv.DictReader(fh) if r["slide"] not in {x["slide"] for x in rows}]
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=SUMMARY_COLUMNS, extrasaction="ignore")
+    writer.writeheader()
+    writer.writerows(old + rows)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with atomic_write(path, overwrite=True) as tmp:
+        Path(tmp).write_text(buffer.getvalue())
