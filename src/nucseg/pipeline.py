@@ -7,13 +7,10 @@ from ``--method`` (and later ``--model``) with :func:`make_segmenter` and hands 
 
 from __future__ import annotations
 
-import datetime
 import functools
+import json
 import logging
 import os
-import platform
-import subprocess
-import sys
 import time
 from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
@@ -22,7 +19,7 @@ from typing import Any
 import numpy as np
 from tqdm.auto import tqdm
 
-from nucseg import __version__
+from nucseg.provenance import provenance  # noqa: F401  (re-exported: one function for all)
 
 log = logging.getLogger(__name__)
 
@@ -67,6 +64,75 @@ def resolve_model(name_or_path: str | os.PathLike) -> Path:
     )
 
 
+#: What each prediction option of a model accepts: a check and its description.
+_PREDICT_CHECKS: dict[str, tuple[Callable[[Any], bool], str]] = {
+    "tile": (
+        lambda v: isinstance(v, int) and not isinstance(v, bool) and v > 0 and v % 32 == 0,
+        "a positive multiple of 32 (the network halves the tile 5 times), e.g. 256",
+    ),
+    "overlap": (
+        lambda v: isinstance(v, int | float) and not isinstance(v, bool) and 0 <= v < 1,
+        "a fraction of the tile in [0, 1), e.g. 0.25",
+    ),
+    "batch_size": (
+        lambda v: isinstance(v, int) and not isinstance(v, bool) and v >= 1,
+        "a whole number of tiles >= 1, e.g. 8",
+    ),
+    "tta": (lambda v: v in ("none", "flips", "d4"), "one of 'none', 'flips', 'd4'"),
+    "precision": (lambda v: v in ("auto", "bf16", "fp32"), "one of 'auto', 'bf16', 'fp32'"),
+}
+
+
+def check_segmenter(
+    method: str | None = None, *, model: str | None = None, **params: Any
+) -> Path | None:
+    """Check a segmenter's choice and parameters without loading anything heavy.
+
+    Returns the model folder (see :func:`resolve_model`) or None for a classical method.
+
+    Raises
+    ------
+    ValueError
+        If both or neither of ``method`` and ``model`` are given, or a prediction option has a
+        value the model cannot use (the message names the parameter and what it accepts).
+    KeyError
+        If ``method`` is unknown; the message lists the valid methods.
+    TypeError
+        If a parameter is not accepted by the method or model.
+    FileNotFoundError
+        If ``model`` is neither a model folder nor a bundled model.
+    """
+    if (method is None) == (model is None):
+        raise ValueError("give exactly one of a method and a model")
+    if model is None:
+        from nucseg.classical import describe, get_method
+
+        get_method(method)
+        unknown = set(params) - set(describe(method))
+        if unknown:
+            raise TypeError(
+                f"method {method!r} has no parameter(s) {sorted(unknown)}; "
+                f"valid: {sorted(describe(method))}"
+            )
+        return None
+    unknown = set(params) - set(_PREDICT_CHECKS)
+    if unknown:
+        raise TypeError(
+            f"a model has no parameter(s) {sorted(unknown)}; valid: {sorted(_PREDICT_CHECKS)}"
+        )
+    for key, value in params.items():
+        ok, allowed = _PREDICT_CHECKS[key]
+        if not ok(value):
+            raise ValueError(f"--param {key}={json.dumps(value)}: {key} must be {allowed}")
+    folder = resolve_model(model)
+    from nucseg.atomic import read_json
+
+    read_json(folder / "thresholds.json", what="model file")
+    if (folder / "normaliser.json").is_file():
+        read_json(folder / "normaliser.json", what="model file")
+    return folder
+
+
 def make_segmenter(
     method: str | None = None, *, model: str | None = None, **params: Any
 ) -> Segmenter:
@@ -78,39 +144,62 @@ def make_segmenter(
         A registered classical method (``otsu``, ``watershed``, ``fiji``).
     model : str, optional
         A run folder or bundled model name (see :func:`resolve_model`); ``params`` then override
-        its prediction settings (``tta``, ``batch_size``, ...).
+        its prediction settings (``tile``, ``overlap``, ``batch_size``, ``tta``, ``precision``).
     **params
         Keyword parameters of the method.
 
     Raises
     ------
-    KeyError
-        If ``method`` is unknown; the message lists the valid methods.
-    TypeError
-        If a parameter is not accepted by the method.
+    KeyError, TypeError, ValueError, FileNotFoundError
+        As :func:`check_segmenter`, which runs first; a damaged model file is a ValueError
+        naming it.
     """
-    if (method is None) == (model is None):
-        raise ValueError("give exactly one of a method and a model")
-    if model is not None:
-        from nucseg.infer import PREDICT_OPTIONS, Predictor
+    folder = check_segmenter(method, model=model, **params)
+    if folder is not None:
+        from nucseg.infer import Predictor
 
-        allowed = set(PREDICT_OPTIONS)
-        if set(params) - allowed:
-            raise TypeError(
-                f"a model has no parameter(s) {sorted(set(params) - allowed)}; "
-                f"valid: {sorted(allowed)}"
-            )
-        return Predictor.load(resolve_model(model), **params)
-    from nucseg.classical import describe, get_method
+        return Predictor.load(folder, **params)
+    from nucseg.classical import get_method
 
-    func = get_method(method)
-    unknown = set(params) - set(describe(method))
-    if unknown:
-        raise TypeError(
-            f"method {method!r} has no parameter(s) {sorted(unknown)}; "
-            f"valid: {sorted(describe(method))}"
-        )
-    return functools.partial(func, **params)
+    return functools.partial(get_method(method), **params)
+
+
+#: Suffixes of the image files read (TIFF with tifffile, the others with Pillow).
+IMAGE_SUFFIXES = (".tif", ".tiff", ".png", ".jpg", ".jpeg", ".bmp", ".webp")
+
+
+def image_files(inputs: Sequence[str | os.PathLike]) -> list[Path]:
+    """The image files named by ``inputs``: files as given, folders by their readable images.
+
+    A folder contributes every file of :data:`IMAGE_SUFFIXES` directly inside it (sorted; hidden
+    files and this tool's own outputs, ``*_labels.tif`` and ``*_overlay.png``, left out).
+
+    Raises
+    ------
+    FileNotFoundError
+        If an input does not exist, or a folder holds no readable image.
+    """
+    files = []
+    for item in map(Path, inputs):
+        if item.is_dir():
+            found = [
+                p
+                for p in sorted(item.iterdir())
+                if p.is_file()
+                and p.suffix.lower() in IMAGE_SUFFIXES
+                and not p.name.startswith(".")
+                and not p.name.endswith((OUTPUT_SUFFIXES["labels"], OUTPUT_SUFFIXES["overlay"]))
+            ]
+            if not found:
+                raise FileNotFoundError(
+                    f"{item}: folder holds no image file ({', '.join(IMAGE_SUFFIXES)})"
+                )
+            files += found
+        elif item.is_file():
+            files.append(item)
+        else:
+            raise FileNotFoundError(f"{item}: no such image file or folder")
+    return files
 
 
 def output_paths(image_path: str | os.PathLike, out_dir: str | os.PathLike) -> dict[str, Path]:
@@ -119,82 +208,166 @@ def output_paths(image_path: str | os.PathLike, out_dir: str | os.PathLike) -> d
     return {key: Path(out_dir) / f"{stem}{suffix}" for key, suffix in OUTPUT_SUFFIXES.items()}
 
 
+def plan_outputs(
+    paths: Sequence[str | os.PathLike],
+    out_dir: str | os.PathLike,
+    *,
+    overwrite: bool = False,
+    skip_existing: bool = False,
+) -> tuple[list[Path], list[Path]]:
+    """Check the outputs of :func:`segment_files` before any work: ``(to segment, to skip)``.
+
+    Creates ``out_dir`` if needed, proves it writable and removes the temporaries left there by
+    killed nucseg processes (:func:`nucseg.atomic.clean_stale_temporaries`). With
+    ``skip_existing`` an image whose four outputs all exist is skipped.
+
+    Raises
+    ------
+    ValueError
+        If two images share a stem (their outputs would clash).
+    NotADirectoryError, OSError
+        If ``out_dir`` is (below) a file or cannot be written.
+    IsADirectoryError
+        If an output name is taken by a folder.
+    FileExistsError
+        If outputs exist and neither ``overwrite`` nor (for complete sets) ``skip_existing``.
+    """
+    from nucseg.atomic import check_writable_folder, clean_stale_temporaries
+
+    paths = [Path(p) for p in paths]
+    stems = [p.stem for p in paths]
+    duplicates = sorted({s for s in stems if stems.count(s) > 1})
+    if duplicates:
+        raise ValueError(
+            f"several input images share the stem(s) {duplicates}: outputs would clash"
+        )
+    out_dir = check_writable_folder(out_dir, what="--out folder")
+    for stale in clean_stale_temporaries(out_dir):
+        log.warning("removed %s, left by a killed nucseg process", stale)
+    todo, skipped, partial = [], [], []
+    for path in paths:
+        outputs = list(output_paths(path, out_dir).values())
+        folders = [q for q in outputs if q.is_dir()]
+        if folders:
+            raise IsADirectoryError(
+                f"{folders[0]} is a folder, not an output file; move it or choose another --out"
+            )
+        present = [q for q in outputs if q.exists()]
+        if skip_existing and len(present) == len(outputs):
+            skipped.append(path)
+            continue
+        if present and not overwrite:
+            partial += present
+        todo.append(path)
+    if partial:
+        hint = "pass --overwrite to replace them"
+        if not skip_existing:
+            hint += " or --skip-existing to keep complete sets"
+        raise FileExistsError(f"{len(partial)} output file(s) exist, e.g. {partial[0]}; {hint}")
+    return todo, skipped
+
+
 def segment_files(
     paths: Sequence[str | os.PathLike],
     segmenter: Segmenter,
     out_dir: str | os.PathLike,
     *,
     overwrite: bool = False,
+    skip_existing: bool = False,
     progress: bool = True,
+    on_result: Callable[[dict[str, Any]], None] | None = None,
 ) -> list[dict[str, Any]]:
     """Segment image files and write, per image, labels, overlay, measurements and GeoJSON.
 
-    Every output is checked before any work starts, so a run never stops half-way on an existing
-    file; each file is written under a temporary name and renamed when complete.
+    Every output is checked before any work starts (:func:`plan_outputs`). An image's four files
+    are written to a staging folder and renamed together (:func:`nucseg.atomic.atomic_group`),
+    so an image has all of its outputs or none, even after SIGTERM or Ctrl-C. An image that
+    cannot be read or segmented does not stop the others: its record says why.
 
     Parameters
     ----------
     paths : sequence of path-like
-        Image files (TIFF, PNG, JPEG).
+        Image files (see :data:`IMAGE_SUFFIXES`).
     segmenter : callable
         ``image -> labels``.
     out_dir : path-like
         Output folder, created if missing.
     overwrite : bool, optional
         Replace existing outputs instead of refusing.
+    skip_existing : bool, optional
+        Skip an image whose four outputs exist.
     progress : bool, optional
         Show a progress bar.
+    on_result : callable, optional
+        Called with each image's record as soon as it is done (or skipped, or failed).
 
     Returns
     -------
     list of dict
-        Per image: ``image``, ``n_nuclei``, ``seconds`` and the written paths.
+        Per image: ``image`` and ``status`` (``"done"``, ``"skipped"`` or ``"failed"``); done
+        images add ``n_nuclei``, ``seconds`` and the written paths, failed ones ``error``.
 
     Raises
     ------
-    FileExistsError
-        If an output exists and ``overwrite`` is False; nothing is written then.
+    FileExistsError, IsADirectoryError, NotADirectoryError, ValueError
+        From :func:`plan_outputs`; nothing is written then.
     """
-    from nucseg import io
-
-    out_dir = Path(out_dir)
-    stems = [Path(p).stem for p in paths]
-    duplicates = sorted({s for s in stems if stems.count(s) > 1})
-    if duplicates:
-        raise ValueError(
-            f"several input images share the stem(s) {duplicates}: outputs would clash"
-        )
-    if not overwrite:
-        existing = [str(q) for p in paths for q in output_paths(p, out_dir).values() if q.exists()]
-        if existing:
-            raise FileExistsError(
-                f"{len(existing)} output file(s) exist, e.g. {existing[0]}; "
-                "pass --overwrite to replace them"
-            )
-    out_dir.mkdir(parents=True, exist_ok=True)
+    todo, skipped = plan_outputs(paths, out_dir, overwrite=overwrite, skip_existing=skip_existing)
     records = []
-    for path in tqdm(paths, desc="segment", unit="image", disable=not progress):
-        image = io.read_image(path)
-        start = time.perf_counter()
-        labels = segmenter(image)
-        seconds = time.perf_counter() - start
-        out = output_paths(path, out_dir)
-        table = io.measure_nuclei(image, labels)
-        io.write_labels(out["labels"], labels, overwrite=overwrite)
-        io.write_png(out["overlay"], io.overlay(image, labels), overwrite=overwrite)
-        io.write_csv(out["csv"], table, overwrite=overwrite)
-        io.export_geojson(out["geojson"], labels, measurements=table, overwrite=overwrite)
-        n = int(labels.max())
-        log.info("%s: %d nuclei in %.2f s", path, n, seconds)
-        records.append(
-            {
-                "image": str(path),
-                "n_nuclei": n,
-                "seconds": seconds,
-                **{k: str(v) for k, v in out.items()},
-            }
-        )
+
+    def report(record: dict[str, Any]) -> None:
+        records.append(record)
+        if on_result is not None:
+            on_result(record)
+
+    for path in skipped:
+        report({"image": str(path), "status": "skipped"})
+    for path in tqdm(todo, desc="segment", unit="image", disable=not progress):
+        try:
+            report(_segment_one(path, segmenter, out_dir, overwrite=overwrite))
+        except (ValueError, OSError) as err:  # this image only; the others go on
+            log.info("%s failed: %s", path, err)
+            report({"image": str(path), "status": "failed", "error": error_message(err)})
     return records
+
+
+def error_message(err: BaseException) -> str:
+    """The one line that describes ``err``: a KeyError's text unquoted, an OSError's reason and
+    file without its ``[Errno N]`` prefix, anything else's text."""
+    if isinstance(err, KeyError) and err.args:
+        return str(err.args[0])
+    if isinstance(err, OSError) and err.strerror:
+        name = "" if err.filename is None else str(err.filename)
+        return err.strerror if not name or name in err.strerror else f"{name}: {err.strerror}"
+    return str(err).replace("\n", " ")
+
+
+def _segment_one(
+    path: Path, segmenter: Segmenter, out_dir: str | os.PathLike, *, overwrite: bool
+) -> dict[str, Any]:
+    from nucseg import io
+    from nucseg.atomic import atomic_group
+
+    image = io.read_image(path)
+    start = time.perf_counter()
+    labels = segmenter(image)
+    seconds = time.perf_counter() - start
+    out = output_paths(path, out_dir)
+    table = io.measure_nuclei(image, labels)
+    with atomic_group(out, overwrite=overwrite) as tmp:
+        io.write_labels(tmp["labels"], labels)
+        io.write_png(tmp["overlay"], io.overlay(image, labels))
+        io.write_csv(tmp["csv"], table)
+        io.export_geojson(tmp["geojson"], labels, measurements=table)
+    n = int(labels.max())
+    log.info("%s: %d nuclei in %.2f s", path, n, seconds)
+    return {
+        "image": str(path),
+        "status": "done",
+        "n_nuclei": n,
+        "seconds": seconds,
+        **{k: str(v) for k, v in out.items()},
+    }
 
 
 def evaluate(
@@ -243,49 +416,3 @@ def evaluate(
     result = evaluator.evaluate()
     result["seconds_per_image"] = float(np.mean(seconds))
     return result
-
-
-def provenance(argv: Sequence[str] | None = None) -> dict[str, Any]:
-    """Describe how a result was produced: command, commit, machine, versions, date."""
-    try:
-        commit = subprocess.run(
-            ["git", "rev-parse", "HEAD"],
-            capture_output=True,
-            text=True,
-            check=True,
-            cwd=Path(__file__).resolve().parent,
-        ).stdout.strip()
-        dirty = bool(
-            subprocess.run(
-                # code changes only: result files being rewritten do not make a run dirty
-                [
-                    "git",
-                    "status",
-                    "--porcelain",
-                    "--untracked-files=no",
-                    "--",
-                    ":/",
-                    ":(top,exclude)results",
-                ],
-                capture_output=True,
-                text=True,
-                check=True,
-                cwd=Path(__file__).resolve().parent,
-            ).stdout.strip()
-        )
-    except (OSError, subprocess.CalledProcessError):
-        commit, dirty = None, None
-    argv = list(sys.argv if argv is None else argv)
-    command = (
-        " ".join(["nucseg", *argv[1:]]) if argv and argv[0].endswith("nucseg") else " ".join(argv)
-    )
-    return {
-        "command": command,
-        "commit": commit,
-        "dirty": dirty,
-        "nucseg": __version__,
-        "python": platform.python_version(),
-        "machine": f"{platform.machine()} {platform.processor() or ''}".strip(),
-        "cpus": os.cpu_count(),
-        "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
-    }

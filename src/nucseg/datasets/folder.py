@@ -24,6 +24,8 @@ from nucseg.datasets.tnbc import mask_to_labels
 log = logging.getLogger(__name__)
 
 NAME = "folder"
+#: Picture formats: a file of one that a folder's reader does not take is an error, not skipped.
+_PICTURE_SUFFIXES = (".png", ".tif", ".tiff", ".jpg", ".jpeg", ".bmp", ".webp", ".gif")
 
 
 def _files_by_stem(folder: Path, suffixes: tuple[str, ...], what: str) -> dict[str, Path]:
@@ -31,7 +33,15 @@ def _files_by_stem(folder: Path, suffixes: tuple[str, ...], what: str) -> dict[s
         raise FileNotFoundError(f"{what} folder not found: {folder}")
     files: dict[str, Path] = {}
     for path in sorted(folder.iterdir()):
-        if not path.is_file() or path.name.startswith(".") or path.suffix.lower() not in suffixes:
+        if not path.is_file() or path.name.startswith("."):
+            continue
+        if path.suffix.lower() not in suffixes:
+            if path.suffix.lower() in _PICTURE_SUFFIXES:  # meant as one: say why it is not read
+                raise ValueError(
+                    f"{path}: {what} files must be {', '.join(suffixes)}"
+                    + (" (lossless: JPEG changes label values)" if what == "label" else "")
+                )
+            log.info("%s: not a %s file (%s), ignored", path, what, ", ".join(suffixes))
             continue
         if path.stem in files:
             raise ValueError(
