@@ -5,12 +5,14 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import signal
 import sys
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 from nucseg import __version__
+from nucseg.pipeline import IMAGE_SUFFIXES, error_message
 
 log = logging.getLogger("nucseg")
 
@@ -29,16 +31,37 @@ def _param(text: str) -> tuple[str, Any]:
         return key, value
 
 
-def _segmenter(args: argparse.Namespace):
-    from nucseg.pipeline import bundled_models, make_segmenter
+def _choose(args: argparse.Namespace) -> None:
+    """Fill in the default: the bundled model if any, else the Fiji method (with a warning)."""
+    from nucseg.pipeline import bundled_models
 
-    if args.model is None and args.method is None:  # the default: the bundled model if any
+    if args.model is not None and args.method is not None:
+        raise ValueError("give either --method or --model, not both")
+    if args.model is None and args.method is None:
         if DEFAULT_MODEL in bundled_models():
             args.model = DEFAULT_MODEL
         else:
+            log.warning(
+                "no bundled model %r in this installation: using the %s method instead "
+                "(pass --method or --model to choose)",
+                DEFAULT_MODEL,
+                DEFAULT_METHOD,
+            )
             args.method = DEFAULT_METHOD
-    if args.model is not None and args.method is not None:
-        raise ValueError("give either --method or --model, not both")
+
+
+def _check_segmenter(args: argparse.Namespace) -> Path | None:
+    """Check --method/--model/--param without loading the model; returns the model folder."""
+    from nucseg.pipeline import check_segmenter
+
+    _choose(args)
+    return check_segmenter(args.method, model=args.model, **dict(args.param))
+
+
+def _segmenter(args: argparse.Namespace):
+    from nucseg.pipeline import make_segmenter
+
+    _choose(args)
     return make_segmenter(args.method, model=args.model, **dict(args.param))
 
 
@@ -54,18 +77,59 @@ def _write_text(path: Path, text: str, *, overwrite: bool) -> None:
         Path(tmp).write_text(text)
 
 
-def cmd_segment(args: argparse.Namespace) -> int:
-    from nucseg.pipeline import segment_files
+def _check_output_file(path: Path | None, option: str, *, overwrite: bool) -> None:
+    """Refuse an output file that cannot be written, before any work (the option named)."""
+    from nucseg.atomic import check_writable_folder
 
-    missing = [p for p in args.images if not Path(p).is_file()]
-    if missing:
-        raise FileNotFoundError(f"no such image file(s): {', '.join(map(str, missing))}")
-    records = segment_files(args.images, _segmenter(args), args.out, overwrite=args.overwrite)
-    for r in records:
+    if path is None:
+        return
+    if path.is_dir():
+        raise IsADirectoryError(f"{option} {path} is a folder; give a file name")
+    if path.exists() and not overwrite:
+        raise FileExistsError(f"{option} {path} exists; pass --overwrite to replace it")
+    check_writable_folder(path.parent, what=f"the folder of {option}")
+
+
+def cmd_segment(args: argparse.Namespace) -> int:
+    from nucseg.pipeline import image_files, plan_outputs, segment_files
+
+    images = image_files(args.images)  # inputs, options and outputs first: then the model
+    _check_segmenter(args)
+    plan_outputs(images, args.out, overwrite=args.overwrite, skip_existing=args.skip_existing)
+    segmenter = _segmenter(args)
+
+    def show(record: dict) -> None:  # as each image finishes, above the progress bar
+        from tqdm.auto import tqdm
+
+        if record["status"] == "done":
+            tqdm.write(
+                f"{record['image']}: {record['n_nuclei']} nuclei -> {record['labels']}, "
+                f"{record['overlay']}, {record['csv']}, {record['geojson']}",
+                file=sys.stdout,
+            )
+        elif record["status"] == "skipped":
+            tqdm.write(f"{record['image']}: skipped, its outputs exist", file=sys.stdout)
+        else:
+            tqdm.write(f"nucseg: error: {record['error']}", file=sys.stderr)
+
+    records = segment_files(
+        images,
+        segmenter,
+        args.out,
+        overwrite=args.overwrite,
+        skip_existing=args.skip_existing,
+        progress=sys.stderr.isatty(),
+        on_result=show,
+    )
+    failed = [r["image"] for r in records if r["status"] == "failed"]
+    if failed:
+        done = [r["image"] for r in records if r["status"] != "failed"]
         print(
-            f"{r['image']}: {r['n_nuclei']} nuclei -> {r['labels']}, {r['overlay']}, "
-            f"{r['csv']}, {r['geojson']}"
+            f"nucseg: error: {len(failed)} of {len(records)} image(s) failed: "
+            f"{', '.join(failed)}; finished: {', '.join(done) or 'none'}",
+            file=sys.stderr,
         )
+        return 1
     return 0
 
 
@@ -74,9 +138,8 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     from nucseg.classical import describe
     from nucseg.pipeline import evaluate, provenance
 
-    for path in (args.json, args.markdown):
-        if path is not None and Path(path).exists() and not args.overwrite:
-            raise FileExistsError(f"{path} exists; pass --overwrite to replace it")
+    _check_output_file(args.json, "--json", overwrite=args.overwrite)
+    _check_output_file(args.markdown, "--markdown", overwrite=args.overwrite)
     if Path(args.dataset).is_dir():  # a folder with images/ and labels/ of matching stems
         folder = Path(args.dataset)
         samples = list(datasets.load_folder(folder / "images", folder / "labels"))[: args.limit]
@@ -86,9 +149,11 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         ids = datasets.ids(name, split=split)[: args.limit]
         samples = (datasets.load_sample(name, i) for i in ids)
         total = len(ids)
-    origin = provenance()  # before the work: the commit and command that produce the result
+    model_folder = _check_segmenter(args)
+    # before the work: the commit, command and model files that produce the result
+    origin = provenance(models=[model_folder] if model_folder is not None else [])
     segmenter = _segmenter(args)
-    result = evaluate(segmenter, samples, total=total)
+    result = evaluate(segmenter, samples, total=total, progress=sys.stderr.isatty())
     params = describe(args.method) if args.method is not None else {}
     result = {
         "method": _method_name(args),
@@ -253,13 +318,34 @@ def build_parser() -> argparse.ArgumentParser:
             type=_param,
             default=[],
             metavar="KEY=VALUE",
-            help="override a method parameter, e.g. --param sigma=1.5 (repeatable)",
+            help="override a parameter (repeatable). A model's: tile (a multiple of 32), "
+            "overlap (0 to <1), batch_size (>= 1), tta (none, flips, d4), precision (auto, "
+            "bf16, fp32). A method's: see `nucseg evaluate --method M --param x=1` (the error "
+            "lists them), e.g. fiji's sigma, e.g. --param tile=512",
         )
         p.add_argument("--overwrite", action="store_true", help="replace existing output files")
 
-    p = sub.add_parser("segment", help="segment images; write labels, overlay, CSV and GeoJSON")
-    p.add_argument("images", nargs="+", type=Path, metavar="IMAGE")
+    p = sub.add_parser(
+        "segment",
+        help="segment images; write labels, overlay, CSV and GeoJSON",
+        description="Segment images; write NAME_labels.tif, NAME_overlay.png, NAME_nuclei.csv "
+        "and NAME_nuclei.geojson per image NAME. Reads RGB(A) 8-bit images: "
+        f"{', '.join(IMAGE_SUFFIXES)}. An image that fails is reported and the others go on; "
+        "the exit status is then 1.",
+    )
+    p.add_argument(
+        "images",
+        nargs="+",
+        type=Path,
+        metavar="IMAGE",
+        help=f"image files or folders (every {'/'.join(IMAGE_SUFFIXES)} file in a folder)",
+    )
     p.add_argument("--out", type=Path, required=True, help="output folder")
+    p.add_argument(
+        "--skip-existing",
+        action="store_true",
+        help="skip an image whose four output files all exist (e.g. to finish a killed run)",
+    )
     method_options(p)
     p.set_defaults(func=cmd_segment)
 
@@ -366,14 +452,43 @@ def main(argv: Sequence[str] | None = None) -> int:
         level=logging.INFO if args.verbose else logging.WARNING,
         format="%(levelname)s %(name)s: %(message)s",
     )
+    if not args.verbose:  # its own multi-line warnings about damaged files: we say one line
+        logging.getLogger("tifffile").setLevel(logging.ERROR)
+    previous = _on_sigterm_raise()
     try:
         return args.func(args)
-    except (FileNotFoundError, FileExistsError, KeyError, ValueError, TypeError) as err:
+    except KeyboardInterrupt:
+        print("nucseg: error: interrupted (Ctrl-C); finished files are kept", file=sys.stderr)
+        return 130
+    except Terminated:
+        print("nucseg: error: terminated (SIGTERM); finished files are kept", file=sys.stderr)
+        return 143
+    except (OSError, KeyError, ValueError, TypeError) as err:
         if args.verbose:
             raise
-        message = err.args[0] if isinstance(err, KeyError) and err.args else err
-        print(f"nucseg: error: {message}", file=sys.stderr)
+        print(f"nucseg: error: {error_message(err)}", file=sys.stderr)
         return 2
+    finally:
+        _restore_sigterm(previous)
+
+
+class Terminated(BaseException):
+    """Raised in the main thread on SIGTERM, so that temporaries are removed as on Ctrl-C."""
+
+
+def _on_sigterm_raise() -> Any:
+    def handler(signum: int, frame: Any) -> None:
+        raise Terminated
+
+    try:
+        return signal.signal(signal.SIGTERM, handler)
+    except ValueError:  # not the main thread (e.g. main() called from a worker thread)
+        return None
+
+
+def _restore_sigterm(previous: Any) -> None:
+    if previous is not None:
+        signal.signal(signal.SIGTERM, previous)
 
 
 if __name__ == "__main__":
