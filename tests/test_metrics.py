@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import functools
 import json
+import tracemalloc
 from pathlib import Path
 
 import numpy as np
@@ -628,6 +629,27 @@ def test_matching_of_many_thresholds_equals_one_at_a_time():
     assert isinstance(many, tuple) and all(isinstance(m, Matching) for m in many)
     assert many == tuple(matching(TOY_TRUE, TOY_PRED, thresh=t) for t in PAPER_IOU_THRESHOLDS)
     assert PAPER_IOU_THRESHOLDS == tuple(np.round(np.arange(0.5, 0.96, 0.05), 2))
+
+
+def test_memory_grows_with_pixels_not_with_object_pairs():
+    # 22,500 objects of 2 x 2 pixels on each side: a dense table would need 4 GB per array.
+    blocks = np.arange(300) // 2
+    y_true = (blocks[:, None] * 150 + blocks[None, :] + 1).astype(np.int32)
+    y_pred = np.roll(y_true, 1, axis=1)  # each prediction covers half of two true blocks
+    tracemalloc.start()
+    try:
+        same = evaluate_image(y_true, y_true)
+        shifted = evaluate_image(y_true, y_pred)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < 50e6
+    assert same["n_true"] == same["n_pred"] == 22_500 and same["aji"] == same["f1_50"] == 1.0
+    # Every true block meets two predictions with IoU 2 / 6 and takes the lower label (C 2,
+    # U 6); per row of 150 blocks, the prediction of the last block (wrapped round) stays unused
+    # (U + 4). Nothing reaches IoU 0.5.
+    assert shifted["aji"] == pytest.approx(300 / 904)
+    assert shifted["tp_50"] == 0 and shifted["pq"] == 0.0
 
 
 # --- Evaluator -----------------------------------------------------------------------------------

@@ -1,8 +1,13 @@
 """Instance-segmentation metrics for nuclei: AJI, AJI+, PQ, matching counts and three "mAP"s.
 
-Every score is computed from one contingency table per image pair, ``counts[i, j]`` = number of
-pixels labelled ``i`` in ``y_true`` and ``j`` in ``y_pred`` (row and column 0 are background), built
-with a single :func:`numpy.bincount`. Object areas are its margins and every pairwise IoU follows.
+Every score is computed from one sparse contingency table per image pair: the number of pixels
+labelled ``i`` in ``y_true`` and ``j`` in ``y_pred`` for the pairs (i, j) of objects that overlap,
+and nothing for the others, so memory grows with the pixels, not with n_true x n_pred (a dense
+table of 20,000 x 20,000 nuclei would need gigabytes). Object areas come from one
+:func:`numpy.bincount` per image and every overlapping pair's IoU follows; a pair that does not
+overlap has IoU 0 and can never be matched or paired. One-to-one assignments (AJI+ and the
+matching at IoU <= 0.5) are solved separately on each connected group of overlapping objects,
+which gives the same optimum as one assignment over the whole image.
 
 Label images are ``(H, W)`` non-negative integer arrays, 0 = background; the label values need not
 be consecutive (they are relabelled internally, keeping their order).
@@ -21,6 +26,8 @@ from typing import Any
 
 import numpy as np
 from scipy.optimize import linear_sum_assignment
+from scipy.sparse import coo_matrix
+from scipy.sparse.csgraph import connected_components
 
 from nucseg._checks import check_labels, check_same_shape
 
@@ -80,9 +87,10 @@ def aji_plus(y_true: np.ndarray, y_pred: np.ndarray) -> float:
     ``get_fast_aji_plus``. True and predicted nuclei are paired one-to-one by
     :func:`scipy.optimize.linear_sum_assignment` maximising the total IoU; pairs with IoU 0 are
     dropped. Paired intersections sum to ``C`` and paired unions to ``U``; the area of every
-    unpaired true or predicted nucleus is added to ``U``. ``AJI+ = C / U``. Where several
-    pairings reach the same total IoU, the one the solver returns for the IoU matrix in label
-    order is used.
+    unpaired true or predicted nucleus is added to ``U``. ``AJI+ = C / U``. The pairing is
+    solved on each group of nuclei connected by overlaps (the same total IoU as one solve over
+    the image); where several pairings of a group reach the same total IoU, the one the solver
+    returns for the group's IoU matrix in label order is used.
 
     Parameters
     ----------
@@ -389,30 +397,55 @@ class Evaluator:
 
 
 class _Contingency:
-    """Pixel counts of every (true label, predicted label) pair of one image pair."""
+    """Pixel counts of the overlapping (true label, predicted label) pairs of one image pair.
 
-    def __init__(self, counts: np.ndarray, pred_values: np.ndarray) -> None:
-        self.n_true, self.n_pred = counts.shape[0] - 1, counts.shape[1] - 1
-        self.inter = counts[1:, 1:]
-        self.area_true = counts[1:].sum(axis=1)
-        self.area_pred = counts[:, 1:].sum(axis=0)
-        self.union = self.area_true[:, None] + self.area_pred[None, :] - self.inter
-        self.iou = self.inter / self.union  # unions are >= 1: every object has a pixel
+    Objects are numbered 0..n_true-1 and 0..n_pred-1 in label order. ``rows``, ``cols``,
+    ``inter``, ``union`` and ``iou`` describe the pairs with at least one common pixel, sorted by
+    (row, column); every other pair has intersection and IoU 0.
+    """
+
+    def __init__(
+        self,
+        rows: np.ndarray,
+        cols: np.ndarray,
+        inter: np.ndarray,
+        area_true: np.ndarray,
+        area_pred: np.ndarray,
+        pred_values: np.ndarray,
+    ) -> None:
+        self.n_true, self.n_pred = area_true.size, area_pred.size
+        self.rows, self.cols, self.inter = rows, cols, inter
+        self.area_true, self.area_pred = area_true, area_pred
+        self.union = area_true[rows] + area_pred[cols] - inter
+        self.iou = inter / self.union  # unions are >= 1: every object has a pixel
         self.pred_values = pred_values  # original label of each predicted object
         self.both_empty = self.n_true == 0 and self.n_pred == 0
 
     @classmethod
     def of(cls, y_true: np.ndarray, y_pred: np.ndarray) -> _Contingency:
-        """Validate two label images and count their pixel pairs."""
+        """Validate two label images and count the pixels of their overlapping pairs."""
         y_true = check_labels(y_true, name="y_true")
         y_pred = check_labels(y_pred, name="y_pred")
         check_same_shape(y_true, y_pred, names=("y_true", "y_pred"))
         t, n_true, _ = _relabel(y_true)
+        area_true = np.bincount(t.ravel(), minlength=n_true + 1)[1:]
         p, n_pred, pred_values = _relabel(y_pred)
-        code = t * (n_pred + 1)
-        code += p
-        counts = np.bincount(code.ravel(), minlength=(n_true + 1) * (n_pred + 1))
-        return cls(counts.reshape(n_true + 1, n_pred + 1), pred_values)
+        area_pred = np.bincount(p.ravel(), minlength=n_pred + 1)[1:]
+        both = (t > 0) & (p > 0)
+        code = t[both].astype(np.int64)
+        code -= 1
+        code *= n_pred
+        code += p[both]
+        code -= 1  # (row, column) of each overlapping pixel as row * n_pred + column
+        del t, p, both
+        if n_true * n_pred <= max(code.size, 1 << 16):  # small table: one bincount
+            counts = np.bincount(code, minlength=n_true * n_pred)
+            keys = np.flatnonzero(counts)
+            inter = counts[keys]
+        else:  # only the pairs present: memory proportional to the overlapping pixels
+            keys, inter = np.unique(code, return_counts=True)
+        rows, cols = np.divmod(keys, max(n_pred, 1))
+        return cls(rows, cols, inter.astype(np.int64), area_true, area_pred, pred_values)
 
 
 def _relabel(labels: np.ndarray) -> tuple[np.ndarray, int, np.ndarray]:
@@ -457,49 +490,83 @@ def _aji_sums(cont: _Contingency) -> tuple[int, int]:
         return 0, int(cont.area_pred.sum())
     if cont.n_pred == 0:
         return 0, int(cont.area_true.sum())
-    rows = np.arange(cont.n_true)
-    best = np.argmax(cont.iou, axis=1)  # first maximum: lowest predicted label
-    paired = cont.inter[rows, best] > 0
+    # Best pair of each true object: highest IoU, then lowest predicted label.
+    order = np.lexsort((cont.cols, -cont.iou, cont.rows))
+    first = order[np.diff(cont.rows[order], prepend=-1) != 0]
     used = np.zeros(cont.n_pred, dtype=bool)
-    used[best[paired]] = True
-    inter = cont.inter[rows[paired], best[paired]].sum()
-    union = cont.union[rows[paired], best[paired]].sum()
+    used[cont.cols[first]] = True
+    paired = np.zeros(cont.n_true, dtype=bool)
+    paired[cont.rows[first]] = True
+    inter = cont.inter[first].sum()
+    union = cont.union[first].sum()
     union += cont.area_true[~paired].sum() + cont.area_pred[~used].sum()
     return int(inter), int(union)
 
 
 def _aji_plus_sums(cont: _Contingency) -> tuple[int, int]:
     """(C, U) of AJI+ (one-to-one pairing maximising total IoU)."""
-    rows, cols = linear_sum_assignment(cont.iou, maximize=True)
-    keep = cont.inter[rows, cols] > 0
-    rows, cols = rows[keep], cols[keep]
-    inter = cont.inter[rows, cols].sum()
-    union = cont.union[rows, cols].sum() + cont.area_true.sum() + cont.area_pred.sum()
+    chosen = _max_weight_pairs(cont.rows, cont.cols, cont.iou, scale_by_group=False)
+    rows, cols = cont.rows[chosen], cont.cols[chosen]
+    inter = cont.inter[chosen].sum()
+    union = cont.union[chosen].sum() + cont.area_true.sum() + cont.area_pred.sum()
     union -= cont.area_true[rows].sum() + cont.area_pred[cols].sum()
     return int(inter), int(union)
 
 
-def _match_pairs(cont: _Contingency, thresh: float) -> tuple[np.ndarray, np.ndarray]:
-    """Rows and columns of a one-to-one matching with IoU >= thresh (see :func:`matching`)."""
-    ok = cont.iou >= thresh
-    if thresh > 0.5:  # IoU > 0.5 pairs are unique
-        return np.nonzero(ok)
-    rows, cols = np.flatnonzero(ok.any(axis=1)), np.flatnonzero(ok.any(axis=0))
+def _max_weight_pairs(
+    rows: np.ndarray, cols: np.ndarray, weight: np.ndarray, *, scale_by_group: bool
+) -> np.ndarray:
+    """Indices, in increasing order, of a one-to-one set of pairs of maximal total weight.
+
+    The pairs (``rows[k]``, ``cols[k]``) with ``weight[k] > 0`` form a bipartite graph; each
+    connected group is solved with :func:`scipy.optimize.linear_sum_assignment` on its dense
+    weight matrix (absent pairs weigh 0 and are never returned), a group of one pair directly.
+    With ``scale_by_group``, the weights ``w`` become ``1 + w / (2 * min(group shape))``: the
+    largest number of pairs first, then the largest total ``w`` (which sums to at most 1/2).
+    """
     if rows.size == 0:
-        return rows, cols
-    ok_sub, iou_sub = ok[np.ix_(rows, cols)], cont.iou[np.ix_(rows, cols)]
+        return np.zeros(0, dtype=np.intp)
+    row_ids, r = np.unique(rows, return_inverse=True)
+    col_ids, c = np.unique(cols, return_inverse=True)
+    n = row_ids.size + col_ids.size
+    graph = coo_matrix((np.ones(rows.size), (r, c + row_ids.size)), shape=(n, n))
+    _, group_of_node = connected_components(graph, directed=False)
+    group = group_of_node[r]
+    size = np.bincount(group)[group]
+    chosen = [np.flatnonzero(size == 1)]
+    many = np.flatnonzero(size > 1)
+    many = many[np.argsort(group[many], kind="stable")]
+    for pairs in np.split(many, np.flatnonzero(np.diff(group[many])) + 1) if many.size else []:
+        gr, gi = np.unique(r[pairs], return_inverse=True)
+        gc, gj = np.unique(c[pairs], return_inverse=True)
+        w = weight[pairs]
+        if scale_by_group:
+            w = 1.0 + w / (2 * min(gr.size, gc.size))
+        matrix = np.zeros((gr.size, gc.size))
+        matrix[gi, gj] = w
+        index = np.full((gr.size, gc.size), -1, dtype=np.intp)
+        index[gi, gj] = pairs
+        a, b = linear_sum_assignment(matrix, maximize=True)
+        picked = index[a, b]
+        chosen.append(picked[picked >= 0])
+    return np.sort(np.concatenate(chosen))
+
+
+def _match_pairs(cont: _Contingency, thresh: float) -> np.ndarray:
+    """Indices of the pairs of a one-to-one matching with IoU >= thresh (see :func:`matching`)."""
+    ok = np.flatnonzero(cont.iou >= thresh)
+    if thresh > 0.5:  # IoU > 0.5 pairs are unique
+        return ok
     # One more match outweighs any IoU total: the tie-breaker sums to at most 1/2.
-    gain = ok_sub * (1.0 + iou_sub / (2 * min(ok_sub.shape)))
-    r, c = linear_sum_assignment(gain, maximize=True)
-    keep = ok_sub[r, c]
-    return rows[r[keep]], cols[c[keep]]
+    chosen = _max_weight_pairs(cont.rows[ok], cont.cols[ok], cont.iou[ok], scale_by_group=True)
+    return ok[chosen]
 
 
 def _matching(cont: _Contingency, thresh: float) -> Matching:
-    rows, cols = _match_pairs(cont, thresh)
-    tp = int(rows.size)
+    pairs = _match_pairs(cont, thresh)
+    tp = int(pairs.size)
     fp, fn = cont.n_pred - tp, cont.n_true - tp
-    iou_sum = float(cont.iou[rows, cols].sum())
+    iou_sum = float(cont.iou[pairs].sum())
     empty = cont.both_empty
     return Matching(
         thresh=thresh, n_true=cont.n_true, n_pred=cont.n_pred, tp=tp, fp=fp, fn=fn,
@@ -514,7 +581,7 @@ def _matching(cont: _Contingency, thresh: float) -> Matching:
 
 def _pq_counts(cont: _Contingency) -> tuple[int, float]:
     """(TP, sum of matched IoU) of matches with IoU > 0.5."""
-    matched = cont.iou[cont.iou > 0.5]
+    matched = cont.iou[cont.iou > 0.5]  # row-major order, as a dense table's
     return int(matched.size), float(matched.sum())
 
 
@@ -568,16 +635,21 @@ def _score_vector(scores: Mapping[int, float] | np.ndarray, values: np.ndarray) 
 
 def _coco_hits(cont: _Contingency, order: np.ndarray, thresh: float) -> np.ndarray:
     """Whether each prediction, in ``order``, is a true positive under COCO's greedy matching."""
-    ok = cont.iou >= thresh
+    ok = np.flatnonzero(cont.iou >= thresh)
+    hit = np.zeros(cont.n_pred, dtype=bool)
     if thresh > 0.5:  # unique candidates: greedy order cannot matter
-        return ok.any(axis=0)[order]
+        hit[cont.cols[ok]] = True
+        return hit[order]
+    ok = ok[np.argsort(cont.cols[ok], kind="stable")]  # by prediction, then true label
+    start = np.searchsorted(cont.cols[ok], np.arange(cont.n_pred + 1))
     hits = np.zeros(order.size, dtype=bool)
     taken = np.zeros(cont.n_true, dtype=bool)
     for rank, j in enumerate(order):
-        cand = np.flatnonzero(ok[:, j] & ~taken)
+        cand = ok[start[j] : start[j + 1]]
+        cand = cand[~taken[cont.rows[cand]]]
         if cand.size:
-            iou = cont.iou[cand, j]
-            best = cand[np.flatnonzero(iou == iou.max())[-1]]
+            iou = cont.iou[cand]
+            best = cont.rows[cand[np.flatnonzero(iou == iou.max())[-1]]]
             taken[best] = hits[rank] = True
     return hits
 
