@@ -200,9 +200,6 @@ def segment_slide(
         mask = tissue.tissue_mask(overview, mpp=downsample * slide_mpp)
         if region is not None:
             mask &= tissue.roi_mask(region, mask.shape, downsample)
-        _write_png(
-            outputs["tissue"], np.repeat(mask[..., None] * np.uint8(255), 3, 2), overwrite=overwrite
-        )
         tissue_mm2 = float(mask.sum()) * (downsample * slide_mpp) ** 2 / 1e6
         times["tissue_s"] = time.perf_counter() - t
 
@@ -229,7 +226,7 @@ def segment_slide(
         times["chunk_segment_s"] = chunk_stats.pop("segment_s")
 
         report = _assemble(
-            reader, plan, chunk_dir, outputs, overview, downsample,
+            reader, plan, chunk_dir, outputs, overview, downsample, mask,
             overwrite=overwrite, stem=slide_stem(path), times=times,
         )  # fmt: skip
     finally:
@@ -387,6 +384,7 @@ def _assemble(
     outputs: dict[str, Path],
     overview: np.ndarray,
     downsample: float,
+    mask: np.ndarray,
     *,
     overwrite: bool,
     stem: str,
@@ -411,6 +409,8 @@ def _assemble(
         )  # fmt: skip
         times["labels_s"] = time.perf_counter() - t
     t = time.perf_counter()
+    tissue_rgb = np.repeat(mask[..., None] * np.uint8(255), 3, axis=2)
+    _write_png(outputs["tissue"], tissue_rgb, overwrite=overwrite)
     side = max(shape) / 4096
     view = overview
     if side < downsample:  # a finer view than the tissue overview, at most 4096 pixels a side

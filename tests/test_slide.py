@@ -1,0 +1,252 @@
+"""Whole slides: formats and mpp, tissue, exact seams, outputs, resume after kill -9, CLI errors.
+
+Synthetic slides are written with tifffile (nucseg.slide.synthetic); the segmenter of most tests is
+a plain threshold + connected components, which is exact and local, so any difference between a
+chunked run and the truth comes from the engine.
+"""
+
+from __future__ import annotations
+
+import gzip
+import json
+import subprocess
+import sys
+import textwrap
+
+import numpy as np
+import pandas as pd
+import pytest
+import shapely
+import tifffile
+from scipy import ndimage as ndi
+from shapely.geometry import shape
+
+from nucseg.slide import open_slide, segment_slide
+from nucseg.slide.reader import ImageReader, OpenSlideReader, TiffReader
+from nucseg.slide.synthetic import write_slide
+
+
+def threshold_segmenter(image: np.ndarray) -> np.ndarray:
+    """Dark pixels, 4-connected components: exact on the synthetic nuclei."""
+    return ndi.label(image.mean(axis=2) < 128)[0].astype(np.int32)
+
+
+def disks_slide(
+    size: int, centres: list[tuple[int, int]], radius: int, *, background=(225, 170, 215)
+) -> tuple[np.ndarray, np.ndarray]:
+    """Pink (tissue) slide with dark disks at ``centres`` (row, col), and its true labels."""
+    rows, cols = np.mgrid[:size, :size]
+    truth = np.zeros((size, size), dtype=np.int32)
+    for k, (r, c) in enumerate(centres, start=1):
+        truth[(rows - r) ** 2 + (cols - c) ** 2 <= radius**2] = k
+    image = np.empty((size, size, 3), dtype=np.uint8)
+    image[:] = background
+    image[truth > 0] = (60, 30, 120)
+    return image, truth
+
+
+def seam_centres(size: int, chunk: int) -> list[tuple[int, int]]:
+    """Centres on every chunk seam (vertical, horizontal) and every seam crossing."""
+    seams = list(range(chunk, size, chunk))
+    mids = [chunk // 2 + k * chunk for k in range(size // chunk)]
+    centres = [(s, s2) for s in seams for s2 in seams]  # crossings
+    centres += [(s, m) for s in seams for m in mids] + [(m, s) for s in seams for m in mids]
+    return centres
+
+
+@pytest.fixture(scope="module")
+def seam_slide(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("seams")
+    size, chunk = 768, 256
+    centres = seam_centres(size, chunk)
+    image, truth = disks_slide(size, centres, radius=12)
+    path = write_slide(folder / "seams.tif", image.shape[:2], image, mpp=0.25, compression="zlib")
+    return path, truth, chunk
+
+
+def _run(path, out, **options):
+    options = {"segmenter": threshold_segmenter, "progress": False, **options}
+    return segment_slide(path, out, **options)
+
+
+# --- formats and mpp -------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("flavour", "name", "reader", "mpp"),
+    [
+        ("tiff", "a.tif", OpenSlideReader, 0.2527),
+        ("svs", "a.svs", OpenSlideReader, 0.499),
+        ("ome", "a.ome.tif", TiffReader, 0.25),
+    ],
+)
+def test_formats_read_regions_and_mpp(tmp_path, flavour, name, reader, mpp):
+    rng = np.random.default_rng(0)
+    image = rng.integers(0, 256, (600, 700, 3), dtype=np.uint8)
+    path = write_slide(tmp_path / name, image.shape[:2], image, mpp=mpp, flavour=flavour,
+                       compression="zlib")  # fmt: skip
+    with open_slide(path) as slide:
+        assert isinstance(slide, reader)
+        assert slide.mpp == pytest.approx(mpp, rel=1e-4)
+        assert slide.dimensions == (700, 600)
+        assert len(slide.levels) == 3 and slide.downsamples[2] == pytest.approx(4, rel=0.01)
+        np.testing.assert_array_equal(slide.read_region(123, 45, 300, 200), image[45:245, 123:423])
+        outside = slide.read_region(650, 550, 100, 100)  # half outside: white there
+        np.testing.assert_array_equal(outside[:50, :50], image[550:, 650:])
+        assert (outside[50:] == 255).all() and (outside[:, 50:] == 255).all()
+
+
+def test_plain_image_and_missing_mpp(tmp_path):
+    image = np.zeros((50, 60, 3), dtype=np.uint8)
+    tifffile.imwrite(tmp_path / "small.tif", image)
+    with open_slide(tmp_path / "small.tif") as slide:
+        assert isinstance(slide, ImageReader) and slide.mpp is None
+    with pytest.raises(ValueError, match="no microns per pixel.*--mpp"):
+        _run(tmp_path / "small.tif", tmp_path / "out")
+
+
+def test_cli_without_mpp_fails_before_loading_the_model(tmp_path):
+    image = np.full((300, 300, 3), 200, dtype=np.uint8)
+    path = write_slide(tmp_path / "nompp.tif", image.shape[:2], image, mpp=None)
+    code = textwrap.dedent(f"""
+        import sys
+        from nucseg.cli import main
+        rc = main(["slide", {str(path)!r}, "--out", {str(tmp_path / "out")!r}, "--no-progress"])
+        print("torch loaded:", "torch" in sys.modules)
+        sys.exit(rc)
+    """)
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert done.returncode == 2
+    assert "nucseg: error:" in done.stderr and "nompp.tif" in done.stderr
+    assert "--mpp" in done.stderr
+    assert "torch loaded: False" in done.stdout
+    assert "failed" in (tmp_path / "out" / "slides.csv").read_text()
+
+
+# --- seams and outputs -----------------------------------------------------------------------
+
+
+def test_nuclei_across_every_seam_found_once_and_whole(seam_slide, tmp_path):
+    path, truth, chunk = seam_slide
+    report = _run(path, tmp_path, chunk=chunk, halo=32)
+    table = pd.read_parquet(tmp_path / "seams" / "nuclei.parquet")
+    n_true = int(truth.max())
+    assert report["nuclei"] == len(table) == n_true
+    assert report["cut_nuclei"] == 0
+    # each true disk is matched by exactly one nucleus of exactly its area (0.25 um/px)
+    true_area = np.bincount(truth.ravel())[1:] * 0.25**2
+    rows = np.floor(table["centroid_y"].to_numpy()).astype(int)
+    cols = np.floor(table["centroid_x"].to_numpy()).astype(int)
+    matched = truth[rows, cols]
+    assert sorted(matched.tolist()) == list(range(1, n_true + 1))
+    np.testing.assert_allclose(table["area_um2"].to_numpy(), true_area[matched - 1])
+    # the label image equals the truth up to renumbering
+    labels = tifffile.imread(tmp_path / "seams" / "labels.ome.tif", level=0)
+    assert labels.shape == truth.shape
+    pairs = set(zip(labels[truth > 0].tolist(), truth[truth > 0].tolist(), strict=True))
+    assert len(pairs) == n_true and ((labels > 0) == (truth > 0)).all()
+
+
+def test_outputs_agree_and_are_valid(seam_slide, tmp_path):
+    path, truth, chunk = seam_slide
+    report = _run(path, tmp_path, chunk=chunk, halo=32, gzip=True)
+    folder = tmp_path / "seams"
+    table = pd.read_parquet(folder / "nuclei.parquet")
+    with gzip.open(folder / "nuclei.geojson.gz", "rt") as fh:
+        features = json.load(fh)["features"]
+    geometries = [shape(f["geometry"]) for f in features]
+    assert all(g.is_valid for g in geometries)
+    with tifffile.TiffFile(folder / "labels.ome.tif") as tif:
+        levels = tif.series[0].levels
+        labels = levels[0].asarray()
+        assert len(levels) >= 3
+        assert 'PhysicalSizeX="0.25"' in tif.ome_metadata
+    assert len(table) == len(features) == len(np.unique(labels)) - 1 == report["nuclei"]
+    # measurements agree with the geometry (level-0 pixels, 0.25 um/px)
+    areas = np.array([g.area for g in geometries]) * 0.25**2
+    np.testing.assert_allclose(areas, table["area_um2"].to_numpy())
+    ids = [f["properties"]["measurements"]["id"] for f in features]
+    assert ids == table["id"].tolist() == list(range(1, len(table) + 1))
+    for name in ("tissue.png", "thumbnail_overlay.png", "report.json"):
+        assert (folder / name).is_file()
+    assert not (folder / "chunks").exists()
+    with pytest.raises(FileExistsError, match="--overwrite"):
+        _run(path, tmp_path, chunk=chunk, halo=32, gzip=True)
+
+
+def test_downsampled_level_maps_back_to_level0(seam_slide, tmp_path):
+    """A slide at twice the model's resolution is read from level 1; outputs stay level-0."""
+    path, truth, chunk = seam_slide
+    report = _run(path, tmp_path, chunk=chunk // 2, halo=16, mpp=0.125)
+    assert report["level_read"] == 1 and report["scale"] == 2.0
+    table = pd.read_parquet(tmp_path / "seams" / "nuclei.parquet")
+    assert len(table) == truth.max()
+    with tifffile.TiffFile(tmp_path / "seams" / "labels.ome.tif") as tif:
+        labels = tif.series[0].levels[0].asarray()
+        assert 'PhysicalSizeX="0.125"' in tif.ome_metadata
+    assert labels.shape == truth.shape
+    overlap = ((labels > 0) & (truth > 0)).sum() / (truth > 0).sum()
+    assert overlap > 0.9  # a 2x coarser segmentation, upsampled
+    rows = np.floor(table["centroid_y"].to_numpy()).astype(int)
+    cols = np.floor(table["centroid_x"].to_numpy()).astype(int)
+    assert sorted(truth[rows, cols].tolist()) == list(range(1, int(truth.max()) + 1))
+
+
+def test_tissue_and_roi_restrict_the_chunks(tmp_path):
+    size = 1024
+    centres = [(100, 100), (150, 400), (900, 900)]
+    image, truth = disks_slide(size, centres, radius=10, background=(245, 245, 245))
+    image[40:460, 40:460] = np.where(truth[40:460, 40:460, None] > 0, image[40:460, 40:460], 200)
+    image[700:1000, 700:1000] = np.where(
+        truth[700:1000, 700:1000, None] > 0, image[700:1000, 700:1000], 200
+    )
+    path = write_slide(tmp_path / "t.tif", (size, size), image, mpp=0.25, compression="zlib")
+    report = _run(path, tmp_path / "a", chunk=256, halo=32)
+    assert report["chunks"] == 8 and report["nuclei"] == 3  # 4 chunks per tissue piece
+    assert 0.012 < report["tissue_mm2"] < 0.022  # 420^2 + 300^2 px at 0.25 um: 0.0167 mm2
+    report = _run(path, tmp_path / "b", chunk=256, halo=32, roi=[(0, 0, 300, 300)])
+    assert report["nuclei"] == 1 and report["chunks"] <= 4
+    table = pd.read_parquet(tmp_path / "b" / "t" / "nuclei.parquet")
+    assert shapely.box(0, 0, 300, 300).contains(
+        shapely.Point(table["centroid_x"][0], table["centroid_y"][0])
+    )
+
+
+# --- resume ----------------------------------------------------------------------------------
+
+
+def test_resume_after_kill_gives_the_same_outputs(seam_slide, tmp_path):
+    path, _, chunk = seam_slide
+    options = dict(chunk=chunk // 2, halo=32)
+    _run(path, tmp_path / "full", **options)
+    code = textwrap.dedent(f"""
+        import os, signal
+        import numpy as np
+        from scipy import ndimage as ndi
+        from nucseg.slide import segment_slide
+        calls = [0]
+        def segment(image):
+            calls[0] += 1
+            if calls[0] == 12:
+                os.kill(os.getpid(), signal.SIGKILL)
+            return ndi.label(image.mean(axis=2) < 128)[0].astype(np.int32)
+        segment_slide({str(path)!r}, {str(tmp_path / "killed")!r}, segmenter=segment,
+                      progress=False, chunk={options["chunk"]}, halo={options["halo"]})
+    """)
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert done.returncode == -9, done.stderr
+    folder = tmp_path / "killed" / "seams"
+    assert len(list((folder / "chunks").glob("*.parquet"))) == 11
+    assert not (folder / "nuclei.parquet").exists()
+    with pytest.raises(FileExistsError, match="--resume"):
+        _run(path, tmp_path / "killed", **options)
+    report = _run(path, tmp_path / "killed", resume=True, **options)
+    assert report["chunks_resumed"] == 11
+    full = tmp_path / "full" / "seams"
+    pd.testing.assert_frame_equal(
+        pd.read_parquet(full / "nuclei.parquet"), pd.read_parquet(folder / "nuclei.parquet")
+    )
+    assert (full / "nuclei.geojson").read_bytes() == (folder / "nuclei.geojson").read_bytes()
+    np.testing.assert_array_equal(
+        tifffile.imread(full / "labels.ome.tif"), tifffile.imread(folder / "labels.ome.tif")
+    )
