@@ -142,19 +142,12 @@ def _read_pixels(path: Path, *, expand_palette: bool) -> np.ndarray:
         raise IsADirectoryError(errno.EISDIR, f"{path} is a folder, not an image file", str(path))
     if not path.is_file():
         raise FileNotFoundError(f"{path}: no such file")
+    depth16 = False
     try:
         if path.suffix.lower() in _TIFF_SUFFIXES:
-            return np.asarray(tifffile.imread(path))
-        with Image.open(path) as image:
-            # Pillow silently truncates 16-bit colour PNGs to 8 bits; refuse them instead.
-            depth16 = image.mode in ("RGB", "RGBA") and any(
-                ";16" in str(tile.args) for tile in image.tile
-            )
-            if expand_palette and image.mode in ("P", "PA"):
-                image = image.convert("RGBA")
-            elif image.mode in ("CMYK", "YCbCr"):
-                image = image.convert("RGB")
-            array = np.asarray(image)
+            array = np.asarray(tifffile.imread(path))
+        else:
+            array, depth16 = _read_pillow(path, expand_palette=expand_palette)
     except (FileNotFoundError, PermissionError):
         raise
     except Exception as err:  # decoders raise many types (OSError, SyntaxError, TiffFileError)
@@ -166,6 +159,20 @@ def _read_pixels(path: Path, *, expand_palette: bool) -> np.ndarray:
     if depth16:
         raise ValueError(f"{path}: 16 bits per channel; convert the image to 8-bit RGB first")
     return array
+
+
+def _read_pillow(path: Path, *, expand_palette: bool) -> tuple[np.ndarray, bool]:
+    """Pixels of a file Pillow reads, and whether it holds 16 bits per colour channel."""
+    with Image.open(path) as image:
+        # Pillow silently truncates 16-bit colour PNGs to 8 bits; refuse them instead.
+        depth16 = image.mode in ("RGB", "RGBA") and any(
+            ";16" in str(tile.args) for tile in image.tile
+        )
+        if expand_palette and image.mode in ("P", "PA"):
+            image = image.convert("RGBA")
+        elif image.mode in ("CMYK", "YCbCr"):
+            image = image.convert("RGB")
+        return np.asarray(image), depth16
 
 
 # --- writing -------------------------------------------------------------------------------------
