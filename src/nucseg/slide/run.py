@@ -216,7 +216,7 @@ def segment_slide(
         _save_plan(chunk_dir, plan, resume=resume)
 
         t = time.perf_counter()
-        segment, stain = _build_segmenter(work, reader, plan, predict or {})
+        segment, setup = _build_segmenter(work, reader, plan, predict or {})
         times["model_and_stain_s"] = time.perf_counter() - t
 
         t = time.perf_counter()
@@ -243,7 +243,8 @@ def segment_slide(
         "level_read": plan.level,
         "scale": plan.scale,
         "model": work["describe"],
-        "stain": stain,
+        "stain": (setup or {}).get("stain"),
+        "predict": (setup or {}).get("predict"),
         "chunk": plan.chunk,
         "halo": plan.halo,
         "chunks": len(plan.chunks),
@@ -327,11 +328,11 @@ def _build_segmenter(
     work: dict[str, Any], reader: Any, plan: engine.SlidePlan, predict: dict[str, Any]
 ) -> tuple[Callable[[np.ndarray], np.ndarray], Any]:
     if work["kind"] == "callable":
-        return work["segmenter"], None
+        return work["segmenter"], {}
     if work["kind"] == "method":
         from nucseg.pipeline import make_segmenter
 
-        return make_segmenter(work["method"]), None
+        return make_segmenter(work["method"]), {}
     from nucseg.infer import Predictor
 
     predictor = Predictor.load(work["folder"], **predict)
@@ -339,7 +340,7 @@ def _build_segmenter(
     stain = None
     if predictor.normaliser is not None:
         stain = {"normaliser": predictor.normaliser.name, "source": source}
-    return engine.ChunkSegmenter(predictor, source), {"stain": stain, **predictor.options}
+    return engine.ChunkSegmenter(predictor, source), {"stain": stain, "predict": predictor.options}
 
 
 def _run_chunks(
