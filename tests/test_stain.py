@@ -325,3 +325,101 @@ def test_real_tiles(name, monuseg_tile, tnbc_tile):
     mean_target = _lab_stats(monuseg_tile)[0]
     before = np.linalg.norm(_lab_stats(tnbc_tile)[0] - mean_target)
     assert np.linalg.norm(_lab_stats(out)[0] - mean_target) < 0.5 * before
+
+
+# -- stain assignment and implausible estimates (issue 17) --
+
+
+def _unit(v):
+    v = np.asarray(v, dtype=np.float64)
+    return v / np.linalg.norm(v)
+
+
+def _synthetic_he(h, e, *, seed=0, size=160):
+    """An H&E-like image from stain vectors ``h`` and ``e``: sparse dark nuclei on stroma.
+
+    Returns the image and the nuclei mask. Haematoxylin concentration is high in ~20 % of the
+    pixels (discs), eosin is spread everywhere at a lower level (dense enough that the stroma is
+    tissue by Macenko's rule: optical density >= 0.15 in every channel).
+    """
+    rng = np.random.default_rng(seed)
+    rows, cols = np.mgrid[:size, :size]
+    nuclei = np.zeros((size, size), bool)
+    for _ in range(25):
+        r, c, radius = rng.integers(8, size - 8), rng.integers(8, size - 8), rng.integers(5, 9)
+        nuclei |= (rows - r) ** 2 + (cols - c) ** 2 <= radius**2
+    ch = np.where(nuclei, rng.uniform(0.9, 1.4, nuclei.shape), rng.uniform(0.0, 0.1, nuclei.shape))
+    ce = np.where(nuclei, 0.15, 1.0) * rng.uniform(0.6, 1.0, nuclei.shape)
+    od = ch[..., None] * _unit(h) + ce[..., None] * _unit(e)
+    image = np.clip(240 * np.exp(-od) - 1, 0, 255).round().astype(np.uint8)
+    return image, nuclei
+
+
+# (haematoxylin, eosin) optical-density vectors. The first is Macenko's reference; the second a
+# brownish-purple haematoxylin with a lavender eosin, whose eosin absorbs more red than its
+# haematoxylin (the old "larger red component" rule swaps it); the third a pale, bluer palette.
+PALETTES = {
+    "reference": ((0.5626, 0.7201, 0.4062), (0.2159, 0.8012, 0.5581)),
+    "brown-purple/lavender": ((0.42, 0.73, 0.53), (0.45, 0.83, 0.33)),
+    "blue/orange": ((0.70, 0.60, 0.30), (0.25, 0.70, 0.67)),
+}
+
+
+@pytest.mark.parametrize("palette", sorted(PALETTES))
+@pytest.mark.parametrize("name", ["macenko", "vahadane"])
+def test_synthetic_palettes_get_the_right_stain_assignment(name, palette):
+    h, e = PALETTES[palette]
+    image, nuclei = _synthetic_he(h, e)
+    normaliser = get_normalizer(name)
+    source = normaliser.estimate(image)
+    assert source["accepted"], source["reason"]
+    stains = np.asarray(source["stain_matrix"])
+    angle_h = np.degrees(np.arccos(np.clip(stains[:, 0] @ _unit(h), -1, 1)))
+    assert angle_h < 10, f"haematoxylin estimated {angle_h:.1f} degrees off"
+    # after normalisation the nuclei carry the target's haematoxylin, the stroma does not
+    out = normaliser.apply(image, source)
+    target = np.asarray(normaliser.target["stain_matrix"])
+    od = -np.log((out.reshape(-1, 3).astype(np.float64) + 1) / 240)
+    concentrations = od @ np.linalg.pinv(target).T
+    haematoxylin = concentrations[:, 0].reshape(nuclei.shape)
+    assert haematoxylin[nuclei].mean() > 3 * haematoxylin[~nuclei].mean()
+
+
+def test_the_old_red_rule_swaps_the_lavender_palette():
+    """The regression the assignment fixes: without a reference, H and E come out swapped."""
+    from nucseg._stain_base import _macenko_stain_vectors
+
+    h, e = PALETTES["brown-purple/lavender"]
+    image, _ = _synthetic_he(h, e)
+    from nucseg._stain_base import _channel_od
+
+    tissue = _channel_od(image.reshape(-1, 3), 240.0)
+    old = _macenko_stain_vectors(tissue, 1.0)
+    assert old[:, 1] @ _unit(h) > old[:, 0] @ _unit(h)  # haematoxylin in the eosin column
+
+
+@pytest.mark.parametrize("name", ["macenko", "vahadane"])
+def test_an_implausible_estimate_falls_back_with_a_warning_never_an_exception(name):
+    from nucseg.stain import StainEstimateWarning
+
+    # a green and a blue "stain": far from every known haematoxylin and eosin vector
+    image, _ = _synthetic_he((0.05, 0.2, 0.98), (0.9, 0.1, 0.42))
+    normaliser = get_normalizer(name)
+    with pytest.warns(StainEstimateWarning, match="rejected"):
+        out = normaliser.transform(image)
+    assert out.shape == image.shape and out.dtype == np.uint8
+    assert normaliser.last_estimate["accepted"] is False
+    assert "degrees" in normaliser.last_estimate["reason"]
+
+
+def test_real_images_keep_their_assignment_and_are_accepted(data_root):
+    """On real MoNuSeg images the estimate is accepted and H is the red-absorbing vector."""
+    from nucseg import datasets
+
+    normaliser = get_normalizer("macenko")
+    for image_id in datasets.ids("monuseg", split="all")[:6]:
+        image = datasets.load_sample("monuseg", image_id).image
+        source = normaliser.estimate(image)
+        assert source["accepted"], (image_id, source["reason"])
+        stains = np.asarray(source["stain_matrix"])
+        assert stains[0, 0] > stains[0, 1], image_id

@@ -24,7 +24,7 @@ from typing import Any
 
 import numpy as np
 
-from nucseg.stain import (
+from nucseg._stain_base import (
     IO,
     NotEnoughTissue,
     StainNormalizer,
@@ -35,7 +35,10 @@ from nucseg.stain import (
     _od_to_rgb,
     _rgb_to_lab,
     _stain_target_defaults,
+    assign_stains,
+    implausible_stains,
     register,
+    stain_matrix_fallback,
 )
 
 
@@ -86,10 +89,19 @@ def positive_lasso_2(od: np.ndarray, stains: np.ndarray, lam: float) -> np.ndarr
 
 
 def vahadane_stain_vectors(
-    tissue_od: np.ndarray, *, lam: float, iterations: int, alpha: float = 1.0
+    tissue_od: np.ndarray,
+    *,
+    lam: float,
+    iterations: int,
+    alpha: float = 1.0,
+    reference: np.ndarray | None = None,
 ) -> np.ndarray:
-    """(3, 2) unit stain vectors (haematoxylin, eosin) by sparse non-negative factorisation."""
-    stains = _macenko_stain_vectors(tissue_od, alpha)  # a good, deterministic start
+    """(3, 2) unit stain vectors (haematoxylin, eosin) by sparse non-negative factorisation.
+
+    Assigned to haematoxylin and eosin by ``reference``'s columns (:func:`assign_stains`);
+    without one, the vector absorbing more red comes first.
+    """
+    stains = _macenko_stain_vectors(tissue_od, alpha, reference)  # a good, deterministic start
     od = tissue_od.astype(np.float64)
     for _ in range(iterations):
         h = positive_lasso_2(tissue_od, stains, lam).astype(np.float64)
@@ -103,7 +115,9 @@ def vahadane_stain_vectors(
     if not np.all(np.isfinite(stains)) or norms.min() < 1e-6:
         raise NotEnoughTissue("a stain vector vanished")
     stains = stains / norms
-    if stains[0, 0] < stains[0, 1]:  # haematoxylin absorbs more red than eosin: put it first
+    if reference is not None:
+        stains = assign_stains(stains, reference, tissue_od)
+    elif stains[0, 0] < stains[0, 1]:  # no reference: the larger red absorbance first
         stains = stains[:, ::-1]
     cosine = float(stains[:, 0] @ stains[:, 1])
     if cosine > np.cos(np.deg2rad(1.0)):
@@ -204,12 +218,23 @@ class VahadaneNormalizer(StainNormalizer):
             rng = np.random.default_rng(0)
             picked = np.sort(rng.choice(tissue.shape[1], self.max_pixels, replace=False))
             sample = np.ascontiguousarray(tissue[:, picked])
-        stains = vahadane_stain_vectors(sample, lam=self.lambda_stains, iterations=self.iterations)
+        stains = vahadane_stain_vectors(
+            sample,
+            lam=self.lambda_stains,
+            iterations=self.iterations,
+            reference=np.asarray(self.target["stain_matrix"], dtype=np.float64),
+        )
         concentrations = positive_lasso_2(tissue, stains, self.lambda_concentrations)
         max_conc = np.percentile(concentrations, 99, axis=1)
         if not np.all(np.isfinite(max_conc)) or max_conc.min() <= 1e-3:
             raise NotEnoughTissue(f"99th-percentile stain concentrations {max_conc} are ~0")
         return {"stain_matrix": stains.tolist(), "max_concentrations": max_conc.tolist()}
+
+    def _implausible(self, source: dict[str, Any]) -> str | None:
+        return implausible_stains(source["stain_matrix"], self.target["stain_matrix"])
+
+    def _fallback(self, image: np.ndarray) -> dict[str, Any] | None:
+        return stain_matrix_fallback(image, self.target, io=IO, beta=0.15)
 
     def _apply(self, image: np.ndarray, source: dict[str, Any]) -> np.ndarray:
         od = _channel_od(image.reshape(-1, 3), IO)
