@@ -250,3 +250,24 @@ def test_resume_after_kill_gives_the_same_outputs(seam_slide, tmp_path):
     np.testing.assert_array_equal(
         tifffile.imread(full / "labels.ome.tif"), tifffile.imread(folder / "labels.ome.tif")
     )
+
+
+# --- prediction on chunks --------------------------------------------------------------------
+
+
+def test_tissue_maps_equal_predict_maps_and_skip_glass():
+    from nucseg.infer import Predictor
+    from nucseg.io import read_image
+    from nucseg.pipeline import resolve_model
+    from nucseg.slide.engine import predict_tissue_maps
+
+    predictor = Predictor.load(resolve_model("default"), tile=256, overlap=0.25)
+    image = read_image("examples/monuseg-breast-crop/images/TCGA-A7-A13E-crop.png")[:320]
+    expected = predictor.predict_maps(image)
+    normalised = predictor.normaliser.transform(image)
+    np.testing.assert_allclose(
+        predict_tissue_maps(predictor, normalised, tissue=image), expected, atol=1e-6
+    )
+    glass = np.full((300, 600, 3), 240, dtype=np.uint8)
+    maps = predict_tissue_maps(predictor, glass, tissue=glass)
+    assert maps.shape[:2] == glass.shape[:2] and (maps[..., 0] == 1).all()

@@ -216,17 +216,70 @@ class ChunkSegmenter:
         return np.clip(np.rint(out), 0, 255).astype(np.uint8)
 
     def __call__(self, image: np.ndarray) -> np.ndarray:
-        from nucseg.infer import predict_maps
+        maps = predict_tissue_maps(self.predictor, self.normalise(image), tissue=image)
+        return self.predictor.maps_to_labels(maps)
 
-        p = self.predictor
-        maps = predict_maps(
-            p.model,
-            self.normalise(image),
-            num_classes=p.num_classes,
-            device=p.device,
-            **p.options,
-        )
-        return p.maps_to_labels(maps)
+
+#: Tiles with fewer tissue pixels than this (largest channel optical density above 0.15) are not
+#: given to the network; their maps are pure background.
+MIN_TILE_TISSUE = 16
+
+
+def predict_tissue_maps(predictor: Any, image: np.ndarray, *, tissue: np.ndarray) -> np.ndarray:
+    """:func:`nucseg.infer.predict_maps` that skips the network on tiles without tissue.
+
+    ``image`` is the (normalised) network input and ``tissue`` the raw pixels on which tissue is
+    detected, as in :mod:`nucseg.slide.tissue`. Skipped tiles contribute background
+    probabilities, blended like any other tile.
+    """
+    import torch
+
+    from nucseg.infer import autocast, forward_tta, input_stats, to_tensor
+    from nucseg.tiling import MapStitcher, pad_to, tile_grid
+
+    options = predictor.options
+    tile, batch_size = int(options["tile"]), int(options["batch_size"])
+    padded, crop = pad_to(image, (tile, tile))
+    raw, _ = pad_to(tissue, (tile, tile))
+    dark = (raw.min(axis=2) < _TISSUE_LEVEL).astype(np.int32)  # OD > 0.15 in some channel
+    grid = tile_grid(padded.shape[:2], tile=tile, overlap=options["overlap"])
+    stitcher = MapStitcher(padded.shape[:2])
+    mean, std = input_stats(predictor.model)
+    num_classes = predictor.num_classes
+    run = [s for s in grid if int(dark[s].sum()) >= MIN_TILE_TISSUE]
+    channels = None
+    with torch.inference_mode(), autocast(predictor.device, options["precision"]):
+        for start in range(0, len(run), batch_size):
+            batch = run[start : start + batch_size]
+            x = to_tensor(
+                np.stack([padded[s] for s in batch]), predictor.device, mean=mean, std=std
+            )
+            out = forward_tta(predictor.model, x, tta=options["tta"])
+            out[:, :num_classes] = torch.softmax(out[:, :num_classes], dim=1)
+            maps = out.permute(0, 2, 3, 1).cpu().numpy()
+            channels = maps.shape[-1]
+            for tile_map, slices in zip(maps, batch, strict=True):
+                stitcher.add(tile_map, slices)
+    skipped = [s for s in grid if int(dark[s].sum()) < MIN_TILE_TISSUE]
+    if skipped:
+        if channels is None:
+            channels = _output_channels(predictor, tile)
+        background = np.zeros((tile, tile, channels), dtype=np.float32)
+        background[..., 0] = 1.0
+        for slices in skipped:
+            stitcher.add(background, slices)
+    return np.ascontiguousarray(stitcher.result()[crop], dtype=np.float32)
+
+
+# intensity below which a channel's optical density -ln((I + 1) / 256) exceeds 0.15
+_TISSUE_LEVEL = int(np.floor(256 * np.exp(-0.15) - 1)) + 1
+
+
+def _output_channels(predictor: Any, tile: int) -> int:
+    config = getattr(predictor.model, "nucseg_config", None)
+    if config is not None:
+        return int(config.num_classes + (config.distance_channels or 0))
+    return int(predictor.num_classes)
 
 
 def fit_stain(reader: SlideReader, plan: SlidePlan, normaliser: Any, *, samples: int = 8) -> Any:
