@@ -25,12 +25,19 @@ from nucseg import datasets, metrics
 from nucseg.infer import Predictor
 from nucseg.pipeline import provenance, resolve_model
 
-SETTINGS = [(256, 0.25), (512, 0.125), (512, 0.25), (768, 0.083), (1024, 0.0625)]
+SETTINGS = [(256, 0.25), (256, 0.125), (256, 0.0625), (512, 0.125), (512, 0.25), (1024, 0.0625)]
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", default="default")
+    parser.add_argument(
+        "--settings",
+        type=lambda text: [(int(t), float(o)) for t, o in (p.split("/") for p in text.split(","))],
+        default=SETTINGS,
+        metavar="TILE/OVERLAP,...",
+        help="e.g. 256/0.25,512/0.125 (default: SETTINGS)",
+    )
     parser.add_argument("--out", type=Path, default=Path("results/slide/tiles.json"))
     args = parser.parse_args()
     origin = provenance()
@@ -39,7 +46,7 @@ def main() -> None:
     ids = thresholds["validation_images"]
     samples = [datasets.load_sample("monuseg", i) for i in ids]
     rows = []
-    for tile, overlap in SETTINGS:
+    for tile, overlap in args.settings:
         predictor = Predictor.load(folder, tile=tile, overlap=overlap)
         scores, seconds = [], []
         for sample in samples:

@@ -207,6 +207,14 @@ def test_tissue_and_roi_restrict_the_chunks(tmp_path):
     report = _run(path, tmp_path / "b", chunk=256, halo=32, roi=[(0, 0, 300, 300)])
     assert report["nuclei"] == 1 and report["chunks"] <= 4
     table = pd.read_parquet(tmp_path / "b" / "t" / "nuclei.parquet")
+    annotation = {
+        "type": "Feature",
+        "geometry": shapely.geometry.mapping(shapely.box(0, 0, 300, 300)),
+    }
+    (tmp_path / "roi.geojson").write_text(json.dumps([annotation]))  # QuPath's list of features
+    report = _run(path, tmp_path / "c", chunk=256, halo=32, roi_geojson=tmp_path / "roi.geojson")
+    assert report["nuclei"] == 1
+    pd.testing.assert_frame_equal(pd.read_parquet(tmp_path / "c" / "t" / "nuclei.parquet"), table)
     assert shapely.box(0, 0, 300, 300).contains(
         shapely.Point(table["centroid_x"][0], table["centroid_y"][0])
     )

@@ -327,3 +327,38 @@ def resize(image: np.ndarray, size: tuple[int, int]) -> np.ndarray:
         return image
     shrink = w < image.shape[1]
     return cv2.resize(image, (w, h), interpolation=cv2.INTER_AREA if shrink else cv2.INTER_LINEAR)
+
+
+def file_mpp(path: str | os.PathLike) -> float | None:
+    """Microns per pixel recorded in an image file (OME, OpenSlide or TIFF tags), else None.
+
+    For ``nucseg segment``: plain PNG and JPEG files give None.
+    """
+    try:
+        with open_slide(path) as slide:
+            return slide.mpp
+    except (OSError, ValueError):
+        return None
+
+
+def scale_mismatch(
+    image_mpp: float | None, model_mpp: float, *, tolerance: float = 0.25
+) -> str | None:
+    """A warning when an image's mpp differs from the model's by more than ``tolerance``.
+
+    Examples
+    --------
+    >>> scale_mismatch(0.5, 0.25)[:60]
+    'the image has 0.5 um/px but the model was trained at 0.25 um'
+    >>> scale_mismatch(0.26, 0.25) is None
+    True
+    """
+    if image_mpp is None or not image_mpp > 0:
+        return None
+    ratio = image_mpp / model_mpp
+    if abs(ratio - 1) <= tolerance:
+        return None
+    return (
+        f"the image has {image_mpp:.3g} um/px but the model was trained at {model_mpp:.3g} um/px "
+        f"({ratio:.3g}x); pass --mpp if the file is wrong, or resample the image"
+    )
