@@ -55,14 +55,6 @@ def test_bad_input_and_unknown_method():
         classical.get_method("nope")
 
 
-def test_remove_small_relabels():
-    labels = np.array([[5, 5, 0, 2, 0, 7, 7, 7]])
-    # areas: label 5 -> 2 pixels, label 2 -> 1, label 7 -> 3; keep >= 2, in label order 5 then 7
-    np.testing.assert_array_equal(
-        classical.remove_small(labels, min_size=2), [[1, 1, 0, 0, 0, 2, 2, 2]]
-    )
-
-
 def test_split_touching_separates_two_discs():
     mask = np.zeros((40, 60), dtype=bool)
     for c in (20, 37):  # two discs of radius 10 whose centres are 17 apart: they overlap

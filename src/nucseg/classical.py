@@ -31,6 +31,7 @@ from scipy import ndimage as ndi
 from skimage import color, filters, measure, morphology, segmentation
 
 from nucseg._checks import check_image
+from nucseg.objects import remove_small
 
 __all__ = ["METHODS", "fiji", "get_method", "otsu", "register", "watershed"]
 
@@ -69,34 +70,6 @@ def get_method(name: str) -> Method:
         return METHODS[name]
     except KeyError:
         raise KeyError(f"unknown method {name!r}; valid methods: {sorted(METHODS)}") from None
-
-
-def remove_small(labels: np.ndarray, *, min_size: int) -> np.ndarray:
-    """Drop objects of fewer than ``min_size`` pixels and relabel the rest 1..N.
-
-    Parameters
-    ----------
-    labels : (H, W) int array
-        Instance labels, 0 = background.
-    min_size : int
-        Smallest area, in pixels, that is kept.
-
-    Returns
-    -------
-    (H, W) int32 array
-        Consecutive labels 1..N in the order of the input labels.
-
-    Examples
-    --------
-    >>> remove_small(np.array([[1, 1, 0, 2]]), min_size=2)
-    array([[1, 1, 0, 0]], dtype=int32)
-    """
-    areas = np.bincount(labels.ravel())
-    keep = areas >= min_size
-    keep[0] = False
-    lut = np.zeros(areas.size, dtype=np.int32)
-    lut[keep] = np.arange(1, int(keep.sum()) + 1, dtype=np.int32)
-    return lut[labels]
 
 
 def _grey(image: np.ndarray) -> np.ndarray:

@@ -33,7 +33,7 @@ from skimage import morphology, segmentation
 
 from nucseg import metrics
 from nucseg._checks import check_labels, check_same_shape
-from nucseg.classical import remove_small
+from nucseg.objects import remove_small
 
 __all__ = [
     "DEFAULT_THRESHOLDS",
