@@ -35,6 +35,16 @@ __all__ = ["DEFAULT_MODEL_MPP", "model_mpp", "output_paths", "segment_slide", "s
 DEFAULT_MODEL_MPP = 0.25
 
 
+#: Overlap of the network's tiles on slides, in pixels, unless ``predict`` sets one: 16 pixels
+#: of a 256-pixel tile (0.0625) computes each pixel 1.14 times instead of 1.78 at the bundled
+#: model's 25 %, with the same validation AJI (results/slide/tiles.json).
+SLIDE_OVERLAP_PX = 16
+
+#: Default chunk core: 2160 = 9 x 240, so that a core with its two 128-pixel halos is covered by
+#: exactly 10 x 10 tiles of 256 pixels overlapping by 16.
+DEFAULT_CHUNK = 2160
+
+
 def slide_stem(path: str | os.PathLike) -> str:
     """Output folder name of a slide: its file name without the (``.ome``) extension."""
     name = Path(path).name
@@ -97,7 +107,7 @@ def segment_slide(
     mpp: float | None = None,
     roi: list[tuple[int, int, int, int]] | None = None,
     roi_geojson: str | os.PathLike | None = None,
-    chunk: int = 2048,
+    chunk: int = DEFAULT_CHUNK,
     halo: int = 128,
     predict: dict[str, Any] | None = None,
     labels: bool = True,
@@ -254,7 +264,8 @@ def segment_slide(
         "roi": plan.roi_wkt,
         "nuclei": n,
         "nuclei_per_mm2": n / tissue_mm2 if tissue_mm2 > 0 else None,
-        "tissue_mpx": chunk_stats["pixels"] * plan.scale**2 / 1e6,
+        "tissue_mpx": tissue_mm2 * 1e6 / slide_mpp**2 / 1e6,
+        "chunk_mpx": chunk_stats["pixels"] * plan.scale**2 / 1e6,
         "seconds": time.perf_counter() - started,
         "times": times,
         "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
@@ -336,6 +347,8 @@ def _build_segmenter(
     from nucseg.infer import Predictor
 
     predictor = Predictor.load(work["folder"], **predict)
+    if "overlap" not in predict:  # slides: a thin overlap (see SLIDE_OVERLAP_PX)
+        predictor.options["overlap"] = SLIDE_OVERLAP_PX / predictor.options["tile"]
     source = engine.fit_stain(reader, plan, predictor.normaliser)
     stain = None
     if predictor.normaliser is not None:
