@@ -23,7 +23,9 @@ from pathlib import Path
 
 import torch
 
+from nucseg.atomic import write_json
 from nucseg.models import load_model, save_model
+from nucseg.provenance import provenance
 
 SETTINGS = ("config.json", "normaliser.json", "thresholds.json")
 
@@ -75,7 +77,8 @@ def main() -> None:
         ],
         "settings_from": str(args.settings_from),
     }
-    (args.out / "soup.json").write_text(json.dumps(record, indent=1) + "\n")
+    record["provenance"] = provenance(models=args.runs)
+    write_json(args.out / "soup.json", record, overwrite=True)
     print(f"averaged {len(models)} runs into {args.out}")
 
 

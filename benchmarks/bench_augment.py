@@ -22,7 +22,6 @@ for _var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS", "NUME
     os.environ[_var] = "1"  # before numpy is imported
 
 import argparse  # noqa: E402
-import json  # noqa: E402
 import logging  # noqa: E402
 import platform  # noqa: E402
 import subprocess  # noqa: E402
@@ -33,7 +32,9 @@ from pathlib import Path  # noqa: E402
 import cv2  # noqa: E402
 import numpy as np  # noqa: E402
 
+from nucseg.atomic import write_json  # noqa: E402
 from nucseg.augment import COLOUR_OPS, GEOMETRIC_OPS, A, AugmentConfig, Augmenter  # noqa: E402
+from nucseg.provenance import provenance  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 IMAGE_ID = "TCGA-A7-A13E-01Z-00-DX1"
@@ -184,7 +185,8 @@ def main(argv: list[str] | None = None) -> int:
         "commit": git_commit(),
     }
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(result, indent=2) + "\n")
+    result["provenance"] = provenance()
+    write_json(args.out, result, overwrite=True, indent=2)
     log.info("wrote %s", args.out)
     return 0
 

@@ -11,7 +11,6 @@ timing is the median of three runs. Writes JSON with the machine, load and commi
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import platform
 import statistics
@@ -22,7 +21,8 @@ import time
 from pathlib import Path
 
 from nucseg import datasets
-from nucseg.pipeline import provenance
+from nucseg.atomic import write_json
+from nucseg.pipeline import provenance, resolve_model
 
 
 def run_segment(images: list[Path], extra: list[str]) -> float:
@@ -45,7 +45,8 @@ def main() -> None:
     extra = [f"--param={p}" for p in args.param]
     extra += ["--model", args.model] if args.model else []
     extra += ["--method", args.method] if args.method else []
-    origin = provenance()
+    model = None if args.method else resolve_model(args.model or "default")
+    origin = provenance(models=[model] if model is not None else [])
     root = datasets.data_root() / "monuseg" / "images"
     images = [root / f"{i}.tif" for i in datasets.ids("monuseg", split="test")[:5]]
     t1 = statistics.median(run_segment(images[:1], extra) for _ in range(args.repeats))
@@ -65,7 +66,7 @@ def main() -> None:
         "provenance": origin,
     }  # fmt: skip
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(record, indent=1) + "\n")
+    write_json(args.out, record, overwrite=True)
 
 
 if __name__ == "__main__":

@@ -5,7 +5,9 @@
 Copies model.safetensors, config.json, thresholds.json, normaliser.json, history.csv, loss.png and
 soup.json (an averaged model's sources, benchmarks/average_weights.py) into
 src/nucseg/data/models/<name>/, removes those the run lacks (a previous model's), and refuses
-weights over 16 MiB. Replacing a bundled model needs --overwrite.
+weights over 16 MiB. Replacing a bundled model needs --overwrite. Then writes the folder's
+SHA256SUMS (nucseg.provenance.write_manifest; tests/test_bundled_model.py checks it), which
+result JSONs are compared with.
 """
 
 from __future__ import annotations
@@ -13,6 +15,8 @@ from __future__ import annotations
 import argparse
 import shutil
 from pathlib import Path
+
+from nucseg.provenance import write_manifest
 
 FILES = ("model.safetensors", "config.json", "thresholds.json", "normaliser.json", "history.csv",
          "loss.png", "soup.json")  # fmt: skip
@@ -40,7 +44,7 @@ def main() -> None:
             shutil.copy2(args.run / name, target / name)
         elif (target / name).is_file():
             (target / name).unlink()
-    print(f"bundled {args.run} as {target}")
+    print(f"bundled {args.run} as {target}; wrote {write_manifest(target)}")
 
 
 if __name__ == "__main__":

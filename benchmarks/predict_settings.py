@@ -19,6 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from nucseg import datasets
+from nucseg.atomic import write_json
 from nucseg.infer import predict_maps
 from nucseg.models import load_model
 from nucseg.pipeline import provenance
@@ -41,7 +42,7 @@ def main() -> None:
     parser.add_argument("run", type=Path, help="run folder (or bundled model folder)")
     parser.add_argument("--out", type=Path, default=Path("results/unet/predict_settings.json"))
     args = parser.parse_args()
-    origin = provenance()
+    origin = provenance(models=[args.run])
     config = TrainConfig.from_dict(json.loads((args.run / "config.json").read_text()))
     normaliser = StainNormalizer.from_dict(json.loads((args.run / "normaliser.json").read_text()))
     model = load_model(args.run / "model.safetensors")
@@ -69,7 +70,7 @@ def main() -> None:
     record = {"run": str(args.run), "validation_images": [v[0] for v in val], "settings": rows,
               "load_average_1min": round(os.getloadavg()[0], 2), "provenance": origin}  # fmt: skip
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(record, indent=1) + "\n")
+    write_json(args.out, record, overwrite=True)
 
 
 if __name__ == "__main__":

@@ -21,6 +21,7 @@ import time
 from pathlib import Path
 
 from nucseg import datasets
+from nucseg.atomic import write_json
 from nucseg.classical import describe, get_method
 from nucseg.metrics import Evaluator
 from nucseg.pipeline import provenance
@@ -105,7 +106,7 @@ def main() -> None:
             best = f"AJI {result['best_aji']:.4f} mAP {result['best_paper_map']:.4f}"
             print(f"{method}: {best} with {result['best']}")
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(record, indent=1, default=float) + "\n")
+    write_json(args.out, record, overwrite=True, default=float)
 
 
 if __name__ == "__main__":

@@ -136,15 +136,15 @@ def test_console_script_runs():
     assert done.stdout.startswith("nucseg ")
 
 
-def test_default_segmenter_is_the_bundled_model_if_any(monkeypatch):
+def test_default_segmenter_is_the_bundled_model(monkeypatch):
     import argparse
 
     from nucseg import cli, pipeline
 
     args = argparse.Namespace(method=None, model=None, param=[])
-    if "default" in pipeline.bundled_models():
-        cli._segmenter(args)
-        assert args.model == "default" and args.method is None
+    assert "default" in pipeline.bundled_models(), "no model bundled in src/nucseg/data/models"
+    cli._segmenter(args)
+    assert args.model == "default" and args.method is None
     monkeypatch.setattr(pipeline, "bundled_models", lambda: [])
     args = argparse.Namespace(method=None, model=None, param=[])
     cli._segmenter(args)

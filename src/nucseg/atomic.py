@@ -252,3 +252,14 @@ def read_json(path: PathLike, *, what: str = "file") -> Any:
         return json.loads(path.read_text(encoding="utf-8"))
     except (UnicodeDecodeError, json.JSONDecodeError) as err:
         raise ValueError(f"{path}: not a valid JSON {what} ({err})") from None
+
+
+def write_json(
+    path: PathLike, obj: Any, *, overwrite: bool = False, indent: int | None = 1, **dumps: Any
+) -> Path:
+    """Write ``obj`` as JSON through :func:`atomic_write` (``dumps``: more ``json.dumps``
+    options, e.g. ``default=float``); returns the path."""
+    text = json.dumps(obj, indent=indent, **dumps) + "\n"
+    with atomic_write(path, overwrite=overwrite) as tmp:
+        tmp.write_text(text)
+    return Path(path)

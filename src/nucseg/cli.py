@@ -122,15 +122,14 @@ def cmd_segment(args: argparse.Namespace) -> int:
         on_result=show,
     )
     failed = [r["image"] for r in records if r["status"] == "failed"]
-    if failed:
-        done = [r["image"] for r in records if r["status"] != "failed"]
+    done = [r["image"] for r in records if r["status"] != "failed"]
+    if failed and len(records) > 1:
         print(
-            f"nucseg: error: {len(failed)} of {len(records)} image(s) failed: "
+            f"nucseg: error: {len(failed)} of {len(records)} images failed: "
             f"{', '.join(failed)}; finished: {', '.join(done) or 'none'}",
             file=sys.stderr,
         )
-        return 1
-    return 0
+    return 0 if not failed else 1 if done else 2  # 1: some images done, 2: none
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
@@ -190,14 +189,12 @@ def _duration(text: str) -> float:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
+    from nucseg.atomic import read_json
     from nucseg.train import TrainConfig, fit
 
-    if not args.config.is_file():
-        raise FileNotFoundError(f"no such config file: {args.config}")
-    try:
-        values = json.loads(args.config.read_text())
-    except json.JSONDecodeError as err:
-        raise ValueError(f"{args.config}: not valid JSON ({err})") from None
+    values = read_json(args.config, what="config file")
+    if not isinstance(values, dict):
+        raise ValueError(f"{args.config}: expected a JSON object of TrainConfig fields")
     if args.time_budget is not None:
         values.update(time_budget_s=args.time_budget, steps=None)
     if args.steps is not None:
@@ -226,6 +223,7 @@ def cmd_tune(args: argparse.Namespace) -> int:
 
 
 def cmd_reproduce(args: argparse.Namespace) -> int:
+    from nucseg.atomic import read_json
     from nucseg.reproduce import ReproduceConfig, Reproduction, write_report
 
     if args.report_only:
@@ -233,8 +231,9 @@ def cmd_reproduce(args: argparse.Namespace) -> int:
         for path in write_report(args.out, models / "predictions"):
             print(path)
         return 0
-    config = ReproduceConfig.from_dict(json.loads(Path(args.config).read_text()))
-    Reproduction(config, args.out, args.models).run(methods=args.methods)
+    config = ReproduceConfig.from_dict(read_json(args.config, what="config file"))
+    run = Reproduction(config, args.out, args.models, allow_code_change=args.allow_code_change)
+    run.run(methods=args.methods)
     for name in ("table2a.md", "table2b.md"):
         if (args.out / name).is_file():
             print((args.out / name).read_text())
@@ -243,8 +242,9 @@ def cmd_reproduce(args: argparse.Namespace) -> int:
 
 def cmd_compare(args: argparse.Namespace) -> int:
     from nucseg import report
+    from nucseg.atomic import read_json
 
-    results = [json.loads(Path(p).read_text()) for p in args.results]
+    results = [read_json(p, what="result file") for p in args.results]
     names = list(dict.fromkeys(r["dataset"] for r in results))
     text = "\n\n".join(
         f"### {d}\n\n" + report.comparison_table(results, dataset=d, paper_rows=args.paper)
@@ -353,9 +353,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--dataset",
         required=True,
-        help="monuseg-breast, tnbc, monuseg-nonbreast, monuseg-train, monuseg-test, "
-        "monuseg (see `nucseg datasets list`), or a folder holding images/ and "
-        "labels/ with matching file stems",
+        help="monuseg-breast, tnbc, monuseg-nonbreast, monuseg-challenge-train, "
+        "monuseg-challenge-test, monuseg (see `nucseg datasets list`), or a folder holding "
+        "images/ and labels/ with matching file stems",
     )
     p.add_argument("--json", type=Path, help="write the full results (incl. per image) as JSON")
     p.add_argument("--markdown", type=Path, help="write the printed tables as Markdown")
@@ -402,6 +402,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", type=Path, required=True, help="run folder: scores, tables, figures")
     p.add_argument("--models", type=Path, help="where trained networks go (default OUT/models)")
     p.add_argument("--report-only", action="store_true", help="redraw tables and figures only")
+    p.add_argument(
+        "--allow-code-change",
+        action="store_true",
+        help="add scores to a run whose existing scores came from another commit",
+    )
     p.add_argument(
         "--methods",
         type=lambda text: [m for m in text.split(",") if m],

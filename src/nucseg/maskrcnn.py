@@ -30,9 +30,41 @@ import torch
 from scipy import ndimage as ndi
 
 from nucseg._checks import check_image, check_labels, check_steps_or_budget, dataclass_from_dict
+from nucseg.atomic import atomic_write
 from nucseg.tiling import Slices, pad_to, tile_grid
 
 log = logging.getLogger(__name__)
+
+#: The trained weights of a run folder; runs written before safetensors hold ``model.pt``.
+WEIGHTS = "model.safetensors"
+LEGACY_WEIGHTS = "model.pt"
+
+
+def read_weights(folder: str | Path) -> dict[str, torch.Tensor]:
+    """The state dict of a Mask R-CNN run folder, read without running any code.
+
+    ``model.safetensors`` is read with safetensors; an older run's ``model.pt`` with
+    ``torch.load(weights_only=True)``, PyTorch's unpickler restricted to tensors and plain
+    containers, which refuses (and never runs) anything else.
+    """
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    folder = Path(folder)
+    path = folder / WEIGHTS
+    try:
+        if path.is_file():
+            return load_file(path)
+        path = folder / LEGACY_WEIGHTS
+        if path.is_file():
+            return torch.load(path, map_location="cpu", weights_only=True)
+    except (SafetensorError, RuntimeError, ValueError, EOFError) as err:
+        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise ValueError(f"{path}: not readable Mask R-CNN weights ({first})") from None
+    except Exception as err:  # pickle.UnpicklingError and others of a refused file
+        raise ValueError(f"{path}: refused, not plain weights ({type(err).__name__})") from None
+    raise FileNotFoundError(f"{folder} holds neither {WEIGHTS} nor {LEGACY_WEIGHTS}")
+
 
 #: Anchor sizes, one per FPN level (P2 to P6).
 ANCHOR_SIZES = ((8,), (16,), (32,), (64,), (128,))
@@ -246,30 +278,24 @@ def train_maskrcnn(
     resume: bool = False,
     stop_after: int | None = None,
 ) -> Path:
-    """Train on tiles of the configured images; writes ``model.pt``, ``config.json``, history.
+    """Train on tiles of the configured images; writes ``model.safetensors``, ``config.json``,
+    history.
 
     Every ``config.checkpoint_every_s`` seconds the weights, optimiser, random states, step,
-    elapsed time and history go to ``run_dir/checkpoint.pt``; ``resume=True`` continues from it
+    elapsed time and history go to the run's checkpoint (:mod:`nucseg.training.checkpoint`);
+    ``resume=True`` continues from it
     (its config must equal ``config``) to the weights an unbroken run ends with. ``stop_after``
     stops after that many steps with a checkpoint, as a killed run would (for tests).
     """
     from nucseg import datasets
     from nucseg.infer import autocast, default_device
     from nucseg.stain import get_normalizer
-    from nucseg.train import (
-        _atomic_torch_save,
-        _mosaic,
-        _write_json,
-        budgeted_steps,
-        load_checkpoint,
-        write_checkpoint,
-        write_history,
-    )
+    from nucseg.train import _mosaic, _write_json, budgeted_steps, write_history
+    from nucseg.training import checkpoint
 
     run_dir = Path(run_dir)
-    checkpoint_path = run_dir / "checkpoint.pt"
-    if resume and not checkpoint_path.is_file():
-        raise FileNotFoundError(f"cannot resume: {checkpoint_path} does not exist")
+    if resume:  # before any work: a missing, old (pickle) or other-config checkpoint is refused
+        checkpoint.check_config(run_dir, config)
     run_dir.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(config.seed)
     rng = np.random.default_rng(config.seed)
@@ -294,15 +320,15 @@ def train_maskrcnn(
     history: list[dict[str, Any]] = []
     step, elapsed = 0, 0.0
     if resume:
-        saved = load_checkpoint(checkpoint_path, config, model, optimiser, device)
+        saved = checkpoint.load_checkpoint(run_dir, config, model, optimiser, device)
         rng.bit_generator.state = saved["numpy_rng"]
         step, elapsed, history = saved["state"]["step"], saved["state"]["elapsed"], saved["history"]
         log.info("resumed Mask R-CNN at step %d", step)
 
     def save_checkpoint(step: int, elapsed: float) -> None:
-        write_checkpoint(checkpoint_path, config, model, optimiser,
-                         numpy_rng=rng.bit_generator.state, history=history,
-                         state={"step": step, "elapsed": elapsed})  # fmt: skip
+        checkpoint.write_checkpoint(run_dir, config, model, optimiser, step=step,
+                                    numpy_rng=rng.bit_generator.state, history=history,
+                                    state={"step": step, "elapsed": elapsed})  # fmt: skip
 
     model.train()
     last_checkpoint = time.monotonic()
@@ -335,7 +361,10 @@ def train_maskrcnn(
         if time.monotonic() - last_checkpoint > config.checkpoint_every_s:
             save_checkpoint(step + 1, elapsed)
             last_checkpoint = time.monotonic()
-    _atomic_torch_save(model.state_dict(), run_dir / "model.pt")
+    from safetensors.torch import save_file
+
+    with atomic_write(run_dir / WEIGHTS, overwrite=True) as tmp:
+        save_file({k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}, tmp)
     _write_json(run_dir / "config.json", dataclasses.asdict(config))
     if normaliser is not None:
         _write_json(run_dir / "normaliser.json", normaliser.to_dict())
@@ -391,7 +420,7 @@ class MaskRCNNSegmenter:
         folder = Path(path)
         config = json.loads((folder / "config.json").read_text())
         model = build_maskrcnn(config["backbone"])
-        model.load_state_dict(torch.load(folder / "model.pt", map_location="cpu"))
+        model.load_state_dict(read_weights(folder))
         normaliser = None
         if (folder / "normaliser.json").is_file():
             state = json.loads((folder / "normaliser.json").read_text())

@@ -116,34 +116,45 @@ def hardware() -> str:
     return f"{name}, {os.cpu_count()} cores"
 
 
-def _checkpoint_elapsed(path: Path, config: dict[str, Any]) -> float | None:
-    """Seconds of training in the checkpoint ``path`` if it holds ``config``, else ``None``."""
-    import torch
+def _checkpoint_elapsed(folder: Path, config: Any) -> float | None:
+    """Seconds of training in the checkpoint of ``folder`` if it holds ``config``, else ``None``.
 
-    if not path.is_file():
+    Only the JSON record is read (:mod:`nucseg.training.checkpoint`): nothing is unpickled.
+    """
+    from nucseg.training import checkpoint
+
+    if not checkpoint.exists(folder):
+        if (folder / checkpoint.LEGACY).is_file():
+            log.warning("%s is an old pickle checkpoint, not read; training from the start",
+                        folder / checkpoint.LEGACY)  # fmt: skip
         return None
     try:
-        # mmap: only the config and state are read, not the (up to ~600 MB) weights
-        saved = torch.load(path, map_location="cpu", weights_only=False, mmap=True)
-    except Exception as error:  # a checkpoint from another version or a damaged file
-        log.warning("%s cannot be read (%s); training from the start", path, error)
+        record = checkpoint.check_config(folder, config)
+    except ValueError as error:  # another config, or a damaged record
+        log.warning("%s; training from the start", error)
         return None
-    if saved.get("config") != config:
-        log.warning("%s was written with another config; training from the start", path)
-        return None
-    return float(saved["state"]["elapsed"])
+    return float(record["extra"]["state"]["elapsed"])
 
 
 class Reproduction:
     """One reproduction run: ``Reproduction(config, out, models).run()``."""
 
     def __init__(
-        self, config: ReproduceConfig, out: str | Path, models: str | Path | None = None
+        self,
+        config: ReproduceConfig,
+        out: str | Path,
+        models: str | Path | None = None,
+        *,
+        allow_code_change: bool = False,
     ) -> None:
+        from nucseg.provenance import provenance
+
         self.config = config
         self.out = Path(out)
         self.models = Path(models) if models is not None else self.out / "models"
         self.scores = self.out / "scores"
+        self.allow_code_change = allow_code_change
+        self.origin = provenance()  # once, at the start: edits made while it runs do not count
 
     # -- training --
     def _unet_config(self, name: str) -> dict[str, Any]:
@@ -159,7 +170,7 @@ class Reproduction:
 
     def _mark(self, folder: Path, seconds: float) -> None:
         record = {"train_seconds": round(seconds, 1), "hardware": hardware()}
-        (folder / "trained.json").write_text(json.dumps(record) + "\n")
+        _atomic_text(folder / "trained.json", json.dumps(record) + "\n")
 
     def train_unet(self, name: str) -> Path:
         """The run folder of U-Net ``name``, trained now unless its weights are there.
@@ -181,7 +192,7 @@ class Reproduction:
         """``train(resume)`` into ``folder``: resume if its checkpoint holds ``config``, else
         clear the folder and start; record the training time (with the checkpoint's)."""
         start = time.monotonic()
-        before = _checkpoint_elapsed(folder / "checkpoint.pt", dataclasses.asdict(config))
+        before = _checkpoint_elapsed(folder, config)
         if before is None:
             if folder.exists():
                 shutil.rmtree(folder)
@@ -213,7 +224,7 @@ class Reproduction:
         from nucseg.maskrcnn import MaskRCNNConfig, MaskRCNNSegmenter, train_maskrcnn
 
         folder = self.models / "maskrcnn"
-        if not self._trained(folder, "model.pt"):
+        if not (self._trained(folder, "model.safetensors") or self._trained(folder, "model.pt")):
             values = dict(self.config.maskrcnn)
             if "maskrcnn" in self.config.budgets:
                 values.update(time_budget_s=self.config.budgets["maskrcnn"], steps=None)
@@ -242,7 +253,7 @@ class Reproduction:
         val = [(i, s.image, s.labels) for i in sorted(val_ids)
                for s in [datasets.load_sample(train_config.dataset, i)]]  # fmt: skip
         record = ensemble.tune(val)
-        (folder / "thresholds.json").write_text(json.dumps(record, indent=1) + "\n")
+        _atomic_text(folder / "thresholds.json", json.dumps(record, indent=1) + "\n")
         seconds = sum(json.loads((Path(f) / "trained.json").read_text())["train_seconds"]
                       for f in stage_one)  # fmt: skip
         self._mark(folder, seconds + time.monotonic() - start)
@@ -275,10 +286,12 @@ class Reproduction:
         """Train (if needed) and score ``method`` on every test set; writes its score files."""
         from nucseg import datasets
         from nucseg.metrics import coco_map_dataset
-        from nucseg.pipeline import evaluate, provenance
+        from nucseg.pipeline import evaluate
+        from nucseg.provenance import model_sha256
 
-        origin = provenance()
         segmenter, folder = self._segmenter(method)
+        models = {} if folder is None else {str(folder): model_sha256(folder)}
+        origin = {**self.origin, "models": models}
         trained = {"train_seconds": 0.0, "hardware": hardware()}
         if folder is not None and (folder / "trained.json").is_file():
             trained = json.loads((folder / "trained.json").read_text())
@@ -318,6 +331,28 @@ class Reproduction:
                 tmp.write_text(json.dumps(record, indent=1) + "\n")
             log.info("%s on %s: AJI %.4f", method, dataset, result["aji"])
 
+    def check_code(self) -> None:
+        """Refuse to add scores to a run whose scores came from another commit.
+
+        Raises ``ValueError`` naming the commits unless ``allow_code_change``; scores written
+        without a commit (outside a git checkout) are not compared.
+        """
+        if self.allow_code_change or not self.scores.is_dir():
+            return
+        now = self.origin.get("commit")
+        others = {}
+        for path in sorted(self.scores.glob("*.json")):
+            commit = json.loads(path.read_text()).get("provenance", {}).get("commit")
+            if commit is not None and now is not None and commit != now:
+                others.setdefault(commit, path)
+        if others:
+            commit, path = next(iter(others.items()))
+            raise ValueError(
+                f"{self.out} holds scores of commit {commit[:10]} (e.g. {path.name}) and this "
+                f"is commit {now[:10]}: pass --allow-code-change to add scores of changed code "
+                "to it, or choose another --out"
+            )
+
     def run(self, *, methods: list[str] | None = None, progress: bool = True) -> None:
         """Every configured method not done yet, then the tables and figures.
 
@@ -330,6 +365,7 @@ class Reproduction:
             raise ValueError(
                 f"methods {unknown} are not in the config's methods {list(self.config.methods)}"
             )
+        self.check_code()
         self.out.mkdir(parents=True, exist_ok=True)
         _atomic_text(
             self.out / "config.json", json.dumps(dataclasses.asdict(self.config), indent=1) + "\n"

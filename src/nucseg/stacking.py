@@ -173,7 +173,7 @@ def train_gb_unet(config: GBConfig, run_dir: str | Path, *, progress: bool = Tru
     from nucseg.losses import CombinedLoss
     from nucseg.models import create_model, save_model
     from nucseg.targets import unet_weight_map
-    from nucseg.train import TrainConfig, budgeted_steps, split_ids, write_history
+    from nucseg.train import TrainConfig, _write_json, budgeted_steps, split_ids, write_history
 
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
@@ -226,11 +226,11 @@ def train_gb_unet(config: GBConfig, run_dir: str | Path, *, progress: bool = Tru
         bar.set_postfix(loss=f"{loss.item():.3f}")
     save_model(run_dir / "model.safetensors", model, fp16=True)
     config_record = dataclasses.asdict(config)
-    (run_dir / "config.json").write_text(json.dumps(config_record, indent=1) + "\n")
+    _write_json(run_dir / "config.json", config_record)
     maps = [predict_feature_maps(model, x, overlap=config.predict_overlap)[..., 1] for x, _ in val]
     record = _tune(maps, [labels for _, labels in val]) if val else {"method": "paper",
                                                                       "params": {}}  # fmt: skip
-    (run_dir / "thresholds.json").write_text(json.dumps(record, indent=1) + "\n")
+    _write_json(run_dir / "thresholds.json", record)
     write_history(run_dir, history)
     return run_dir
 

@@ -3,8 +3,9 @@
 The run folder holds ``config.json``, ``model.safetensors`` (final weights, fp16 if asked, with the
 arguments that rebuild the network), ``normaliser.json`` (stain normaliser fitted on the training
 images), ``thresholds.json`` (post-processing tuned on the validation images), ``history.csv``,
-``loss.png`` and ``checkpoint.pt`` (config, weights, optimiser, step, RNG state and history; a
-killed run resumes from it to the same result as an uninterrupted one).
+``loss.png`` and a checkpoint (``checkpoint.json`` and ``checkpoint-<step>.safetensors``: config,
+weights, optimiser, step, RNG state and history, see :mod:`nucseg.training.checkpoint`; a killed
+run resumes from it to the same result as an uninterrupted one).
 
 Data: the training images are stain-normalised, cut into tiles (256 x 256 with 10 % overlap, as
 the paper), and each step draws a batch of tiles in an order fixed by the seed. Every tile's
@@ -33,6 +34,8 @@ from tqdm.auto import tqdm
 from nucseg._checks import check_steps_or_budget, dataclass_from_dict
 from nucseg.infer import autocast, default_device, input_stats, to_tensor
 from nucseg.io import atomic_write
+from nucseg.training import checkpoint
+from nucseg.training.checkpoint import load_checkpoint, write_checkpoint  # noqa: F401
 
 log = logging.getLogger(__name__)
 
@@ -255,47 +258,6 @@ def learning_rate(step: int, total: int, config: TrainConfig) -> float:
     return config.lr * (0.01 + 0.99 * 0.5 * (1 + math.cos(math.pi * progress)))
 
 
-def _atomic_torch_save(obj: Any, path: Path) -> None:
-    with atomic_write(path, overwrite=True) as tmp:
-        torch.save(obj, tmp)
-
-
-def write_checkpoint(
-    path: Path, config: Any, model: torch.nn.Module, optimiser: torch.optim.Optimizer, **extra: Any
-) -> None:
-    """Save a resumable training state: config, weights, optimiser, torch RNG and ``extra``."""
-    _atomic_torch_save(
-        {
-            "config": dataclasses.asdict(config),
-            "model": model.state_dict(),
-            "optimiser": optimiser.state_dict(),
-            "torch_rng": torch.get_rng_state(),
-            **extra,
-        },
-        path,
-    )
-
-
-def load_checkpoint(
-    path: Path,
-    config: Any,
-    model: torch.nn.Module,
-    optimiser: torch.optim.Optimizer,
-    device: torch.device,
-) -> dict[str, Any]:
-    """Restore what :func:`write_checkpoint` saved into ``model``, ``optimiser`` and the torch RNG.
-
-    Returns the whole record (for the caller's ``extra``); refuses a checkpoint of another config.
-    """
-    saved = torch.load(path, map_location=device, weights_only=False)
-    if saved["config"] != dataclasses.asdict(config):
-        raise ValueError(f"{path} was written with another config")
-    model.load_state_dict(saved["model"])
-    optimiser.load_state_dict(saved["optimiser"])
-    torch.set_rng_state(saved["torch_rng"])
-    return saved
-
-
 def _write_json(path: Path, obj: Any) -> None:
     with atomic_write(path, overwrite=True) as tmp:
         tmp.write_text(json.dumps(obj, indent=1, default=_jsonable) + "\n")
@@ -370,7 +332,8 @@ def fit(
     run_dir : path-like
         Output folder.
     resume : bool, optional
-        Continue from ``run_dir/checkpoint.pt`` (its config must equal ``config``).
+        Continue from the run's checkpoint (its config must equal ``config``; checked before
+        anything is written).
     overwrite : bool, optional
         Start afresh in a non-empty ``run_dir``.
     progress : bool, optional
@@ -388,14 +351,13 @@ def fit(
     from nucseg.losses import CombinedLoss
 
     run_dir = Path(run_dir)
-    checkpoint_path = run_dir / "checkpoint.pt"
-    if resume:
-        if not checkpoint_path.is_file():
-            raise FileNotFoundError(f"cannot resume: {checkpoint_path} does not exist")
+    if resume:  # before writing anything: a refused resume leaves the run as it was
+        checkpoint.check_config(run_dir, config)
     elif run_dir.exists() and any(run_dir.iterdir()) and not overwrite:
         raise FileExistsError(f"{run_dir} is not empty; pass --resume or --overwrite")
     run_dir.mkdir(parents=True, exist_ok=True)
-    _write_json(run_dir / "config.json", dataclasses.asdict(config))
+    if not resume:
+        _write_json(run_dir / "config.json", dataclasses.asdict(config))
 
     torch.manual_seed(config.seed)
     device = default_device()
@@ -420,7 +382,7 @@ def fit(
         )
     state = {"step": 0, "total_steps": config.steps, "history": [], "elapsed": 0.0}
     if resume:
-        saved = load_checkpoint(checkpoint_path, config, model, optimiser, device)
+        saved = checkpoint.load_checkpoint(run_dir, config, model, optimiser, device)
         if ema is not None:
             ema.load_state_dict(saved["ema"])
         state = saved["state"]
@@ -428,7 +390,9 @@ def fit(
 
     def save_checkpoint() -> None:
         extra = {} if ema is None else {"ema": ema.state_dict()}
-        write_checkpoint(checkpoint_path, config, model, optimiser, state=state, **extra)
+        checkpoint.write_checkpoint(
+            run_dir, config, model, optimiser, step=state["step"], state=state, **extra
+        )
 
     mean, std = input_stats(model)
     step_seconds: list[float] = []
@@ -754,7 +718,10 @@ def write_history(
     if not history:
         return
     columns = list(history[0])
-    with open(run_dir / "history.csv", "w", newline="") as handle:
+    with (
+        atomic_write(run_dir / "history.csv", overwrite=True) as tmp,
+        open(tmp, "w", newline="") as handle,
+    ):
         writer = csv.DictWriter(handle, fieldnames=columns)
         writer.writeheader()
         writer.writerows(history)
@@ -774,5 +741,6 @@ def write_history(
     ax.set_ylabel(loss_label)
     ax.legend()
     fig.tight_layout()
-    fig.savefig(run_dir / "loss.png")
+    with atomic_write(run_dir / "loss.png", overwrite=True) as tmp:
+        fig.savefig(tmp, format="png")
     plt.close(fig)

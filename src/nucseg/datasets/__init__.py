@@ -10,8 +10,10 @@ The data live under :func:`data_root` (``NUCSEG_DATA``, default ``../shared/data
 
 Datasets and splits
 -------------------
-- ``"monuseg"``: ``"train"`` (the paper's 36 non-breast images), ``"test"`` (the paper's 8 breast
-  images), ``"challenge-train"`` (30), ``"challenge-test"`` (14), ``"all"`` (44).
+- ``"monuseg"``: ``"breast"`` (the paper's test set: 8 breast images), ``"nonbreast"`` (the
+  paper's training set: the other 36), ``"challenge-train"`` (30), ``"challenge-test"`` (14),
+  ``"all"`` (44); ``"test"`` and ``"train"`` are the old names of ``"breast"`` and
+  ``"nonbreast"``.
 - ``"tnbc"``: ``"test"`` and ``"all"`` (the same 50 images; TNBC is only ever a test set).
 - A folder of images and labels: :func:`load_folder`.
 """
@@ -59,14 +61,22 @@ DATASETS: dict[str, _Dataset] = {
 }
 
 EVAL_DATASETS: dict[str, tuple[str, str]] = {
-    "monuseg-breast": ("monuseg", "test"),
-    "monuseg-nonbreast": ("monuseg", "train"),
-    "monuseg-train": ("monuseg", "challenge-train"),
-    "monuseg-test": ("monuseg", "challenge-test"),
+    "monuseg-breast": ("monuseg", "breast"),
+    "monuseg-nonbreast": ("monuseg", "nonbreast"),
+    "monuseg-challenge-train": ("monuseg", "challenge-train"),
+    "monuseg-challenge-test": ("monuseg", "challenge-test"),
     "monuseg": ("monuseg", "all"),
     "tnbc": ("tnbc", "all"),
 }
-"""Evaluation dataset names (as used by the CLI) -> ``(dataset, split)``."""
+"""Evaluation dataset names (as used by the CLI) -> ``(dataset, split)``: ``DATASET-SPLIT``."""
+
+#: Former command-line names whose meaning clashed with the API's split names: refused.
+_AMBIGUOUS = {
+    "monuseg-test": "monuseg-challenge-test (the challenge's 14 test images) or monuseg-breast "
+    "(the paper's 8 breast test images)",
+    "monuseg-train": "monuseg-challenge-train (the challenge's 30 training images) or "
+    "monuseg-nonbreast (the paper's 36 training images)",
+}
 
 
 def _dataset(name: str) -> _Dataset:
@@ -155,6 +165,8 @@ def _iter_samples(
 
 def resolve_eval_dataset(name: str) -> tuple[str, str]:
     """Map an evaluation dataset name (see :data:`EVAL_DATASETS`) to ``(dataset, split)``."""
+    if name in _AMBIGUOUS:
+        raise KeyError(f"evaluation dataset {name!r} is ambiguous; use {_AMBIGUOUS[name]}")
     if name not in EVAL_DATASETS:
         raise KeyError(
             f"unknown evaluation dataset {name!r}; valid names: {', '.join(EVAL_DATASETS)}"

@@ -19,9 +19,11 @@ outside the image) and ``n_hidden`` (every pixel taken by smaller overlapping nu
 
 Splits
 ------
-``"train"``/``"test"``: the paper's protocol (Lagree et al. 2021): test on the 8 breast images of
-:data:`PAPER_TEST_CASES`, train on the other 36. ``"challenge-train"`` (30) and
-``"challenge-test"`` (14): the challenge's own split. ``"all"``: the 44 images.
+``"breast"``/``"nonbreast"``: the paper's protocol (Lagree et al. 2021): test on the 8 breast
+images of :data:`PAPER_TEST_CASES`, train on the other 36 (``"test"``/``"train"`` are kept as
+their old names; the command line has no ``monuseg-test``, which meant the challenge's test set).
+``"challenge-train"`` (30) and ``"challenge-test"`` (14): the challenge's own split. ``"all"``:
+the 44 images.
 """
 
 from __future__ import annotations
@@ -42,7 +44,9 @@ from nucseg.datasets.manifest import image_file, read_manifest
 log = logging.getLogger(__name__)
 
 NAME = "monuseg"
-SPLITS = ("train", "test", "challenge-train", "challenge-test", "all")
+SPLITS = ("breast", "nonbreast", "challenge-train", "challenge-test", "all", "test", "train")
+#: The paper's splits under their old names (``split="test"`` always meant the 8 breast images).
+ALIASES = {"test": "breast", "train": "nonbreast"}
 PAPER_TEST_CASES = (
     "TCGA-A7-A13E", "TCGA-A7-A13F", "TCGA-AR-A1AK", "TCGA-AR-A1AS",
     "TCGA-E2-A1B5", "TCGA-E2-A14V", "TCGA-AC-A2FO", "TCGA-AO-A0J2",
@@ -187,10 +191,11 @@ def is_paper_test(image_id: str) -> bool:
     return any(image_id == case or image_id.startswith(case + "-") for case in PAPER_TEST_CASES)
 
 
-def monuseg_ids(split: str = "test", *, root: str | Path | None = None) -> list[str]:
+def monuseg_ids(split: str = "breast", *, root: str | Path | None = None) -> list[str]:
     """Sorted image ids of a split (see the module docstring); ``KeyError`` for an unknown split."""
     if split not in SPLITS:
         raise KeyError(f"unknown monuseg split {split!r}; valid splits: {', '.join(SPLITS)}")
+    split = ALIASES.get(split, split)
     rows = read_manifest(NAME, root)
     if split == "all":
         chosen = [r["id"] for r in rows]
@@ -204,7 +209,7 @@ def monuseg_ids(split: str = "test", *, root: str | Path | None = None) -> list[
                 f"the monuseg manifest should list {len(PAPER_TEST_CASES)} paper test images "
                 f"({', '.join(PAPER_TEST_CASES)}), found {len(test)}: {', '.join(test)}"
             )
-        chosen = test if split == "test" else [r["id"] for r in rows if r["id"] not in test]
+        chosen = test if split == "breast" else [r["id"] for r in rows if r["id"] not in test]
     return sorted(chosen)
 
 

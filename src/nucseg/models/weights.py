@@ -119,7 +119,13 @@ def read_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
         from safetensors.torch import load_file
 
         return load_file(path)
-    state = torch.load(path, map_location="cpu", weights_only=True)
+    try:  # PyTorch's restricted unpickler: tensors and plain containers, never code
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # pickle.UnpicklingError for anything else, or a damaged file
+        raise ValueError(
+            f"{path}: not a plain weights file; torch.load(weights_only=True) refused it "
+            f"({type(err).__name__})"
+        ) from None
     for wrapper in ("state_dict", "model"):
         if isinstance(state, dict) and isinstance(state.get(wrapper), dict):
             state = state[wrapper]
