@@ -91,6 +91,7 @@ def nucleus_polygons(
     if not scale > 0:
         raise ValueError(f"scale must be > 0, got {scale}")
     row0, col0 = (float(v) for v in offset)
+    moved = (row0, col0, scale) != (0.0, 0.0, 1.0)
     if not labels.size:
         return
     values = None
@@ -99,25 +100,29 @@ def nucleus_polygons(
     for index, box in enumerate(ndi.find_objects(labels), start=1):
         if box is None:
             continue
-        polygon = _mask_polygon(labels[box] == index, largest_piece=largest_piece)
-        r, c = box[0].start, box[1].start
-        polygon = shapely.transform(
-            polygon, lambda xy, r=r, c=c: (xy + (c, r)) * scale + (col0, row0)
-        )
+        origin = (box[0].start, box[1].start)
+        polygon = _mask_polygon(labels[box] == index, origin=origin, largest_piece=largest_piece)
+        if moved:
+            polygon = shapely.transform(polygon, lambda xy: xy * scale + (col0, row0))
         yield (index if values is None else int(values[index])), polygon
 
 
-def _mask_polygon(mask: np.ndarray, *, largest_piece: bool) -> Geometry:
-    """The valid pixel-edge polygon of a boolean mask (corners in the mask's own frame).
+def _mask_polygon(mask: np.ndarray, *, origin: tuple[int, int], largest_piece: bool) -> Geometry:
+    """The valid pixel-edge polygon of a boolean mask whose top-left pixel is at ``origin``.
 
     ``cv2.findContours`` returns boundary pixels of the foreground. On the mask upsampled 2x,
     each pixel becomes a 2x2 block whose boundary sub-pixels sit at 2r or 2r + 1 (rows) and 2c
     or 2c + 1 (columns); (u + 1) // 2 maps them to the pixel corners r or r + 1 (c or c + 1),
     for outer boundaries and holes alike.
     """
-    up = np.pad(mask, 1).astype(np.uint8).repeat(2, axis=0).repeat(2, axis=1)
+    h, w = mask.shape
+    up = np.zeros((2 * h + 4, 2 * w + 4), dtype=np.uint8)  # 1 pixel of padding, upsampled
+    for dr in (2, 3):
+        for dc in (2, 3):
+            up[dr : 2 * h + 2 : 2, dc : 2 * w + 2 : 2] = mask
     contours, hierarchy = cv2.findContours(up, cv2.RETR_CCOMP, cv2.CHAIN_APPROX_SIMPLE)
-    rings = [_corners(contour) for contour in contours]
+    shift = np.array([origin[1] - 1, origin[0] - 1])  # (x, y); -1 undoes the padding
+    rings = [_corners(contour, shift) for contour in contours]
     parents = hierarchy[0, :, 3]
     polygons = [
         Polygon(ring, [rings[j] for j in np.flatnonzero(parents == i)])
@@ -132,17 +137,18 @@ def _mask_polygon(mask: np.ndarray, *, largest_piece: bool) -> Geometry:
     return geometry
 
 
-def _corners(contour: np.ndarray) -> np.ndarray:
-    """Pixel corners (x, y) of a contour traced on the 2x upsampled, 1-padded mask."""
-    points = (contour[:, 0, :].astype(np.int64) + 1) // 2 - 1
-    while len(points) > 3:  # drop repeated, then collinear, vertices
-        points = points[np.any(points != np.roll(points, 1, axis=0), axis=1)]
-        before, after = np.roll(points, 1, axis=0) - points, np.roll(points, -1, axis=0) - points
-        cross = before[:, 0] * after[:, 1] - before[:, 1] * after[:, 0]
-        if cross.all():
-            break
-        points = points[cross != 0]
-    return points
+def _corners(contour: np.ndarray, shift: np.ndarray) -> np.ndarray:
+    """Pixel corners (x, y) of a contour traced on the 2x upsampled, 1-padded mask, plus shift.
+
+    Diagonal steps of the trace map to repeated corners and every other step to a horizontal or
+    vertical edge; the repeated corners and the vertices inside straight runs are dropped.
+    """
+    points = (contour[:, 0, :].astype(np.int64) + 1) // 2 + shift
+    step = np.sign(np.concatenate((points[1:], points[:1])) - points)  # edge leaving a vertex
+    moving = step.any(axis=1)
+    points, step = points[moving], step[moving]
+    turns = (step != np.concatenate((step[-1:], step[:-1]))).any(axis=1)
+    return points[turns]
 
 
 def polygon_measurements(
