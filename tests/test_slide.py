@@ -220,6 +220,16 @@ def test_tissue_and_roi_restrict_the_chunks(tmp_path):
     )
 
 
+def test_slide_without_tissue_gives_empty_outputs(tmp_path):
+    glass = np.full((300, 500, 3), 245, dtype=np.uint8)
+    path = write_slide(tmp_path / "glass.tif", glass.shape[:2], glass, mpp=0.25)
+    report = _run(path, tmp_path)
+    assert report["nuclei"] == 0 and report["chunks"] == 0 and report["tissue_mm2"] == 0
+    assert len(pd.read_parquet(tmp_path / "glass" / "nuclei.parquet")) == 0
+    assert json.loads((tmp_path / "glass" / "nuclei.geojson").read_text())["features"] == []
+    assert not tifffile.imread(tmp_path / "glass" / "labels.ome.tif").any()
+
+
 # --- resume ----------------------------------------------------------------------------------
 
 
