@@ -111,6 +111,7 @@ def cmd_segment(args: argparse.Namespace) -> int:
             tqdm.write(f"{record['image']}: skipped, its outputs exist", file=sys.stdout)
         else:
             tqdm.write(f"nucseg: error: {record['error']}", file=sys.stderr)
+        sys.stdout.flush()  # each line as its image finishes, also into a pipe
 
     records = segment_files(
         images,
