@@ -15,6 +15,7 @@ done. Single-process runs loop over the chunks; a Dask run can map the same func
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import logging
 import math
@@ -194,6 +195,28 @@ def read_window(reader: SlideReader, plan: SlidePlan, box: tuple[int, int, int, 
 def read_chunk(reader: SlideReader, plan: SlidePlan, index: tuple[int, int]) -> np.ndarray:
     """Pixels of a chunk's window (core and halo) at work resolution."""
     return read_window(reader, plan, plan.window(index))
+
+
+@functools.lru_cache(maxsize=2)
+def load_predictor(folder: str, predict_json: str) -> Any:
+    """The model of ``folder`` with prediction settings ``predict_json``, loaded once per process.
+
+    A slide's overlap is :data:`SLIDE_OVERLAP_PX` pixels of the tile unless the settings give
+    one. Cached, so a worker that runs many chunks (a Dask worker) loads the model once.
+    """
+    from nucseg.infer import Predictor
+
+    predict = json.loads(predict_json)
+    predictor = Predictor.load(folder, **predict)
+    if "overlap" not in predict:
+        predictor.options["overlap"] = SLIDE_OVERLAP_PX / predictor.options["tile"]
+    return predictor
+
+
+#: Overlap of the network's tiles on slides, in pixels, unless the settings give one: 16 pixels
+#: of a 256-pixel tile (0.0625) computes each pixel 1.14 times instead of 1.78 at the bundled
+#: model's 25 %, with the same validation AJI (results/slide/tiles.json).
+SLIDE_OVERLAP_PX = 16
 
 
 class ChunkSegmenter:

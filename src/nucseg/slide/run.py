@@ -35,11 +35,6 @@ __all__ = ["DEFAULT_MODEL_MPP", "model_mpp", "output_paths", "segment_slide", "s
 DEFAULT_MODEL_MPP = 0.25
 
 
-#: Overlap of the network's tiles on slides, in pixels, unless ``predict`` sets one: 16 pixels
-#: of a 256-pixel tile (0.0625) computes each pixel 1.14 times instead of 1.78 at the bundled
-#: model's 25 %, with the same validation AJI (results/slide/tiles.json).
-SLIDE_OVERLAP_PX = 16
-
 #: Default chunk core: 2160 = 9 x 240, so that a core with its two 128-pixel halos is covered by
 #: exactly 10 x 10 tiles of 256 pixels overlapping by 16.
 DEFAULT_CHUNK = 2160
@@ -226,7 +221,7 @@ def segment_slide(
         _save_plan(chunk_dir, plan, resume=resume)
 
         t = time.perf_counter()
-        segment, setup = _build_segmenter(work, reader, plan, predict or {})
+        segment, setup = _build_segmenter(work, reader, plan, predict or {}, chunk_dir)
         times["model_and_stain_s"] = time.perf_counter() - t
 
         t = time.perf_counter()
@@ -336,24 +331,35 @@ def _save_plan(chunk_dir: Path, plan: engine.SlidePlan, *, resume: bool) -> None
 
 
 def _build_segmenter(
-    work: dict[str, Any], reader: Any, plan: engine.SlidePlan, predict: dict[str, Any]
+    work: dict[str, Any],
+    reader: Any,
+    plan: engine.SlidePlan,
+    predict: dict[str, Any],
+    chunk_dir: Path,
 ) -> tuple[Callable[[np.ndarray], np.ndarray], Any]:
+    """The chunks' segmenter; for a model, the slide's stain statistics are fitted once and kept
+    in ``chunks/stain.json``, so a resumed run (or a worker) uses the very same ones."""
     if work["kind"] == "callable":
         return work["segmenter"], {}
     if work["kind"] == "method":
         from nucseg.pipeline import make_segmenter
 
         return make_segmenter(work["method"]), {}
-    from nucseg.infer import Predictor
+    predictor = engine.load_predictor(str(work["folder"]), json.dumps(predict, sort_keys=True))
+    stain_file = chunk_dir / "stain.json"
+    if stain_file.is_file():
+        source = json.loads(stain_file.read_text())["source"]
+    else:
+        from nucseg.io import atomic_write
 
-    predictor = Predictor.load(work["folder"], **predict)
-    if "overlap" not in predict:  # slides: a thin overlap (see SLIDE_OVERLAP_PX)
-        predictor.options["overlap"] = SLIDE_OVERLAP_PX / predictor.options["tile"]
-    source = engine.fit_stain(reader, plan, predictor.normaliser)
+        source = engine.fit_stain(reader, plan, predictor.normaliser)
+        with atomic_write(stain_file) as tmp:
+            tmp.write_text(json.dumps({"source": source}))
     stain = None
     if predictor.normaliser is not None:
         stain = {"normaliser": predictor.normaliser.name, "source": source}
-    return engine.ChunkSegmenter(predictor, source), {"stain": stain, "predict": predictor.options}
+    segmenter = engine.ChunkSegmenter(predictor, source)
+    return segmenter, {"stain": stain, "predict": predictor.options}
 
 
 def _run_chunks(
