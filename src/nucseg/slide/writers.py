@@ -13,6 +13,7 @@ import gzip
 import json
 import math
 import uuid
+import zlib
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
@@ -136,19 +137,27 @@ def compose_labels(
 
 def _label_tiles(
     chunks: Sequence[ChunkInfo], shape: tuple[int, int], factor: int, scale: float
-) -> Iterator[np.ndarray]:
-    """Tiles of the label level ``factor`` times smaller than level 0, row-major."""
+) -> Iterator[bytes]:
+    """zlib-compressed tiles of the label level ``factor`` times smaller than level 0, row-major.
+
+    Tiles are encoded here (tifffile writes encoded bytes as they are) so that the empty tiles
+    of a mostly-background slide share one encoding instead of being compressed one by one.
+    """
     offsets = _offsets(chunks)
     rows, cols = -(-shape[0] // factor), -(-shape[1] // factor)
     col_index = np.arange(cols) * factor
+    empty = zlib.compress(np.zeros((TILE, TILE), dtype="<i4").tobytes(), 6)
     for ty in range(0, rows, TILE):
         row_index = np.arange(ty, min(ty + TILE, rows)) * factor
         band = compose_labels(chunks, row_index, col_index, scale=scale, offsets=offsets)
         for tx in range(0, cols, TILE):
-            tile = np.zeros((TILE, TILE), dtype=np.int32)
             part = band[:, tx : tx + TILE]
+            if not part.any():
+                yield empty
+                continue
+            tile = np.zeros((TILE, TILE), dtype="<i4")
             tile[: part.shape[0], : part.shape[1]] = part
-            yield tile
+            yield zlib.compress(tile.tobytes(), 6)
 
 
 def write_label_pyramid(
