@@ -116,7 +116,7 @@ def test_tiny_reproduction_writes_every_table_and_figure_and_resumes(data_root, 
 
 
 def test_a_rescored_methods_kept_figure3_labels_are_replaced(tmp_path):
-    from nucseg.reproduce import _keep_figure3_images
+    from nucseg.reproduce_report import _keep_figure3_images
 
     def record(ajis):
         return {"per_image": {image_id: {"aji": aji} for image_id, aji in ajis.items()}}
