@@ -289,3 +289,23 @@ def test_tissue_maps_equal_predict_maps_and_skip_glass():
     glass = np.full((300, 600, 3), 240, dtype=np.uint8)
     maps = predict_tissue_maps(predictor, glass, tissue=glass)
     assert maps.shape[:2] == glass.shape[:2] and (maps[..., 0] == 1).all()
+
+
+def test_segment_warns_when_the_image_scale_differs_from_the_model(tmp_path, capsys):
+    from nucseg.cli import main
+    from nucseg.slide.cli import scale_warnings
+
+    image = np.full((64, 64, 3), 200, dtype=np.uint8)
+    tifffile.imwrite(
+        tmp_path / "x20.tif", image, resolution=(2e4, 2e4), resolutionunit="CENTIMETER"
+    )
+    tifffile.imwrite(tmp_path / "plain.tif", image)
+    paths = [tmp_path / "x20.tif", tmp_path / "plain.tif"]
+    (line,) = scale_warnings(paths, mpp=None, model=None)  # 0.5 um/px against 0.25
+    assert "x20.tif" in line and "0.5 um/px" in line and "--mpp" in line
+    assert scale_warnings(paths, mpp=0.27, model=None) == []  # --mpp overrides, within 25 %
+    assert len(scale_warnings(paths, mpp=0.4, model=None)) == 2
+    assert (
+        main(["segment", *map(str, paths), "--out", str(tmp_path / "out"), "--method", "otsu"]) == 0
+    )
+    assert capsys.readouterr().err.count("nucseg: warning:") == 1

@@ -97,6 +97,10 @@ def cmd_segment(args: argparse.Namespace) -> int:
     _check_segmenter(args)
     plan_outputs(images, args.out, overwrite=args.overwrite, skip_existing=args.skip_existing)
     segmenter = _segmenter(args)
+    from nucseg.slide.cli import scale_warnings
+
+    for line in scale_warnings(images, mpp=args.mpp, model=args.model):
+        print(line, file=sys.stderr)
 
     def show(record: dict) -> None:  # as each image finishes, above the progress bar
         from tqdm.auto import tqdm
@@ -346,6 +350,13 @@ def build_parser() -> argparse.ArgumentParser:
         "--skip-existing",
         action="store_true",
         help="skip an image whose four output files all exist (e.g. to finish a killed run)",
+    )
+    p.add_argument(
+        "--mpp",
+        type=float,
+        default=None,
+        help="microns per pixel of the images (default: each file's own, if it records one); "
+        "a warning when it differs from the model's by more than 25 %%",
     )
     method_options(p)
     p.set_defaults(func=cmd_segment)

@@ -149,3 +149,23 @@ def _write_summary(path: Path, rows: list[dict[str, Any]]) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     with atomic_write(path, overwrite=True) as tmp:
         Path(tmp).write_text(buffer.getvalue())
+
+
+def scale_warnings(images: list[Path], *, mpp: float | None, model: str | None) -> list[str]:
+    """``nucseg segment``'s scale check: one line per image whose microns per pixel (``mpp``,
+    else the file's own) differs from the model's by more than 25 %.
+
+    ``model`` is a model name or folder, None for a classical method (whose parameters were
+    tuned on 40x images: :data:`nucseg.slide.run.DEFAULT_MODEL_MPP`).
+    """
+    from nucseg.pipeline import resolve_model
+    from nucseg.slide.reader import file_mpp, scale_mismatch
+    from nucseg.slide.run import DEFAULT_MODEL_MPP, model_mpp
+
+    expected = model_mpp(resolve_model(model))[0] if model is not None else DEFAULT_MODEL_MPP
+    lines = []
+    for image in images:
+        message = scale_mismatch(mpp if mpp is not None else file_mpp(image), expected)
+        if message is not None:
+            lines.append(f"nucseg: warning: {image}: {message}")
+    return lines

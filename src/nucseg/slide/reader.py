@@ -330,14 +330,28 @@ def resize(image: np.ndarray, size: tuple[int, int]) -> np.ndarray:
 
 
 def file_mpp(path: str | os.PathLike) -> float | None:
-    """Microns per pixel recorded in an image file (OME, OpenSlide or TIFF tags), else None.
+    """Microns per pixel recorded in an image file's metadata, else None; decodes no pixels.
 
-    For ``nucseg segment``: plain PNG and JPEG files give None.
+    TIFFs: the OME ``PhysicalSizeX/Y`` or the resolution tags; other files: OpenSlide's
+    ``openslide.mpp-x/y`` if OpenSlide opens them. For ``nucseg segment``'s scale check.
     """
+    path = Path(path)
     try:
-        with open_slide(path) as slide:
-            return slide.mpp
-    except (OSError, ValueError):
+        if path.suffix.lower() in _TIFF_SUFFIXES:
+            with tifffile.TiffFile(path) as tif:
+                ome = tif.is_ome
+                if not ome:
+                    return _resolution_mpp(tif.pages.first)
+            with TiffReader(path) as reader:
+                return reader.mpp
+        import openslide
+
+        with openslide.OpenSlide(os.fspath(path)) as slide:
+            props = slide.properties
+            return _mean_mpp(
+                _float(props.get("openslide.mpp-x")), _float(props.get("openslide.mpp-y"))
+            )
+    except Exception:  # unreadable or not a slide: no mpp (reading it reports the error)
         return None
 
 
