@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -9,6 +10,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 import shapely
+import shapely.affinity
+import shapely.geometry
 from helpers import data_file
 from skimage import draw
 
@@ -44,18 +47,25 @@ def _assert_exact(labels: np.ndarray) -> int:
         mask = labels == label
         assert polygon.is_valid, (label, shapely.is_valid_reason(polygon))
         assert polygon.area == mask.sum()
-        np.testing.assert_array_equal(_rasterise(polygon, labels.shape), mask)
+        rows, cols = np.nonzero(mask)
+        r0, r1, c0, c1 = rows.min(), rows.max() + 1, cols.min(), cols.max() + 1
+        assert polygon.bounds == (c0, r0, c1, r1)  # nothing outside the label's bounding box
+        box = _rasterise(shapely.affinity.translate(polygon, -c0, -r0), (r1 - r0, c1 - c0))
+        np.testing.assert_array_equal(box, mask[r0:r1, c0:c1])
     return len(polygons)
 
 
-def _assert_valid_with_pixel_area(labels: np.ndarray) -> None:
-    """Valid polygons whose areas are the pixel counts (real images: no per-pixel rasterising)."""
-    pairs = list(nucleus_polygons(labels))
-    geometries = np.array([polygon for _, polygon in pairs], dtype=object)
+def _assert_written_polygons_valid(labels: np.ndarray, path: Path) -> None:
+    """Every polygon of the GeoJSON written for ``labels`` is valid; its area is the pixel count."""
+    io.export_geojson(path, labels, mpp=0.25)
+    features = json.loads(path.read_text())["features"]
+    geometries = np.array([shapely.geometry.shape(f["geometry"]) for f in features], dtype=object)
     assert shapely.is_valid(geometries).all()
     counts = np.bincount(labels.ravel())
-    np.testing.assert_array_equal(shapely.area(geometries), counts[[k for k, _ in pairs]])
-    assert len(pairs) == np.count_nonzero(counts[1:])
+    values = [f["properties"]["measurements"] for f in features]
+    assert [v["label"] for v in values] == (np.flatnonzero(counts[1:]) + 1).tolist()
+    np.testing.assert_array_equal(shapely.area(geometries), counts[[v["label"] for v in values]])
+    np.testing.assert_array_equal([v["area_px2"] for v in values], shapely.area(geometries))
 
 
 # --- toy cases worked out by hand ----------------------------------------------------------------
@@ -200,19 +210,21 @@ def test_measurements_of_nothing():
 
 
 @pytest.mark.parametrize("image_id", MONUSEG_BREAST)
-def test_monuseg_breast_ground_truth_polygons_are_valid(image_id):
+def test_monuseg_breast_ground_truth_polygons_are_valid(image_id, tmp_path):
     from nucseg import datasets
 
     data_file(f"monuseg/images/{image_id}.tif")
     _, _, labels = datasets.load_sample("monuseg", image_id)
-    _assert_valid_with_pixel_area(labels)
+    _assert_written_polygons_valid(labels, tmp_path / "gt.geojson")
 
 
-def test_bundled_example_polygons_are_valid():
+def test_bundled_example_polygons_are_valid(tmp_path):
     labels = io.read_labels(EXAMPLE / "labels" / "TCGA-A7-A13E-crop.png")
     assert _assert_exact(labels) > 50
+    _assert_written_polygons_valid(labels, tmp_path / "gt.geojson")
     predicted = fiji(io.read_image(EXAMPLE / "images" / "TCGA-A7-A13E-crop.png"))
     assert _assert_exact(predicted) > 50
+    _assert_written_polygons_valid(predicted, tmp_path / "fiji.geojson")
 
 
 def test_geometry_does_not_import_torch():
