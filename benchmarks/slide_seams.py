@@ -31,7 +31,9 @@ from nucseg.slide.synthetic import mosaic_region, write_slide
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", default="default")
-    parser.add_argument("--chunk", type=int, default=2048)
+    parser.add_argument(  # smaller than nucseg slide's default, so seams cross most images
+        "--chunk", type=int, default=2160
+    )
     parser.add_argument("--halo", type=int, default=128)
     parser.add_argument("--gap", type=int, default=256)
     parser.add_argument("--out", type=Path, default=Path("results/slide/seams.json"))

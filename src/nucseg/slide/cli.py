@@ -46,7 +46,7 @@ def add_parser(sub: Any) -> None:
         "--roi", type=_roi, action="append", metavar="X,Y,W,H", help="level-0 region (repeatable)"
     )
     p.add_argument("--roi-geojson", type=Path, metavar="FILE", help="QuPath annotations to keep")
-    p.add_argument("--chunk", type=int, default=2160, help="chunk core side, model pixels")
+    p.add_argument("--chunk", type=int, default=4080, help="chunk core side, model pixels")
     p.add_argument("--halo", type=int, default=128, help="chunk halo, model pixels")
     p.add_argument("--tile", type=int, default=None, help="network tile side (default: model's)")
     p.add_argument(

@@ -123,7 +123,7 @@ def make_plan(
     *,
     mpp: float,
     model_mpp: float,
-    chunk: int = 2160,
+    chunk: int = 4080,
     halo: int = 128,
     tissue: np.ndarray | None = None,
     tissue_downsample: float = 1.0,
