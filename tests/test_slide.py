@@ -309,3 +309,27 @@ def test_segment_warns_when_the_image_scale_differs_from_the_model(tmp_path, cap
         main(["segment", *map(str, paths), "--out", str(tmp_path / "out"), "--method", "otsu"]) == 0
     )
     assert capsys.readouterr().err.count("nucseg: warning:") == 1
+
+
+def test_chunk_tasks_reproduce_the_loop(seam_slide, tmp_path):
+    """A worker's chunk_task, given only the chunks folder and an index, writes the same files."""
+    import shutil
+
+    from nucseg.slide.engine import SlidePlan, chunk_name, chunk_task
+
+    path, _, chunk = seam_slide
+    _run(path, tmp_path / "loop", segmenter=None, method="otsu", chunk=chunk, keep_chunks=True)
+    reference = tmp_path / "loop" / "seams" / "chunks"
+    tasks = tmp_path / "tasks"
+    tasks.mkdir()
+    shutil.copy(reference / "plan.json", tasks)
+    plan = SlidePlan.from_json((tasks / "plan.json").read_text())
+    for index in reversed(plan.chunks):  # any order
+        assert chunk_task(tasks, index, method="otsu")["chunk"] == chunk_name(index)
+    assert chunk_task(tasks, plan.chunks[0], method="otsu")["skipped"]
+    assert sorted(p.name for p in reference.glob("r*")) == sorted(p.name for p in tasks.glob("r*"))
+    for file in sorted(reference.glob("r*")):
+        if file.suffix == ".npy":
+            np.testing.assert_array_equal(np.load(file), np.load(tasks / file.name))
+        else:
+            pd.testing.assert_frame_equal(pd.read_parquet(file), pd.read_parquet(tasks / file.name))

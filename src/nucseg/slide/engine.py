@@ -35,6 +35,7 @@ __all__ = [
     "ChunkSegmenter",
     "SlidePlan",
     "chunk_done",
+    "chunk_task",
     "chunk_name",
     "fit_stain",
     "make_plan",
@@ -388,3 +389,51 @@ def run_chunk(
         "segment_s": segment_s,
         "seconds": time.perf_counter() - start,
     }
+
+
+def chunk_task(
+    chunk_dir: str | os.PathLike,
+    index: tuple[int, int],
+    *,
+    model: str | os.PathLike | None = None,
+    method: str | None = None,
+    predict: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    """Segment one chunk of a planned run from what its ``chunks/`` folder holds: for workers.
+
+    Reads ``plan.json`` (and, for a model, ``stain.json``) from ``chunk_dir``, builds the
+    segmenter (a model is loaded once per process, see :func:`load_predictor`) and calls
+    :func:`run_chunk`; a chunk already done is skipped. The task carries a path and two integers,
+    never pixels, so a Dask worker sharing the slide and the output folder can run it.
+
+    Parameters
+    ----------
+    chunk_dir : path-like
+        The run's ``chunks/`` folder, as written by :func:`nucseg.slide.segment_slide`.
+    index : (int, int)
+        Chunk row and column, one of the plan's chunks.
+    model : path-like, optional
+        Model folder (as resolved by :func:`nucseg.pipeline.resolve_model`).
+    method : str, optional
+        A classical method instead.
+    predict : dict, optional
+        Prediction settings, as given to :func:`nucseg.slide.segment_slide`.
+    """
+    chunk_dir = Path(chunk_dir)
+    index = (int(index[0]), int(index[1]))
+    if chunk_done(chunk_dir, index):
+        return {"chunk": chunk_name(index), "skipped": True}
+    plan = SlidePlan.from_json((chunk_dir / "plan.json").read_text())
+    if index not in plan.chunks:
+        raise ValueError(f"chunk {index} is not one of the {len(plan.chunks)} chunks of the plan")
+    if (model is None) == (method is None):
+        raise ValueError("give exactly one of a model folder and a method")
+    if method is not None:
+        from nucseg.pipeline import make_segmenter
+
+        segmenter = make_segmenter(method)
+    else:
+        predictor = load_predictor(str(model), json.dumps(predict or {}, sort_keys=True))
+        source = json.loads((chunk_dir / "stain.json").read_text())["source"]
+        segmenter = ChunkSegmenter(predictor, source)
+    return run_chunk(plan, segmenter, index, chunk_dir)
