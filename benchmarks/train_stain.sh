@@ -10,7 +10,12 @@ mkdir -p runs/base32
 for f in config.json model.safetensors normaliser.json thresholds.json; do
     git show 6786155:src/nucseg/data/models/default/$f > runs/base32/$f
 done
-for name in stain-nonorm stain-norm; do
+suffix=""
+if [ "${1:-}" = "--long" ]; then  # the fixed-length versions (1,400 steps; docs/training.md)
+    suffix="-long"
+    shift
+fi
+for name in stain-nonorm$suffix stain-norm$suffix; do
     OMP_NUM_THREADS=1 nohup .venv/bin/nucseg train configs/$name.json --out runs/$name "$@" \
         > runs/$name.log 2>&1 &
 done
