@@ -123,6 +123,17 @@ def test_cli_without_mpp_fails_before_loading_the_model(tmp_path):
     assert "failed" in (tmp_path / "out" / "slides.csv").read_text()
 
 
+@pytest.mark.parametrize(
+    "option", [["--chunk", "0"], ["--halo", "-1"], ["--overlap", "1.5"], ["--tile", "0"]]
+)
+def test_cli_rejects_bad_options_before_any_slide(tmp_path, capsys, option):
+    from nucseg.cli import main
+
+    assert main(["slide", "missing.svs", "--out", str(tmp_path), *option]) == 2
+    assert capsys.readouterr().err.startswith(f"nucseg: error: {option[0]}")
+    assert not (tmp_path / "slides.csv").exists()
+
+
 # --- seams and outputs -----------------------------------------------------------------------
 
 

@@ -70,6 +70,12 @@ def cmd_slide(args: argparse.Namespace) -> int:
         raise ValueError("give either --model or --method, not both")
     if args.roi_geojson is not None and not args.roi_geojson.is_file():
         raise FileNotFoundError(f"--roi-geojson {args.roi_geojson}: no such file")
+    if args.chunk < 1 or args.halo < 0:
+        raise ValueError(f"--chunk must be >= 1 and --halo >= 0, got {args.chunk} and {args.halo}")
+    if args.overlap is not None and not 0 <= args.overlap < 1:
+        raise ValueError(f"--overlap is a fraction of the tile in [0, 1), got {args.overlap}")
+    if args.tile is not None and args.tile < 1:
+        raise ValueError(f"--tile must be a positive number of pixels, got {args.tile}")
     stems = [slide_stem(p) for p in args.slides]
     clash = sorted({s for s in stems if stems.count(s) > 1})
     if clash:
