@@ -70,8 +70,10 @@ def cmd_slide(args: argparse.Namespace) -> int:
         raise ValueError("give either --model or --method, not both")
     if args.roi_geojson is not None and not args.roi_geojson.is_file():
         raise FileNotFoundError(f"--roi-geojson {args.roi_geojson}: no such file")
-    if args.chunk < 1 or args.halo < 0:
-        raise ValueError(f"--chunk must be >= 1 and --halo >= 0, got {args.chunk} and {args.halo}")
+    if args.chunk < 1:
+        raise ValueError(f"--chunk must be a positive number of pixels, got {args.chunk}")
+    if args.halo < 0:
+        raise ValueError(f"--halo must be >= 0 pixels, got {args.halo}")
     if args.overlap is not None and not 0 <= args.overlap < 1:
         raise ValueError(f"--overlap is a fraction of the tile in [0, 1), got {args.overlap}")
     if args.tile is not None and args.tile < 1:
