@@ -254,9 +254,11 @@ class Predictor:
     def maps_to_labels(self, maps: np.ndarray) -> np.ndarray:
         """Instance labels from maps of :meth:`predict_maps`, with the stored post-processing."""
         from nucseg.postprocess import rule_inputs, to_instances
+        from nucseg.quality import drop_oversized
 
         inputs = rule_inputs(maps, num_classes=self.num_classes, method=self.postprocess)
-        return to_instances(inputs, method=self.postprocess, **self.postprocess_params)
+        labels = to_instances(inputs, method=self.postprocess, **self.postprocess_params)
+        return drop_oversized(labels)
 
     def __call__(self, image: np.ndarray) -> np.ndarray:
         """Segment ``image``: ``(H, W, 3) uint8`` -> ``(H, W) int32`` instance labels."""

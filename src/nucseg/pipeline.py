@@ -19,6 +19,7 @@ from typing import Any
 import numpy as np
 from tqdm.auto import tqdm
 
+from nucseg import quality
 from nucseg.provenance import provenance  # noqa: F401  (re-exported: one function for all)
 
 log = logging.getLogger(__name__)
@@ -352,6 +353,8 @@ def _segment_one(
     start = time.perf_counter()
     labels = segmenter(image)
     seconds = time.perf_counter() - start
+    figures = _quality(image, labels, segmenter)
+    quality.warn(str(path), figures)
     out = output_paths(path, out_dir)
     table = io.measure_nuclei(image, labels)
     with atomic_group(out, overwrite=overwrite) as tmp:
@@ -367,7 +370,15 @@ def _segment_one(
         "n_nuclei": n,
         "seconds": seconds,
         **{k: str(v) for k, v in out.items()},
+        "quality": figures,
     }
+
+
+def _quality(image: np.ndarray, labels: np.ndarray, segmenter: Segmenter) -> dict[str, Any]:
+    """:func:`nucseg.quality.assess` with what the segmenter's normaliser decided, if it has one."""
+    normaliser = getattr(segmenter, "normaliser", None)
+    estimate = getattr(normaliser, "last_estimate", None)
+    return quality.assess(image, labels, stain_estimate=estimate)
 
 
 def evaluate(
@@ -397,22 +408,27 @@ def evaluate(
     -------
     dict
         The dataset scores of :class:`nucseg.metrics.Evaluator` (mean over images, pooled
-        variants, ``per_image``) plus ``seconds_per_image``.
+        variants, ``per_image``) plus ``seconds_per_image``, and per image the sanity figures
+        of :func:`nucseg.quality.assess` (``quality``; their warnings are logged).
     """
     from nucseg.metrics import Evaluator
 
     evaluator = Evaluator()
-    seconds = []
+    seconds, checks = [], {}
     bar = tqdm(samples, total=total, desc="evaluate", unit="image", disable=not progress)
     for image_id, image, labels in bar:
         start = time.perf_counter()
         prediction = segmenter(image)
         seconds.append(time.perf_counter() - start)
         evaluator.process(image_id, labels, prediction)
+        checks[image_id] = _quality(image, prediction, segmenter)
+        quality.warn(image_id, checks[image_id])
         if keep is not None:
             keep(image_id, image, prediction)
     if not seconds:
         raise ValueError("no samples to evaluate")
     result = evaluator.evaluate()
     result["seconds_per_image"] = float(np.mean(seconds))
+    result["quality"] = checks
+    result["quality_warnings"] = sum(len(c["warnings"]) for c in checks.values())
     return result

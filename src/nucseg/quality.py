@@ -1,0 +1,242 @@
+"""Cheap sanity figures of a segmentation, so that a failure is never silent.
+
+A network segments whatever it is given: an all-black image, noise, or a slide whose stains the
+normaliser swapped all come back as nuclei. :func:`assess` measures, per image (or per slide
+chunk), a few figures that cost a fraction of the segmentation and compares them with the range
+of the training images (the 36 non-breast MoNuSeg images; :data:`TRAINING_RANGE`, checked against
+the data by ``tests/test_quality.py``):
+
+- ``stain_estimate``: whether a Macenko estimate of the image's stains is plausible
+  (``accepted``), was rejected (the reason), or found too little tissue;
+- ``tissue_fraction``: pixels that look like stained tissue (neither near-white nor near-black);
+- ``smoothness``: correlation of horizontally neighbouring grey values; a microscope image is
+  smooth at 40x (training images >= ``smoothness_min``), noise is not;
+- ``nuclei_fraction``: the share of the image covered by nuclei; ``largest_nucleus_fraction``;
+- ``median_area_px``: the median nucleus area, against the training images' per-image medians.
+
+Every figure out of range adds one line to ``warnings``; :func:`warn` logs them, one per line,
+prefixed with the image's name. Numpy only.
+"""
+
+from __future__ import annotations
+
+import logging
+import warnings as _warnings
+from typing import Any
+
+import cv2
+import numpy as np
+
+from nucseg._checks import check_image, check_labels, check_same_shape
+
+log = logging.getLogger(__name__)
+
+__all__ = ["MAX_NUCLEUS_AREA_PX", "TRAINING_RANGE", "assess", "drop_oversized", "warn"]
+
+#: Figures of the 36 non-breast MoNuSeg training images (the paper's training split), at 40x,
+#: and the margins allowed around them. ``tests/test_quality.py`` recomputes the figures.
+TRAINING_RANGE: dict[str, float] = {
+    "median_area_px_min": 93.0,  # the smallest per-image median nucleus area, pixels
+    "median_area_px_max": 834.5,  # the largest
+    "nuclei_fraction_max": 0.40,  # the largest share of an image covered by nuclei
+    "smoothness_min": 0.916,  # the lowest neighbour correlation of grey values
+    "area_px_p99": 1515.0,  # the 99th percentile of nucleus areas over all images
+}
+
+#: No nucleus is this large at 40x (20 times the training images' 99th-percentile area, about
+#: 1,900 um2 at 0.25 um/px): a region this size is background the network took for a nucleus,
+#: as an all-black image becomes one region covering it. :func:`drop_oversized` removes them.
+MAX_NUCLEUS_AREA_PX = 30000
+
+
+def drop_oversized(labels: np.ndarray, *, max_area: int = MAX_NUCLEUS_AREA_PX) -> np.ndarray:
+    """``labels`` without the instances larger than ``max_area`` pixels (set to 0).
+
+    The others keep their values. Returns the input itself when nothing is dropped.
+
+    Examples
+    --------
+    >>> labels = np.zeros((4, 4), np.int32); labels[:3, :3] = 2; labels[3, 3] = 5
+    >>> drop_oversized(labels, max_area=4).tolist()[3]
+    [0, 0, 0, 5]
+    """
+    if labels.size <= max_area:
+        return labels
+    areas = np.bincount(labels.ravel())
+    big = np.flatnonzero(areas > max_area)
+    big = big[big > 0]
+    if not big.size:
+        return labels
+    out = labels.copy()
+    out[np.isin(labels, big)] = 0
+    return out
+
+
+#: How far outside the training range a figure may go before it is flagged.
+MARGINS = {"median_area": 2.0, "nuclei_fraction": 1.5, "smoothness": 0.5}
+
+#: Below this many tissue pixels (as a fraction) an image is "little or no tissue".
+MIN_TISSUE_FRACTION = 0.05
+
+
+def tissue_fraction(image: np.ndarray) -> float:
+    """Share of pixels that look like stained tissue: not near-white, not near-black, coloured.
+
+    A pixel is tissue when its brightest channel is below 220 (not background glass), its
+    darkest channel above 10 (not black) and its saturation at least 0.05.
+    """
+    image = check_image(image)
+    brightest = image.max(axis=2)
+    darkest = image.min(axis=2)
+    saturation = (brightest.astype(np.float32) - darkest) / np.maximum(brightest, 1)
+    tissue = (brightest < 220) & (darkest > 10) & (saturation >= 0.05)
+    return float(np.count_nonzero(tissue)) / max(tissue.size, 1)
+
+
+def smoothness(image: np.ndarray) -> float:
+    """Correlation of horizontally neighbouring grey values (1: smooth; about 0: noise)."""
+    grey = cv2.cvtColor(check_image(image), cv2.COLOR_RGB2GRAY).astype(np.float32)
+    if grey.shape[1] < 2:
+        return 1.0
+    left, right = grey[:, :-1].ravel(), grey[:, 1:].ravel()
+    left, right = left - left.mean(), right - right.mean()
+    denominator = float(np.sqrt((left * left).sum() * (right * right).sum()))
+    if denominator == 0:
+        return 1.0  # a constant image: smooth, and flagged by the tissue test instead
+    return float((left * right).sum() / denominator)
+
+
+#: A haematoxylin estimate whose concentrations are less sparse than eosin's by this factor is
+#: flagged as swapped. On the 94 MoNuSeg and TNBC images the ratio is at least 1.05.
+SWAPPED_SPARSITY_RATIO = 0.9
+
+
+def stain_check(image: np.ndarray) -> tuple[str, float | None]:
+    """Macenko estimate of a <= 512-pixel thumbnail: its status and H/E sparsity ratio.
+
+    The ratio compares the 99th-percentile-to-median concentration ratio of haematoxylin with
+    eosin's: nuclei make haematoxylin the sparser stain, so a ratio below
+    :data:`SWAPPED_SPARSITY_RATIO` means the stain called haematoxylin covers the stroma.
+    """
+    from nucseg._stain_base import _channel_od, _mix, _tissue_mask
+    from nucseg.stain import MacenkoNormalizer
+
+    small = image
+    scale = 512 / max(image.shape[:2])
+    if scale < 1:
+        size = (max(1, round(image.shape[1] * scale)), max(1, round(image.shape[0] * scale)))
+        small = cv2.resize(image, size, interpolation=cv2.INTER_AREA)
+    normaliser = MacenkoNormalizer()
+    with _warnings.catch_warnings():
+        _warnings.simplefilter("ignore")
+        estimate = normaliser.estimate(small)
+    reason = estimate.get("reason") or ""
+    if not estimate["accepted"]:
+        return (f"no tissue ({reason})" if reason.startswith("too little") else
+                f"rejected ({reason})"), None  # fmt: skip
+    mask = _tissue_mask(small, normaliser.io, normaliser.beta).ravel()
+    tissue = _channel_od(np.compress(mask, small.reshape(-1, 3), axis=0), normaliser.io)
+    stains = np.asarray(estimate["stain_matrix"])
+    concentrations = np.maximum(_mix(np.linalg.pinv(stains), tissue), 0)
+    high, middle = np.percentile(concentrations, [99, 50], axis=1)
+    sparsity = high / np.maximum(middle, 1e-3)
+    return "accepted", float(sparsity[0] / max(sparsity[1], 1e-6))
+
+
+def assess(
+    image: np.ndarray,
+    labels: np.ndarray,
+    *,
+    stain_estimate: dict[str, Any] | None = None,
+    mpp: float | None = None,
+) -> dict[str, Any]:
+    """Sanity figures of one segmented image and the warnings they raise.
+
+    Parameters
+    ----------
+    image : (H, W, 3) uint8 array
+        The image as given (before any stain normalisation).
+    labels : (H, W) integer array
+        Its instance labels.
+    stain_estimate : dict, optional
+        What the model's normaliser decided (``StainNormalizer.last_estimate``). A Macenko
+        estimate of a <= 512-pixel thumbnail is made here in any case (:func:`stain_check`).
+    mpp : float, optional
+        Microns per pixel, to report the median area in um2 as well.
+
+    Returns
+    -------
+    dict
+        The figures (JSON-ready) and ``warnings``, a list of one-line strings (empty if none).
+    """
+    image = check_image(image)
+    labels = check_labels(labels)
+    check_same_shape(image, labels, names=("image", "labels"))
+    areas = np.bincount(labels.ravel())[1:] if labels.size else np.zeros(0, np.int64)
+    areas = areas[areas > 0]
+    pixels = max(labels.size, 1)
+    status, sparsity_ratio = stain_check(image)
+    if stain_estimate is not None and not stain_estimate.get("accepted", True):
+        status = f"rejected by the model's normaliser ({stain_estimate.get('reason')})"
+    figures: dict[str, Any] = {
+        "stain_estimate": status,
+        "stain_sparsity_ratio": None if sparsity_ratio is None else round(sparsity_ratio, 3),
+        "tissue_fraction": round(tissue_fraction(image), 4),
+        "smoothness": round(smoothness(image), 4),
+        "n_nuclei": int(areas.size),
+        "nuclei_fraction": round(float(areas.sum()) / pixels, 4),
+        "largest_nucleus_fraction": round(float(areas.max(initial=0)) / pixels, 6),
+        "median_area_px": float(np.median(areas)) if areas.size else None,
+    }
+    if mpp is not None and areas.size:
+        figures["median_area_um2"] = round(figures["median_area_px"] * mpp * mpp, 3)
+    r, m = TRAINING_RANGE, MARGINS
+    found = []
+    if figures["stain_estimate"].startswith("rejected"):
+        found.append(f"stain estimate {figures['stain_estimate']}: colours unlike H&E")
+    if sparsity_ratio is not None and sparsity_ratio < SWAPPED_SPARSITY_RATIO:
+        found.append(
+            f"stains look swapped: the haematoxylin-like stain is spread like eosin (sparsity "
+            f"ratio {sparsity_ratio:.2f} < {SWAPPED_SPARSITY_RATIO}); nuclei may be missed and "
+            "stroma segmented"
+        )
+    if figures["tissue_fraction"] < MIN_TISSUE_FRACTION:
+        found.append(
+            f"little or no tissue ({100 * figures['tissue_fraction']:.1f}% of pixels look stained)"
+        )
+    if figures["smoothness"] < r["smoothness_min"] * m["smoothness"]:
+        found.append(
+            f"no spatial structure (neighbour correlation {figures['smoothness']:.2f}; training "
+            f"images >= {r['smoothness_min']:.2f}): noise, or not a microscope image?"
+        )
+    if figures["nuclei_fraction"] > r["nuclei_fraction_max"] * m["nuclei_fraction"]:
+        found.append(
+            f"nuclei cover {100 * figures['nuclei_fraction']:.0f}% of the image (training images: "
+            f"at most {100 * r['nuclei_fraction_max']:.0f}%)"
+        )
+    if areas.size and areas.max() > 20 * r["area_px_p99"]:
+        found.append(
+            f"a nucleus of {int(areas.max())} pixels, 20 times the training images' 99th "
+            f"percentile ({r['area_px_p99']:.0f}): wrong scale or not nuclei?"
+        )
+    median = figures["median_area_px"]
+    low, high = (
+        r["median_area_px_min"] / m["median_area"],
+        r["median_area_px_max"] * m["median_area"],
+    )
+    if median is not None and areas.size >= 10 and not low <= median <= high:
+        found.append(
+            f"median nucleus area {median:.0f} px, outside {low:.0f}-{high:.0f} (training images "
+            f"at 40x, ~0.25 um/px: {r['median_area_px_min']:.0f}-{r['median_area_px_max']:.0f}): "
+            "wrong magnification?"
+        )
+    if not areas.size and figures["tissue_fraction"] >= 0.25:
+        found.append("no nuclei found in an image that looks like tissue")
+    figures["warnings"] = found
+    return figures
+
+
+def warn(name: str, figures: dict[str, Any]) -> None:
+    """Log each warning of :func:`assess` on one line, prefixed with ``name``."""
+    for line in figures.get("warnings", []):
+        log.warning("%s: %s", name, line)
