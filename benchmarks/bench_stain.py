@@ -178,6 +178,8 @@ def write_table() -> Path:
     rows = []
     for path in sorted(RESULTS.glob("*.json")):
         record = json.loads(path.read_text())
+        if "summary" not in record:  # selection.json
+            continue
         s = record["summary"]
         rows.append(
             f"| {record['name']} | {s['unperturbed_aji']:.4f} | {s['mean_aji']:.4f} | "
