@@ -12,7 +12,9 @@ from typing import Any
 
 log = logging.getLogger("nucseg")
 
-SUMMARY_COLUMNS = ("slide", "status", "nuclei", "tissue_mm2", "nuclei_per_mm2", "minutes", "error")
+SUMMARY_COLUMNS = (
+    "slide", "status", "nuclei", "tissue_mm2", "nuclei_per_mm2", "minutes", "chunk_seconds", "error"
+)  # fmt: skip
 
 
 def _roi(text: str) -> tuple[int, int, int, int]:
@@ -59,6 +61,9 @@ def add_parser(sub: Any) -> None:
     p.add_argument("--overwrite", action="store_true", help="replace existing outputs")
     p.add_argument("--keep-chunks", action="store_true", help="keep the per-chunk work files")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.add_argument("--workers", type=int, metavar="N", help="Dask LocalCluster of N processes")
+    p.add_argument("--scheduler", metavar="tcp://HOST:PORT", help="existing Dask scheduler")
+    p.add_argument("--scheduler-file", type=Path, metavar="FILE", help="Dask scheduler file")
     p.set_defaults(func=cmd_slide)
 
 
@@ -91,6 +96,10 @@ def cmd_slide(args: argparse.Namespace) -> int:
         )
         if v is not None
     }
+    if (args.workers, args.scheduler, args.scheduler_file) != (None, None, None):
+        from nucseg.slide.cohort import cmd_cohort
+
+        return cmd_cohort(args, predict)
     rows = []
     for path in args.slides:
         row: dict[str, Any] = {"slide": str(path), "status": "ok", "error": ""}
@@ -119,6 +128,7 @@ def cmd_slide(args: argparse.Namespace) -> int:
                 tissue_mm2=round(report["tissue_mm2"], 4),
                 nuclei_per_mm2=round(report["nuclei_per_mm2"] or 0.0, 1),
                 minutes=round(report["seconds"] / 60, 2),
+                chunk_seconds=round(report["times"]["chunks_s"], 2),
             )
         except (OSError, KeyError, ValueError, TypeError, RuntimeError) as err:
             if args.verbose:

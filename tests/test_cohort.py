@@ -1,0 +1,200 @@
+"""Cohorts on Dask: a LocalCluster, an external ``dask scheduler`` + ``dask worker`` cluster and a
+worker killed mid-run all give the single-process path's outputs; failures are per slide.
+
+Slides are small synthetic pyramidal TIFFs cut into many small chunks; the method is Otsu (no
+model), so a run is seconds and every difference comes from the orchestration.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import tifffile
+
+from nucseg.slide import segment_slide
+from nucseg.slide.synthetic import write_slide
+
+CHUNK, HALO = 128, 24
+OPTIONS = ["--method", "otsu", "--chunk", str(CHUNK), "--halo", str(HALO), "--no-progress"]
+
+
+def disk_slide(path: Path, size: int, seed: int) -> Path:
+    """A pink slide with dark disks at random places (some on chunk seams)."""
+    rng = np.random.default_rng(seed)
+    rows, cols = np.mgrid[:size, :size]
+    image = np.empty((size, size, 3), dtype=np.uint8)
+    image[:] = (225, 170, 215)
+    for r, c in rng.integers(12, size - 12, (size * size // 4000, 2)):
+        image[(rows - r) ** 2 + (cols - c) ** 2 <= 64] = (60, 30, 120)
+    return write_slide(path, (size, size), image, mpp=0.25, compression="zlib")
+
+
+@pytest.fixture(scope="module")
+def cohort(tmp_path_factory):
+    """Three slides and their single-process outputs."""
+    folder = tmp_path_factory.mktemp("cohort")
+    slides = [disk_slide(folder / f"s{k}.tif", 320 + 32 * k, k) for k in range(3)]
+    reference = folder / "reference"
+    for path in slides:
+        segment_slide(path, reference, method="otsu", chunk=CHUNK, halo=HALO, progress=False)
+    return slides, reference
+
+
+def canonical(table: pd.DataFrame) -> pd.DataFrame:
+    """Rows ordered by centroid (row, then column): the order no scheduler decides."""
+    return table.sort_values(["centroid_y", "centroid_x"], kind="stable").reset_index(drop=True)
+
+
+def assert_same_outputs(out: Path, reference: Path, stems: list[str]) -> None:
+    for stem in stems:
+        got, want = out / stem, reference / stem
+        table = pd.read_parquet(got / "nuclei.parquet")
+        assert len(table) > 10
+        pd.testing.assert_frame_equal(
+            canonical(table), canonical(pd.read_parquet(want / "nuclei.parquet"))
+        )
+        assert (got / "nuclei.geojson").read_bytes() == (want / "nuclei.geojson").read_bytes()
+        np.testing.assert_array_equal(
+            tifffile.imread(got / "labels.ome.tif"), tifffile.imread(want / "labels.ome.tif")
+        )
+        assert not (got / "chunks").exists()
+    cohort = pd.read_parquet(out / "cohort.parquet")  # a Hive-partitioned dataset
+    for stem in stems:
+        part = cohort[cohort["slide"] == stem].drop(columns="slide")
+        want = pd.read_parquet(reference / stem / "nuclei.parquet")
+        pd.testing.assert_frame_equal(canonical(part), canonical(want))
+
+
+def test_local_cluster_matches_single_process_and_reports_a_bad_slide(cohort, tmp_path, capsys):
+    from nucseg.cli import main
+
+    slides, reference = cohort
+    bad = tmp_path / "broken.tif"
+    bad.write_bytes(b"not a tiff")
+    out = tmp_path / "out"
+    args = ["slide", *map(str, slides[:1] + [bad] + slides[1:]), "--out", str(out), *OPTIONS]
+    assert main([*args, "--workers", "2"]) == 2
+    printed = capsys.readouterr()
+    assert printed.out.startswith("dashboard: http://")
+    assert printed.err.count("nucseg: error:") == 1 and "broken.tif" in printed.err
+    summary = pd.read_csv(out / "slides.csv")
+    assert summary["status"].tolist() == ["ok", "failed", "ok", "ok"]
+    assert "broken.tif" in summary["error"][1]
+    ok = summary[summary["status"] == "ok"]
+    assert (ok["nuclei"] > 10).all() and (ok["chunk_seconds"] > 0).all()
+    assert_same_outputs(out, reference, ["s0", "s1", "s2"])
+    pyarrow_table = (
+        __import__("pyarrow.dataset")
+        .dataset.dataset(out / "cohort.parquet", partitioning="hive")
+        .to_table()
+    )
+    assert pyarrow_table.num_rows == ok["nuclei"].sum()
+    report = json.loads((out / "s1" / "report.json").read_text())
+    assert report["distributed"] and report["nuclei"] == ok["nuclei"].iloc[1]
+
+
+# --- an external cluster: `dask scheduler` and two `dask worker` processes ----------------------
+
+
+@pytest.fixture(scope="module")
+def external_cluster(tmp_path_factory):
+    """A scheduler and two single-threaded workers (no nanny) on 127.0.0.1, stopped at the end."""
+    folder = tmp_path_factory.mktemp("dask")
+    file = folder / "scheduler.json"
+    cli = [sys.executable, "-m", "dask"]
+    started = []
+    try:
+        started.append(subprocess.Popen(
+            [*cli, "scheduler", "--host", "127.0.0.1", "--port", "0", "--no-dashboard",
+             "--scheduler-file", str(file)],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        ))  # fmt: skip
+        deadline = time.monotonic() + 120
+        while not file.is_file() and time.monotonic() < deadline:
+            time.sleep(0.2)
+        address = json.loads(file.read_text())["address"]
+        for _ in range(2):
+            started.append(subprocess.Popen(
+                [*cli, "worker", address, "--nthreads", "1", "--no-nanny", "--no-dashboard",
+                 "--host", "127.0.0.1", "--local-directory", str(folder)],
+                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+            ))  # fmt: skip
+        from distributed import Client
+
+        with Client(address, timeout="60s") as client:
+            client.wait_for_workers(2, timeout=120)
+        yield address, started[1:]
+    finally:
+        for process in reversed(started):
+            if process.poll() is None:
+                process.terminate()
+        for process in started:
+            try:
+                process.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait()
+
+
+def test_external_scheduler_gives_the_same_outputs(cohort, external_cluster, tmp_path):
+    slides, reference = cohort
+    address, _ = external_cluster
+    out = tmp_path / "out"
+    command = [sys.executable, "-m", "nucseg.cli", "slide", *map(str, slides[:2]), "--out",
+               str(out), *OPTIONS, "--scheduler", address]  # fmt: skip
+    done = subprocess.run(command, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.startswith("dashboard: ")
+    assert_same_outputs(out, reference, ["s0", "s1"])
+
+
+def test_model_is_loaded_once_per_worker(cohort, external_cluster, tmp_path):
+    """The worker plugin loads the bundled model once per process; chunks find it cached."""
+    from distributed import Client
+
+    from nucseg.slide.cohort import SlideOptions, run_cohort
+    from nucseg.slide.engine import load_predictor
+
+    slides, _ = cohort
+    address, _ = external_cluster
+    options = SlideOptions(model="default", chunk=128, halo=32, predict=(("batch_size", 4),))
+    with Client(address) as client:
+        rows = run_cohort(slides[:1], tmp_path, options, client=client)
+        loads = {w: info.misses for w, info in client.run(load_predictor.cache_info).items()}
+    assert rows[0]["status"] == "ok", rows[0]["error"]
+    assert sorted(loads.values()) == [1, 1]
+    report = json.loads((tmp_path / "s0" / "report.json").read_text())
+    assert report["chunks"] >= 4 and len(report["model"]["sha256"]) == 64
+
+
+def test_a_worker_killed_mid_run_changes_nothing(cohort, external_cluster, tmp_path):
+    """Run last in this file: it kills one of the fixture's two workers."""
+    slides, reference = cohort
+    address, workers = external_cluster
+    out = tmp_path / "out"
+    command = [sys.executable, "-m", "nucseg.cli", "slide", *map(str, slides), "--out",
+               str(out), *OPTIONS, "--scheduler", address]  # fmt: skip
+    run = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 300
+        while not list(out.glob("*/chunks/r*.parquet")) and time.monotonic() < deadline:
+            time.sleep(0.02)
+        finished = [p for p in out.glob("*/nuclei.parquet")]
+        os.kill(workers[0].pid, signal.SIGKILL)
+        stdout, stderr = run.communicate(timeout=600)
+    finally:
+        if run.poll() is None:
+            run.kill()
+    assert workers[0].wait(timeout=30) == -signal.SIGKILL
+    assert len(finished) < len(slides)  # killed while slides were still being segmented
+    assert run.returncode == 0, stderr
+    assert_same_outputs(out, reference, ["s0", "s1", "s2"])
