@@ -2,10 +2,14 @@
 
     python benchmarks/bundle_model.py runs/default --name default
 
-Copies model.safetensors, config.json, thresholds.json, normaliser.json, history.csv, loss.png and
-soup.json (an averaged model's sources, benchmarks/average_weights.py) into
+Copies model.safetensors, config.json, thresholds.json, normaliser.json, history.csv, loss.png,
+soup.json (an averaged model's sources, benchmarks/average_weights.py) and init_from.json (the
+weights a fine-tuned run started from) into
 src/nucseg/data/models/<name>/, removes those the run lacks (a previous model's), and refuses
-weights over 16 MiB. Replacing a bundled model needs --overwrite. Then writes the folder's
+weights over 16 MiB. Replacing a bundled model needs --overwrite. Adds the training images'
+microns per pixel to thresholds.json (``mpp``, 0.25 for MoNuSeg's 40x) and writes about.json
+(the run, recipe, normaliser, post-processing, the images it was tuned on, how it was chosen and
+the bundling commit). Then writes the folder's
 SHA256SUMS (nucseg.provenance.write_manifest; tests/test_bundled_model.py checks it), which
 result JSONs are compared with.
 """
@@ -13,13 +17,15 @@ result JSONs are compared with.
 from __future__ import annotations
 
 import argparse
+import json
 import shutil
 from pathlib import Path
 
-from nucseg.provenance import write_manifest
+from nucseg.io import atomic_write
+from nucseg.provenance import provenance, write_manifest
 
 FILES = ("model.safetensors", "config.json", "thresholds.json", "normaliser.json", "history.csv",
-         "loss.png", "soup.json")  # fmt: skip
+         "loss.png", "soup.json", "init_from.json")  # fmt: skip
 MAX_BYTES = 16 * 2**20
 DEST = Path(__file__).resolve().parents[1] / "src" / "nucseg" / "data" / "models"
 
@@ -29,6 +35,10 @@ def main() -> None:
     parser.add_argument("run", type=Path)
     parser.add_argument("--name", default="default")
     parser.add_argument("--overwrite", action="store_true", help="replace a bundled model")
+    parser.add_argument(
+        "--mpp", type=float, default=0.25, help="microns per pixel of the training images (40x)"
+    )
+    parser.add_argument("--chosen-by", help="how the model was chosen (recorded in about.json)")
     args = parser.parse_args()
     weights = args.run / "model.safetensors"
     if not weights.is_file():
@@ -44,7 +54,59 @@ def main() -> None:
             shutil.copy2(args.run / name, target / name)
         elif (target / name).is_file():
             (target / name).unlink()
+    thresholds = json.loads((target / "thresholds.json").read_text())
+    thresholds["mpp"] = args.mpp  # nucseg.slide.run.model_mpp reads it
+    with atomic_write(target / "thresholds.json", overwrite=True) as tmp:
+        tmp.write_text(json.dumps(thresholds, indent=1) + "\n")
+    with atomic_write(target / "about.json", overwrite=True) as tmp:
+        tmp.write_text(json.dumps(describe(args.run, target, args), indent=1) + "\n")
     print(f"bundled {args.run} as {target}; wrote {write_manifest(target)}")
+
+
+def describe(run: Path, target: Path, args: argparse.Namespace) -> dict:
+    """What the bundled model is: its run, recipe, normaliser, post-processing and their origin."""
+    config = json.loads((target / "config.json").read_text())
+    thresholds = json.loads((target / "thresholds.json").read_text())
+    init = target / "init_from.json"
+    soup = target / "soup.json"
+    return {
+        "run": str(run),
+        "recipe": {
+            k: config.get(k)
+            for k in (
+                "model",
+                "num_classes",
+                "dataset",
+                "split",
+                "val_images",
+                "stain",
+                "lr",
+                "steps",
+                "time_budget_s",
+                "seed",
+            )
+        },  # fmt: skip
+        "trained_steps": _history_steps(target / "history.csv"),
+        "initialised_from": json.loads(init.read_text()) if init.is_file() else None,
+        "averaged_from": json.loads(soup.read_text()) if soup.is_file() else None,
+        "stain_normaliser": (
+            json.loads((target / "normaliser.json").read_text())["name"]
+            if (target / "normaliser.json").is_file()
+            else None
+        ),  # fmt: skip
+        "postprocess": {"method": thresholds["method"], "params": thresholds["params"]},
+        "tuned_on": thresholds.get("validation_images"),
+        "predict": thresholds.get("predict"),
+        "mpp": args.mpp,
+        "chosen_by": args.chosen_by,
+        "bundled_by": provenance(),
+    }
+
+
+def _history_steps(path: Path) -> int | None:
+    if not path.is_file():
+        return None
+    return max(0, len(path.read_text().strip().splitlines()) - 1)
 
 
 if __name__ == "__main__":
