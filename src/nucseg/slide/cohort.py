@@ -288,14 +288,17 @@ def run_cohort(
     client: Any,
     local: bool = False,
     max_active: int | None = None,
+    torch_threads: int | None = None,
     argv: Sequence[str] | None = None,
 ) -> list[dict[str, Any]]:
     """Segment ``slides`` on the Dask cluster of ``client``; one summary row per slide.
 
     Each task is retried once (``retries=1``); a slide whose preparation, chunk or assembly still
     fails is reported ``failed`` with the error and the others go on. At most ``max_active``
-    slides (default: twice the cluster's threads, at least 4) are in flight at a time; earlier
-    slides' chunks run first.
+    slides (default: twice the cluster's threads at the time, at least 4) are in flight; earlier
+    slides' chunks run first. With a model, torch uses ``torch_threads`` threads per worker
+    (default: the cores shared among the workers of a ``local`` cluster; else as Dask's nanny
+    set ``OMP_NUM_THREADS``).
 
     Returns
     -------
@@ -309,14 +312,12 @@ def run_cohort(
 
     work = _work(options)
     if work["kind"] == "model":
-        threads = _torch_threads(client, local)
+        threads = torch_threads if torch_threads is not None else _torch_threads(client, local)
         loader = ModelLoader(str(work["folder"]), options.predict_json, threads=threads)
         client.register_plugin(loader)
     prov = provenance(argv)
     task = {"model": str(work["folder"]) if work["kind"] == "model" else None,
             "method": options.method, "predict": dict(options.predict)}  # fmt: skip
-    if max_active is None:
-        max_active = max(4, 2 * sum(client.nthreads().values()))
     rows = [{"slide": str(p), "status": "ok", "error": ""} for p in slides]
     queue = list(enumerate(slides))[::-1]
     pending = as_completed()
@@ -329,15 +330,19 @@ def run_cohort(
         what[future.key] = ("prepare", i)
         pending.add(future)
 
-    for _ in range(min(max_active, len(queue))):
-        submit_prepare()
+    def top_up() -> None:  # the cluster may grow (dask-jobqueue): the default limit follows it
+        limit = max_active or max(4, 2 * sum(client.nthreads().values()))
+        while queue and len(what) < limit:
+            submit_prepare()
+
+    top_up()
     for future in pending:
         kind, i = what.pop(future.key)
         if future.status != "finished":
             message = _message(future.exception())
             if rows[i]["slide"] not in message:
                 message = f"{rows[i]['slide']}: {message}"
-            log.warning("%s failed: %s", rows[i]["slide"], message)
+            log.info("%s failed: %s", rows[i]["slide"], message)
             rows[i].update(status="failed", error=message)
         elif kind == "prepare":
             job = future.result()
@@ -358,8 +363,7 @@ def run_cohort(
                 minutes=round(report["seconds"] / 60, 2),
                 chunk_seconds=round(report["chunk_seconds"], 2),
             )
-        if queue:
-            submit_prepare()
+        top_up()
     return rows
 
 
