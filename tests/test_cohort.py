@@ -20,7 +20,7 @@ import pandas as pd
 import pytest
 import tifffile
 
-from nucseg.slide import segment_slide
+from nucseg.cli import main
 from nucseg.slide.synthetic import write_slide
 
 CHUNK, HALO = 128, 24
@@ -40,12 +40,11 @@ def disk_slide(path: Path, size: int, seed: int) -> Path:
 
 @pytest.fixture(scope="module")
 def cohort(tmp_path_factory):
-    """Three slides and their single-process outputs."""
+    """Three slides and their single-process outputs (``nucseg slide`` without Dask)."""
     folder = tmp_path_factory.mktemp("cohort")
     slides = [disk_slide(folder / f"s{k}.tif", 320 + 32 * k, k) for k in range(3)]
     reference = folder / "reference"
-    for path in slides:
-        segment_slide(path, reference, method="otsu", chunk=CHUNK, halo=HALO, progress=False)
+    assert main(["slide", *map(str, slides), "--out", str(reference), *OPTIONS]) == 0
     return slides, reference
 
 
@@ -68,15 +67,16 @@ def assert_same_outputs(out: Path, reference: Path, stems: list[str]) -> None:
         )
         assert not (got / "chunks").exists()
     cohort = pd.read_parquet(out / "cohort.parquet")  # a Hive-partitioned dataset
+    single = pd.read_parquet(reference / "cohort.parquet")
     for stem in stems:
         part = cohort[cohort["slide"] == stem].drop(columns="slide")
         want = pd.read_parquet(reference / stem / "nuclei.parquet")
         pd.testing.assert_frame_equal(canonical(part), canonical(want))
+        pd.testing.assert_frame_equal(canonical(part), canonical(
+            single[single["slide"] == stem].drop(columns="slide")))  # fmt: skip
 
 
 def test_local_cluster_matches_single_process_and_reports_a_bad_slide(cohort, tmp_path, capsys):
-    from nucseg.cli import main
-
     slides, reference = cohort
     bad = tmp_path / "broken.tif"
     bad.write_bytes(b"not a tiff")

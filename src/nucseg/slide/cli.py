@@ -130,6 +130,10 @@ def cmd_slide(args: argparse.Namespace) -> int:
                 minutes=round(report["seconds"] / 60, 2),
                 chunk_seconds=round(report["times"]["chunks_s"], 2),
             )
+            from nucseg.slide.cohort import write_partition  # OUT/cohort.parquet, as with Dask
+
+            write_partition(args.out, slide_stem(path), report["outputs"]["parquet"],
+                            overwrite=args.overwrite)  # fmt: skip
         except (OSError, KeyError, ValueError, TypeError, RuntimeError) as err:
             if args.verbose:
                 log.exception("%s failed", path)
