@@ -64,6 +64,9 @@ def _angle(a: np.ndarray, b: np.ndarray) -> float:
 #: Below this difference (degrees) between the two pairings' angle sums, :func:`assign_stains`
 #: does not trust the angles and asks which stain is the sparser one.
 ASSIGNMENT_MARGIN = 10.0
+#: ... and the sparser stain is haematoxylin only if it is this many times sparser; otherwise the
+#: reference code's rule (the vector absorbing more red) decides, as for a tile of one stain.
+SPARSITY_CONTRAST = 1.5
 
 
 def assign_stains(
@@ -79,8 +82,10 @@ def assign_stains(
     :data:`ASSIGNMENT_MARGIN` degrees. When they are closer (both vectors turned far from the
     reference, where angles cannot tell), the structure decides: haematoxylin, which stains
     nuclei, is the sparser stain, with the larger ratio of 99th-percentile to median
-    concentration over tissue. On the MoNuSeg and TNBC images that ratio is larger for
-    haematoxylin on every image.
+    concentration over tissue, if it is at least :data:`SPARSITY_CONTRAST` times sparser. When
+    neither test is clear (a tile showing one stain only), the vector absorbing more red is
+    haematoxylin, as in the reference code. On the MoNuSeg and TNBC images the sparsity ratio
+    is larger for haematoxylin on every image.
 
     Parameters
     ----------
@@ -109,7 +114,10 @@ def assign_stains(
         concentrations = np.maximum(_mix(np.linalg.pinv(stains), tissue_od), 0)
         high, middle = np.percentile(concentrations, [99, 50], axis=1)
         sparsity = high / np.maximum(middle, 1e-3)
-        swap = bool(sparsity[1] > sparsity[0])
+        if max(sparsity) >= SPARSITY_CONTRAST * min(sparsity):
+            swap = bool(sparsity[1] > sparsity[0])
+        else:  # neither angles nor structure can tell (e.g. one stain only): the red rule
+            swap = bool(stains[0, 0] < stains[0, 1])
     return np.ascontiguousarray(stains[:, ::-1] if swap else stains)
 
 
