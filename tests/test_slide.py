@@ -344,3 +344,13 @@ def test_chunk_tasks_reproduce_the_loop(seam_slide, tmp_path):
             np.testing.assert_array_equal(np.load(file), np.load(tasks / file.name))
         else:
             pd.testing.assert_frame_equal(pd.read_parquet(file), pd.read_parquet(tasks / file.name))
+
+
+def test_tissue_box_bounds_the_tissue_with_a_margin():
+    from nucseg.slide.engine import tissue_box
+
+    image = np.full((100, 120, 3), 240, dtype=np.uint8)
+    assert tissue_box(image, margin=5) is None
+    image[10:20, 100:110] = (150, 60, 150)
+    assert tissue_box(image, margin=5) == (slice(5, 25), slice(95, 115))
+    assert tissue_box(image, margin=50) == (slice(0, 70), slice(50, 120))
