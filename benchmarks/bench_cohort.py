@@ -205,10 +205,11 @@ def model_chunk(client, folder: Path, chunk: int) -> dict:
     assert row["status"] == "ok", row
     (task,) = [r for r in stream.data if str(r["key"]).startswith("chunk_task")]
     compute = sum(s["stop"] - s["start"] for s in task["startstops"] if s["action"] == "compute")
-    written = sum(f.stat().st_size for f in out.glob("*/chunks/r*"))
+    written = {f.suffix: f.stat().st_size for f in out.glob("*/chunks/r*")}
     return {"chunk": chunk, "core_mpx": chunk * chunk / 1e6, "task_s": compute,
-            "bytes_read": slide.stat().st_size, "bytes_written": written,
-            "bytes_moved": slide.stat().st_size + written}  # fmt: skip
+            "bytes_read": slide.stat().st_size, "bytes_written": sum(written.values()),
+            "bytes_written_npy": written.get(".npy", 0),
+            "bytes_moved": slide.stat().st_size + sum(written.values())}  # fmt: skip
 
 
 def main() -> None:
@@ -216,8 +217,8 @@ def main() -> None:
 
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--slides", type=int, default=4)
-    parser.add_argument("--size", type=int, default=1024, help="slide side, pixels")
-    parser.add_argument("--chunk", type=int, default=256)
+    parser.add_argument("--size", type=int, default=2048, help="slide side, pixels")
+    parser.add_argument("--chunk", type=int, default=512)
     parser.add_argument("--method", default="otsu")
     parser.add_argument("--model-chunk", type=int, default=4080)
     parser.add_argument("--skip-model", action="store_true")
@@ -236,7 +237,8 @@ def main() -> None:
                 with Client(address, timeout="120s") as client:
                     client.wait_for_workers(workers, timeout=300)
                     client.run(_warm)
-                    result = {"noop_overhead_per_task_s": noop_overhead(client)}
+                    result = {"load_before": os.getloadavg()}
+                    result["noop_overhead_per_task_s"] = noop_overhead(client)
                     result.update(cohort_run(client, slides, folder / f"out{workers}", options))
                     print(workers, "workers:", json.dumps(result), flush=True)
                     record["by_workers"][str(workers)] = result
