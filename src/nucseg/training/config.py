@@ -1,0 +1,75 @@
+"""The training config: every setting of a run, saved as ``config.json`` in its folder."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from nucseg._checks import check_steps_or_budget, dataclass_from_dict
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Everything that defines a training run; saved as ``config.json`` in the run folder."""
+
+    model: str = "unet-efficientnet-lite0"
+    num_classes: int = 3
+    encoder_weights: str | None = None
+    decoder_channels: tuple[int, ...] | None = None
+    dataset: str = "monuseg"
+    split: str = "train"
+    val_images: int = 4
+    limit_images: int | None = None
+    stain: str | None = "macenko"
+    tile: int = 256
+    overlap: float = 0.1
+    batch_size: int = 8
+    lr: float = 1e-4
+    weight_decay: float = 1e-5
+    steps: int | None = 2000
+    time_budget_s: float | None = None
+    warmup_steps: int = 100
+    schedule: str = "cosine"
+    w0: float = 10.0
+    sigma: float = 5.0
+    boundary_width: int = 2
+    augment: dict[str, Any] | None = field(default_factory=dict)
+    seed: int = 0
+    checkpoint_every_s: float = 300.0
+    checkpoint_every_steps: int | None = None
+    precision: str = "auto"
+    fp16_weights: bool = True
+    workers: int = 0  # threads that augment tiles (and the next batch ahead); 0: in the loop
+    # Prediction settings the post-processing is tuned for and the model ships with. 25 % overlap
+    # (the paper: 50 %) halves the tiles of a 1000 x 1000 image for -0.001 to -0.003 validation
+    # AJI (results/unet/predict_settings.json); whole-image tiles lost 0.014.
+    tta: str = "none"
+    predict_tile: int = 256
+    predict_overlap: float = 0.25
+    # A regression channel after the classes: each nucleus's distance to its border, normalised
+    # to 1 at its centre (targets.distance_map), learnt by MSE with this weight. Post-processing
+    # may then place one marker per distance peak ("distance" rule) instead of per interior blob.
+    distance: bool = False
+    distance_weight: float = 1.0
+    # Keep an exponential moving average of the weights (and BatchNorm statistics) with this
+    # decay per step, beside the trained weights. At the end both are tuned on the validation
+    # images and the better one is saved (``thresholds.json``: ``weights``, ``compared_weights``).
+    ema_decay: float | None = None
+    # Start from the weights of this model (a run folder or a model.safetensors file written by
+    # nucseg.models.save_model) instead of encoder_weights: fine-tuning. The network must be the
+    # same; the file's SHA-256 is recorded in init_from.json.
+    init_from: str | None = None
+
+    def __post_init__(self) -> None:
+        check_steps_or_budget(self.steps, self.time_budget_s)
+        if self.schedule not in ("cosine", "constant"):
+            raise ValueError(f"schedule must be 'cosine' or 'constant', got {self.schedule!r}")
+        if self.num_classes not in (2, 3):
+            raise ValueError(f"num_classes must be 2 or 3, got {self.num_classes}")
+        if self.ema_decay is not None and not 0.0 < self.ema_decay < 1.0:
+            raise ValueError(f"ema_decay must be in (0, 1), got {self.ema_decay}")
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any]) -> TrainConfig:
+        """Build from a dict (e.g. a JSON config file); unknown keys raise ``KeyError``."""
+        return dataclass_from_dict(cls, values, what="training config")

@@ -1,0 +1,158 @@
+"""Training data: normalised images, targets and tiles; seeded batches, a pure function of the
+step (so a resumed run sees exactly the batches of an unbroken one)."""
+
+from __future__ import annotations
+
+import concurrent.futures
+import logging
+import threading
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+from tqdm.auto import tqdm
+
+from nucseg.training.config import TrainConfig
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class TrainingData:
+    """Normalised training images with their targets, tiles and validation images."""
+
+    images: list[np.ndarray]
+    targets: list[np.ndarray]
+    weights: list[np.ndarray]
+    tiles: list[tuple[int, tuple[slice, slice]]]
+    val: list[tuple[str, np.ndarray, np.ndarray]]
+    normaliser: Any
+    distances: list[np.ndarray] = field(default_factory=list)  # with TrainConfig.distance
+
+
+def split_ids(config: TrainConfig) -> tuple[list[str], set[str]]:
+    """All image ids of the run and the seeded subset held out for validation (by image)."""
+    from nucseg import datasets
+
+    ids = datasets.ids(config.dataset, split=config.split)[: config.limit_images]
+    rng = np.random.default_rng(config.seed)
+    val_ids = set(rng.choice(ids, size=min(config.val_images, len(ids) - 1), replace=False))
+    return ids, val_ids
+
+
+def prepare_data(config: TrainConfig, *, progress: bool = True) -> TrainingData:
+    """Load, normalise and tile the training images; compute targets and weight maps."""
+    from nucseg import datasets
+    from nucseg.stain import get_normalizer
+    from nucseg.targets import distance_map, three_class_target, unet_weight_map
+    from nucseg.tiling import tile_grid
+
+    ids, val_ids = split_ids(config)
+    samples = [
+        datasets.load_sample(config.dataset, i)
+        for i in tqdm(ids, desc="load", disable=not progress)
+    ]
+    normaliser = None
+    if config.stain is not None:
+        train_images = [s.image for s in samples if s.id not in val_ids]
+        normaliser = get_normalizer(config.stain).fit(_mosaic(train_images))
+    data = TrainingData([], [], [], [], [], normaliser)
+    for sample in samples:
+        image = sample.image if normaliser is None else normaliser.transform(sample.image)
+        if sample.id in val_ids:
+            data.val.append((sample.id, image, sample.labels))
+            continue
+        target = three_class_target(sample.labels, boundary_width=config.boundary_width)
+        if config.num_classes == 2:
+            target = (target > 0).astype(np.uint8)
+        index = len(data.images)
+        data.images.append(image)
+        data.targets.append(target)
+        data.weights.append(unet_weight_map(sample.labels, w0=config.w0, sigma=config.sigma))
+        if config.distance:
+            data.distances.append(distance_map(sample.labels).astype(np.float32))
+        grid = tile_grid(image.shape[:2], tile=config.tile, overlap=config.overlap)
+        data.tiles += [(index, s) for s in grid]
+    log.info(
+        "%d training tiles from %d images; %d validation images",
+        len(data.tiles),
+        len(data.images),
+        len(data.val),
+    )
+    return data
+
+
+def _mosaic(images: list[np.ndarray], *, size: int = 128) -> np.ndarray:
+    """Centre crops of every image side by side: the target a stain normaliser is fitted on."""
+    crops = []
+    for image in images:
+        r, c = (image.shape[0] - size) // 2, (image.shape[1] - size) // 2
+        crops.append(image[max(r, 0) : max(r, 0) + size, max(c, 0) : max(c, 0) + size])
+    return np.concatenate(crops, axis=1)
+
+
+def batch_indices(step: int, *, n_tiles: int, batch_size: int, seed: int) -> np.ndarray:
+    """Tile indices of batch ``step``: epochs of seeded permutations, a pure function of step."""
+    out = []
+    first = step * batch_size
+    for position in range(first, first + batch_size):
+        epoch, offset = divmod(position, n_tiles)
+        out.append(np.random.default_rng([seed, epoch]).permutation(n_tiles)[offset])
+    return np.asarray(out)
+
+
+class _PerThreadAugmenter:
+    """An :class:`~nucseg.augment.Augmenter` per thread (one instance is not thread-safe)."""
+
+    def __init__(self, config: dict[str, Any]) -> None:
+        self.config = config
+        self.local = threading.local()
+
+    def __call__(self, *args: Any, **kwargs: Any) -> dict[str, np.ndarray]:
+        from nucseg.augment import AugmentConfig, Augmenter
+
+        if not hasattr(self.local, "augmenter"):
+            self.local.augmenter = Augmenter(AugmentConfig(**self.config))
+        return self.local.augmenter(*args, **kwargs)
+
+
+def make_batch(
+    data: TrainingData,
+    indices: np.ndarray,
+    step: int,
+    config: TrainConfig,
+    augmenter: Any,
+    pool: concurrent.futures.Executor | None = None,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray | None]:
+    """Augmented ``(images, targets, weights, distances)`` of one batch, given ``step``.
+
+    ``distances`` is ``(N, 1, H, W)`` with :attr:`TrainConfig.distance`, else None.
+
+    Each tile has its own seeded generator, so spreading the tiles over the threads of ``pool``
+    (OpenCV and NumPy release the GIL) gives the same batch as one thread.
+    """
+
+    def one(k: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray | None]:
+        image_index, slices = data.tiles[indices[k]]
+        image = data.images[image_index][slices]
+        target = data.targets[image_index][slices]
+        weight = data.weights[image_index][slices]
+        distance = data.distances[image_index][slices] if data.distances else None
+        if augmenter is None:
+            return image, target, weight, distance
+        out = augmenter(
+            image,
+            target.astype(np.int32),
+            weight,
+            None if distance is None else {"distance": distance},
+            rng=np.random.default_rng([config.seed, step, k]),
+        )
+        distance = out["extra"]["distance"] if distance is not None else None
+        return out["image"], out["labels"], out["weight_map"], distance
+
+    items = (
+        list(pool.map(one, range(len(indices)))) if pool else [one(k) for k in range(len(indices))]
+    )
+    images, targets, weights, distances = zip(*items, strict=True)
+    stacked = None if distances[0] is None else np.stack(distances)[:, None].astype(np.float32)
+    return np.stack(images), np.stack(targets).astype(np.int64), np.stack(weights), stacked
