@@ -1,12 +1,13 @@
 """The failure matrix of docs/failures.md: every case of tests/test_failures.py, before and after.
 
-    git worktree add /tmp/before 49fea0f     # the commit before issue 18's changes
-    python benchmarks/failure_matrix.py --before /tmp/before/src --out docs/failures-matrix.md
+    git worktree add --detach /tmp/before-49fea0f 49fea0f   # before issue 18's changes
+    python benchmarks/failure_matrix.py --before /tmp/before-49fea0f/src --out matrix.md
 
 Runs each case of ``tests/test_failures.py`` (:data:`CASES`) through the command line twice: with
 ``--before``'s source first on ``PYTHONPATH`` and with this checkout's, and writes one Markdown row
 per case: what the command printed (the ``nucseg: error:`` line, or the traceback's last line),
 its exit status, and whether a file's code ran, a temporary was left or an existing file changed.
+Rows already in ``--out`` (an interrupted run) are kept; a command is stopped after 300 s.
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ sys.path.insert(0, str(ROOT / "tests"))
 from test_failures import CASES, MARKER, READ_ONLY, Case, prepare  # noqa: E402
 
 MAIN = "import sys; from nucseg.cli import main; sys.exit(main())"
+TIMEOUT_S = 300
 
 
 def _snapshot(folder: Path) -> dict[Path, str]:
@@ -33,20 +35,25 @@ def _snapshot(folder: Path) -> dict[Path, str]:
 
 def outcome(case: Case, source: Path) -> str:
     """One table cell: how ``case`` ends with the package at ``source``."""
+    if not (source / "nucseg" / "cli.py").is_file():  # else the installed nucseg would run
+        raise SystemExit(f"{source} holds no nucseg package")
     with tempfile.TemporaryDirectory() as name:
         tmp = Path(name)
         argv = prepare(case, tmp)
         before = _snapshot(tmp)
         code = READ_ONLY if case.read_only is not None else MAIN
         extra = [str(tmp / case.read_only)] if case.read_only is not None else []
-        done = subprocess.run(
-            [sys.executable, "-c", code, *extra, *argv],
-            capture_output=True,
-            text=True,
-            env={**os.environ, "PYTHONPATH": str(source)},
-            cwd=tmp,
-            timeout=600,
-        )
+        try:
+            done = subprocess.run(
+                [sys.executable, "-c", code, *extra, *argv],
+                capture_output=True,
+                text=True,
+                env={**os.environ, "PYTHONPATH": str(source)},
+                cwd=tmp,
+                timeout=TIMEOUT_S,
+            )
+        except subprocess.TimeoutExpired:
+            return f"still running after {TIMEOUT_S} s (stopped)"
         lines = [line for line in done.stderr.splitlines() if line.strip()]
         if "Traceback" in done.stderr:
             shown = "traceback: " + lines[-1]
@@ -81,13 +88,19 @@ def main() -> None:
     parser.add_argument("--before", type=Path, required=True, help="src/ of the older checkout")
     parser.add_argument("--out", type=Path, required=True, help="Markdown file to write")
     args = parser.parse_args()
+    done = {}  # rows of an earlier, interrupted run of this script: kept
+    if args.out.is_file():
+        for line in args.out.read_text().splitlines()[2:]:
+            done[line.split(" | ")[0].removeprefix("| ")] = line
     rows = ["| case | command | before | after |", "|---|---|---|---|"]
     for case in CASES:
-        cells = [case.name, f"`{_command(case)}`", outcome(case, args.before),
-                 outcome(case, ROOT / "src")]  # fmt: skip
-        rows.append("| " + " | ".join(cells) + " |")
-        print(rows[-1], flush=True)
-    args.out.write_text("\n".join(rows) + "\n")
+        if case.name not in done:
+            cells = [case.name, f"`{_command(case)}`", outcome(case, args.before),
+                     outcome(case, ROOT / "src")]  # fmt: skip
+            done[case.name] = "| " + " | ".join(cells) + " |"
+            print(done[case.name], flush=True)
+        rows.append(done[case.name])
+        args.out.write_text("\n".join(rows) + "\n")
 
 
 if __name__ == "__main__":
