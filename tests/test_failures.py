@@ -133,7 +133,7 @@ def _run_folder(tmp: Path, *, steps: int) -> tuple[Path, Path]:
     record = {"format": "nucseg.checkpoint/1", "step": 1, "config": values}
     (run / "checkpoint.json").write_text(json.dumps(record))
     other = tmp / "other.json"
-    other.write_text(json.dumps({"steps": steps + 1}))
+    other.write_text(json.dumps({"steps": steps + 1, "limit_images": 2, "val_images": 0}))
     return run, other
 
 
@@ -340,7 +340,7 @@ CASES = [
             (run := _run_folder(t, steps=4))
             and (run[0] / "checkpoint.json").unlink() is None
             and evil_torch_file(t, run[0] / "checkpoint.pt") is None
-            and ["train", str(run[0] / "config.json"), "--out", str(run[0]), "--resume"]
+            and ["train", str(run[1]), "--out", str(run[0]), "--resume"]
         ),
         says=("checkpoint.pt", "pickle"),
     ),
