@@ -176,6 +176,32 @@ def test_model_is_loaded_once_per_worker(cohort, external_cluster, tmp_path):
     assert report["chunks"] >= 4 and len(report["model"]["sha256"]) == 64
 
 
+def test_resume_on_the_cluster_redoes_only_missing_chunks(cohort, external_cluster, tmp_path):
+    """A dead run's finished chunks are kept; --resume on the cluster redoes only the others."""
+    from nucseg.slide import segment_slide
+
+    slides, reference = cohort
+    address, _ = external_cluster
+    out = tmp_path / "out"
+    segment_slide(slides[2], out, method="otsu", chunk=CHUNK, halo=HALO, progress=False,
+                  keep_chunks=True)  # fmt: skip
+    folder = out / "s2"
+    for file in folder.glob("*.*"):  # the final files: the run died before writing them
+        file.unlink()
+    done = sorted((folder / "chunks").glob("r*.parquet"))
+    for file in done[::2]:  # and before some chunks
+        file.unlink()
+    command = [sys.executable, "-m", "nucseg.cli", "slide", str(slides[2]), "--out", str(out),
+               *OPTIONS, "--scheduler", address]  # fmt: skip
+    refused = subprocess.run(command, capture_output=True, text=True, timeout=600)
+    assert refused.returncode == 2 and "--resume" in refused.stderr
+    resumed = subprocess.run([*command, "--resume"], capture_output=True, text=True, timeout=600)
+    assert resumed.returncode == 0, resumed.stderr
+    report = json.loads((folder / "report.json").read_text())
+    assert report["chunks_resumed"] == len(done) - len(done[::2]) > 0
+    assert_same_outputs(out, reference, ["s2"])
+
+
 def test_a_worker_killed_mid_run_changes_nothing(cohort, external_cluster, tmp_path):
     """Run last in this file: it kills one of the fixture's two workers."""
     slides, reference = cohort
