@@ -102,6 +102,22 @@ def test_local_cluster_matches_single_process_and_reports_a_bad_slide(cohort, tm
     assert report["distributed"] and report["nuclei"] == ok["nuclei"].iloc[1]
 
 
+@pytest.mark.parametrize(
+    ("option", "message"),
+    [
+        (["--workers", "0"], "--workers must be a positive"),
+        (["--workers", "2", "--scheduler", "tcp://127.0.0.1:1"], "give exactly one of --workers"),
+        (["--scheduler-file", "missing.json"], "--scheduler-file missing.json: no such file"),
+    ],
+)
+def test_cluster_options_are_checked_before_any_work(tmp_path, capsys, option, message):
+    args = ["slide", "missing.svs", "--out", str(tmp_path), "--method", "otsu", *option]
+    assert main(args) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"nucseg: error: {message}") and err.count("\n") == 1
+    assert not (tmp_path / "slides.csv").exists()
+
+
 # --- an external cluster: `dask scheduler` and two `dask worker` processes ----------------------
 
 
