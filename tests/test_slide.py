@@ -158,6 +158,12 @@ def test_nuclei_across_every_seam_found_once_and_whole(seam_slide, tmp_path):
     assert len(pairs) == n_true and ((labels > 0) == (truth > 0)).all()
 
 
+def test_a_halo_smaller_than_the_nuclei_is_reported(seam_slide, tmp_path):
+    path, truth, chunk = seam_slide
+    report = _run(path, tmp_path, chunk=chunk, halo=4, labels=False)
+    assert report["cut_nuclei"] > 0  # disks of radius 12 reach past a 4-pixel halo
+
+
 def test_outputs_agree_and_are_valid(seam_slide, tmp_path):
     path, truth, chunk = seam_slide
     report = _run(path, tmp_path, chunk=chunk, halo=32, gzip=True)

@@ -74,6 +74,19 @@ def write_chunk(
     name = chunk_name(index)
     r0, c0, r1, c1 = plan.core(index)
     wr0, wc0, wr1, wc1 = plan.window(index)
+    rows_total, cols_total = plan.work_shape
+    # measure only the labelled part of the window (a 1 x 1 corner when nothing is labelled)
+    any_r, any_c = np.flatnonzero(labels.any(axis=1)), np.flatnonzero(labels.any(axis=0))
+    t0, t1 = (int(any_r[0]), int(any_r[-1]) + 1) if any_r.size else (0, 1)
+    l0, l1 = (int(any_c[0]), int(any_c[-1]) + 1) if any_c.size else (0, 1)
+    halo_edges = (  # the part's edges that are halo edges of the window, not the slide's border
+        wr0 > 0 and t0 == 0,
+        wr1 < rows_total and t1 == labels.shape[0],
+        wc0 > 0 and l0 == 0,
+        wc1 < cols_total and l1 == labels.shape[1],
+    )
+    pixels, labels = pixels[t0:t1, l0:l1], labels[t0:t1, l0:l1]
+    wr0, wc0 = wr0 + t0, wc0 + l0
     table = measure_nuclei(pixels, labels)
     rows = table["centroid_row"] + wr0
     cols = table["centroid_col"] + wc0
@@ -91,16 +104,9 @@ def write_chunk(
     else:
         top = bottom = left = right = 0
     crop = np.ascontiguousarray(local[top:bottom, left:right])
-    rows_total, cols_total = plan.work_shape
-    edges = []  # window edges that are halo edges, not the slide's border
-    if wr0 > 0:
-        edges.append(local[0])
-    if wr1 < rows_total:
-        edges.append(local[-1])
-    if wc0 > 0:
-        edges.append(local[:, 0])
-    if wc1 < cols_total:
-        edges.append(local[:, -1])
+    edges = [edge for edge, is_halo in zip(
+        (local[0], local[-1], local[:, 0], local[:, -1]), halo_edges, strict=True
+    ) if is_halo]  # fmt: skip
     cut = len(np.unique(np.concatenate(edges + [np.zeros(1, np.int32)]))) - 1
 
     offset = ((wr0 + top) * s, (wc0 + left) * s)
