@@ -76,6 +76,10 @@ def drop_oversized(labels: np.ndarray, *, max_area: int = MAX_NUCLEUS_AREA_PX) -
 #: How far outside the training range a figure may go before it is flagged.
 MARGINS = {"median_area": 2.0, "nuclei_fraction": 1.5, "smoothness": 0.5}
 
+#: The median nucleus area is judged only over at least this many nuclei (TNBC images with a
+#: dozen fragments gave false alarms at 10).
+MIN_NUCLEI_FOR_SIZES = 30
+
 #: Below this many tissue pixels (as a fraction) an image is "little or no tissue".
 MIN_TISSUE_FRACTION = 0.05
 
@@ -235,7 +239,7 @@ def assess(
         r["median_area_px_min"] / m["median_area"],
         r["median_area_px_max"] * m["median_area"],
     )
-    if median is not None and areas.size >= 10 and not low <= median <= high:
+    if median is not None and areas.size >= MIN_NUCLEI_FOR_SIZES and not low <= median <= high:
         found.append(
             f"median nucleus area {median:.0f} px, outside {low:.0f}-{high:.0f} (training images "
             f"at 40x, ~0.25 um/px: {r['median_area_px_min']:.0f}-{r['median_area_px_max']:.0f}): "
