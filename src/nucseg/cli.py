@@ -125,6 +125,7 @@ def cmd_segment(args: argparse.Namespace) -> int:
         skip_existing=args.skip_existing,
         progress=sys.stderr.isatty(),
         on_result=show,
+        mpp=args.mpp,
     )
     failed = [r["image"] for r in records if r["status"] == "failed"]
     done = [r["image"] for r in records if r["status"] != "failed"]

@@ -277,6 +277,7 @@ def segment_files(
     skip_existing: bool = False,
     progress: bool = True,
     on_result: Callable[[dict[str, Any]], None] | None = None,
+    mpp: float | None = None,
 ) -> list[dict[str, Any]]:
     """Segment image files and write, per image, labels, overlay, measurements and GeoJSON.
 
@@ -301,12 +302,16 @@ def segment_files(
         Show a progress bar.
     on_result : callable, optional
         Called with each image's record as soon as it is done (or skipped, or failed).
+    mpp : float, optional
+        Microns per pixel of every image; without it each file's own metadata (if any) is used.
+        Known, it gives the GeoJSON measurements in um and um2 too.
 
     Returns
     -------
     list of dict
         Per image: ``image`` and ``status`` (``"done"``, ``"skipped"`` or ``"failed"``); done
-        images add ``n_nuclei``, ``seconds`` and the written paths, failed ones ``error``.
+        images add ``n_nuclei``, ``seconds``, the written paths, ``mpp`` and ``quality`` (the
+        figures of :func:`nucseg.quality.assess`), failed ones ``error``.
 
     Raises
     ------
@@ -325,7 +330,7 @@ def segment_files(
         report({"image": str(path), "status": "skipped"})
     for path in tqdm(todo, desc="segment", unit="image", disable=not progress):
         try:
-            report(_segment_one(path, segmenter, out_dir, overwrite=overwrite))
+            report(_segment_one(path, segmenter, out_dir, overwrite=overwrite, mpp=mpp))
         except (ValueError, OSError) as err:  # this image only; the others go on
             log.info("%s failed: %s", path, err)
             report({"image": str(path), "status": "failed", "error": error_message(err)})
@@ -344,7 +349,12 @@ def error_message(err: BaseException) -> str:
 
 
 def _segment_one(
-    path: Path, segmenter: Segmenter, out_dir: str | os.PathLike, *, overwrite: bool
+    path: Path,
+    segmenter: Segmenter,
+    out_dir: str | os.PathLike,
+    *,
+    overwrite: bool,
+    mpp: float | None = None,
 ) -> dict[str, Any]:
     from nucseg import io
     from nucseg.atomic import atomic_group
@@ -353,7 +363,11 @@ def _segment_one(
     start = time.perf_counter()
     labels = segmenter(image)
     seconds = time.perf_counter() - start
-    figures = _quality(image, labels, segmenter)
+    if mpp is None:
+        from nucseg.slide.reader import file_mpp
+
+        mpp = file_mpp(path)
+    figures = _quality(image, labels, segmenter, mpp=mpp)
     quality.warn(str(path), figures)
     out = output_paths(path, out_dir)
     table = io.measure_nuclei(image, labels)
@@ -361,7 +375,7 @@ def _segment_one(
         io.write_labels(tmp["labels"], labels)
         io.write_png(tmp["overlay"], io.overlay(image, labels))
         io.write_csv(tmp["csv"], table)
-        io.export_geojson(tmp["geojson"], labels, measurements=table)
+        io.export_geojson(tmp["geojson"], labels, measurements=table, mpp=mpp)
     n = int(labels.max())
     log.info("%s: %d nuclei in %.2f s", path, n, seconds)
     return {
@@ -370,15 +384,18 @@ def _segment_one(
         "n_nuclei": n,
         "seconds": seconds,
         **{k: str(v) for k, v in out.items()},
+        "mpp": mpp,
         "quality": figures,
     }
 
 
-def _quality(image: np.ndarray, labels: np.ndarray, segmenter: Segmenter) -> dict[str, Any]:
+def _quality(
+    image: np.ndarray, labels: np.ndarray, segmenter: Segmenter, *, mpp: float | None = None
+) -> dict[str, Any]:
     """:func:`nucseg.quality.assess` with what the segmenter's normaliser decided, if it has one."""
     normaliser = getattr(segmenter, "normaliser", None)
     estimate = getattr(normaliser, "last_estimate", None)
-    return quality.assess(image, labels, stain_estimate=estimate)
+    return quality.assess(image, labels, stain_estimate=estimate, mpp=mpp)
 
 
 def evaluate(
