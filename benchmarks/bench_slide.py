@@ -146,7 +146,9 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=None)
     parser.add_argument("--out", type=Path, default=Path("results/slide/bench.json"))
     args = parser.parse_args()
-    origin = provenance()
+    from nucseg.pipeline import resolve_model
+
+    origin = provenance(models=[resolve_model(args.model)])
     record = {"benchmark": "nucseg slide: memory and throughput", "load_before": load_average()}
     extra = ["--model", args.model]
     for flag, value in (("--tile", args.tile), ("--overlap", args.overlap),

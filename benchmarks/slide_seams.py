@@ -38,7 +38,9 @@ def main() -> None:
     parser.add_argument("--gap", type=int, default=256)
     parser.add_argument("--out", type=Path, default=Path("results/slide/seams.json"))
     args = parser.parse_args()
-    origin = provenance()
+    from nucseg.pipeline import resolve_model
+
+    origin = provenance(models=[resolve_model(args.model)])
     samples = list(datasets.load("monuseg", split="test"))
     gap, side = args.gap, 1000
     origins = [(gap + (k // 4) * (side + gap), gap + (k % 4) * (side + gap)) for k in range(8)]

@@ -40,7 +40,7 @@ def main() -> None:
     )
     parser.add_argument("--out", type=Path, default=Path("results/slide/tiles.json"))
     args = parser.parse_args()
-    origin = provenance()
+    origin = provenance(models=[resolve_model(args.model)])
     folder = resolve_model(args.model)
     thresholds = json.loads((folder / "thresholds.json").read_text())
     ids = thresholds["validation_images"]
