@@ -237,8 +237,7 @@ class ChunkSegmenter:
         normaliser = self.predictor.normaliser
         if normaliser is None or self.source is None:
             return image
-        out = normaliser._apply(image, self.source)
-        return np.clip(np.rint(out), 0, 255).astype(np.uint8)
+        return normaliser.apply(image, self.source)
 
     def __call__(self, image: np.ndarray) -> np.ndarray:
         """Labels of ``image``, segmenting only the bounding box of its tissue (plus a margin).
@@ -338,10 +337,11 @@ def _output_channels(predictor: Any, tile: int) -> int:
 def fit_stain(reader: SlideReader, plan: SlidePlan, normaliser: Any, *, samples: int = 8) -> Any:
     """Source stain statistics of a slide from up to ``samples`` 512-pixel tissue windows.
 
-    Returns None (and logs why) when the tissue holds too little stain to estimate them.
+    Returns None (and logs why) when the tissue holds too little stain to estimate them. An
+    implausible estimate falls back to the target's stain vectors with a warning
+    (:meth:`nucseg.stain.StainNormalizer.estimate`); the statistics say which (``accepted``,
+    ``reason``).
     """
-    from nucseg.stain import NotEnoughTissue
-
     if normaliser is None or not plan.chunks:
         return None
     picks = np.linspace(0, len(plan.chunks) - 1, min(samples, len(plan.chunks))).round()
@@ -354,13 +354,15 @@ def fit_stain(reader: SlideReader, plan: SlidePlan, normaliser: Any, *, samples:
     sizes = {p.shape for p in pieces}
     if len(sizes) != 1:
         pieces = [p[: min(s[0] for s in sizes), : min(s[1] for s in sizes)] for p in pieces]
-    try:
-        return normaliser._estimate(np.concatenate(pieces, axis=0))
-    except (NotEnoughTissue, np.linalg.LinAlgError) as err:
+    source = normaliser.estimate(np.concatenate(pieces, axis=0))
+    if source.get("identity"):
         log.warning(
-            "%s: stain statistics not estimated (%s); chunks not normalised", plan.slide, err
+            "%s: stain statistics not estimated (%s); chunks not normalised",
+            plan.slide,
+            source["reason"],
         )
         return None
+    return source
 
 
 def run_chunk(
