@@ -69,8 +69,18 @@ ASSIGNMENT_MARGIN = 10.0
 SPARSITY_CONTRAST = 1.5
 
 
+def stain_sparsity(stains: np.ndarray, tissue_od: np.ndarray) -> np.ndarray:
+    """Each stain's 99th-percentile to median concentration ratio over ``(3, N)`` tissue ODs.
+
+    Haematoxylin, which stains nuclei, is the sparser stain of H&E (the larger ratio).
+    """
+    concentrations = np.maximum(_mix(np.linalg.pinv(stains), tissue_od), 0)
+    high, middle = np.percentile(concentrations, [99, 50], axis=1)
+    return high / np.maximum(middle, 1e-3)
+
+
 def assign_stains(
-    stains: np.ndarray, reference: np.ndarray, tissue_od: np.ndarray | None = None
+    stains: np.ndarray, reference: np.ndarray | None, tissue_od: np.ndarray | None = None
 ) -> np.ndarray:
     """Order two estimated stain vectors as (haematoxylin, eosin).
 
@@ -89,8 +99,10 @@ def assign_stains(
 
     Parameters
     ----------
-    stains, reference : (3, 2) arrays
+    stains : (3, 2) array
         Unit stain vectors in columns.
+    reference : (3, 2) array or None
+        The target's stain vectors; None: the red rule alone decides.
     tissue_od : (3, N) array, optional
         Tissue optical densities, for the sparsity test; without them the angles decide.
 
@@ -106,18 +118,19 @@ def assign_stains(
     True
     """
     stains = np.asarray(stains, dtype=np.float64)
+    red_rule = bool(stains[0, 0] < stains[0, 1])  # swap unless H absorbs more red
+    if reference is None:
+        return np.ascontiguousarray(stains[:, ::-1] if red_rule else stains)
     reference = np.asarray(reference, dtype=np.float64)
     kept = _angle(stains[:, 0], reference[:, 0]) + _angle(stains[:, 1], reference[:, 1])
     swapped = _angle(stains[:, 1], reference[:, 0]) + _angle(stains[:, 0], reference[:, 1])
     swap = swapped < kept
     if abs(kept - swapped) < ASSIGNMENT_MARGIN and tissue_od is not None and tissue_od.size:
-        concentrations = np.maximum(_mix(np.linalg.pinv(stains), tissue_od), 0)
-        high, middle = np.percentile(concentrations, [99, 50], axis=1)
-        sparsity = high / np.maximum(middle, 1e-3)
+        sparsity = stain_sparsity(stains, tissue_od)
         if max(sparsity) >= SPARSITY_CONTRAST * min(sparsity):
             swap = bool(sparsity[1] > sparsity[0])
         else:  # neither angles nor structure can tell (e.g. one stain only): the red rule
-            swap = bool(stains[0, 0] < stains[0, 1])
+            swap = red_rule
     return np.ascontiguousarray(stains[:, ::-1] if swap else stains)
 
 
@@ -450,10 +463,7 @@ def _macenko_stain_vectors(
     if not np.all(np.isfinite(stains)) or norms.min() < 1e-6:
         raise NotEnoughTissue("no stain direction could be estimated")
     stains /= norms
-    if reference is not None:
-        stains = assign_stains(stains, reference, tissue_od)
-    elif stains[0, 0] < stains[0, 1]:  # no reference: the larger red absorbance first
-        stains = stains[:, ::-1]
+    stains = assign_stains(stains, reference, tissue_od)
     cosine = float(stains[:, 0] @ stains[:, 1])
     if cosine > np.cos(np.deg2rad(1.0)):
         raise NotEnoughTissue(

@@ -115,10 +115,7 @@ def vahadane_stain_vectors(
     if not np.all(np.isfinite(stains)) or norms.min() < 1e-6:
         raise NotEnoughTissue("a stain vector vanished")
     stains = stains / norms
-    if reference is not None:
-        stains = assign_stains(stains, reference, tissue_od)
-    elif stains[0, 0] < stains[0, 1]:  # no reference: the larger red absorbance first
-        stains = stains[:, ::-1]
+    stains = assign_stains(stains, reference, tissue_od)
     cosine = float(stains[:, 0] @ stains[:, 1])
     if cosine > np.cos(np.deg2rad(1.0)):
         raise NotEnoughTissue(f"the two stain vectors merged (cosine {cosine:.6f})")

@@ -136,7 +136,7 @@ def stain_check(image: np.ndarray) -> tuple[str, float | None]:
     eosin's: nuclei make haematoxylin the sparser stain, so a ratio below
     :data:`SWAPPED_SPARSITY_RATIO` means the stain called haematoxylin covers the stroma.
     """
-    from nucseg._stain_base import _channel_od, _mix, _tissue_mask
+    from nucseg._stain_base import _channel_od, _tissue_mask, stain_sparsity
     from nucseg.stain import MacenkoNormalizer
 
     small = thumbnail(image)
@@ -150,10 +150,7 @@ def stain_check(image: np.ndarray) -> tuple[str, float | None]:
                 f"rejected ({reason})"), None  # fmt: skip
     mask = _tissue_mask(small, normaliser.io, normaliser.beta).ravel()
     tissue = _channel_od(np.compress(mask, small.reshape(-1, 3), axis=0), normaliser.io)
-    stains = np.asarray(estimate["stain_matrix"])
-    concentrations = np.maximum(_mix(np.linalg.pinv(stains), tissue), 0)
-    high, middle = np.percentile(concentrations, [99, 50], axis=1)
-    sparsity = high / np.maximum(middle, 1e-3)
+    sparsity = stain_sparsity(np.asarray(estimate["stain_matrix"]), tissue)
     return "accepted", float(sparsity[0] / max(sparsity[1], 1e-6))
 
 
