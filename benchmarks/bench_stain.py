@@ -27,7 +27,6 @@ command, commit, modified files and the SHA-256 of every model file) and rewrite
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import sys
 import time
@@ -41,7 +40,8 @@ from nucseg import datasets
 from nucseg.augment import _RGB_FROM_HED, downscale, jpeg, restain
 from nucseg.io import atomic_write
 from nucseg.metrics import aji
-from nucseg.pipeline import make_segmenter, provenance
+from nucseg.pipeline import make_segmenter, provenance, resolve_model
+from nucseg.provenance import model_sha256
 from nucseg.stain import MacenkoNormalizer
 from nucseg.train import TrainConfig, split_ids
 
@@ -144,17 +144,8 @@ def validation_ids() -> list[str]:
 
 
 def model_hashes(model: str | None) -> dict[str, str]:
-    """SHA-256 of every file of a model folder (empty for a classical method)."""
-    if model is None:
-        return {}
-    from nucseg.pipeline import resolve_model
-
-    folder = resolve_model(model)
-    return {
-        p.name: hashlib.sha256(p.read_bytes()).hexdigest()
-        for p in sorted(folder.iterdir())
-        if p.is_file()
-    }
+    """SHA-256 of a model folder's files (nucseg.provenance.model_sha256); {} for a method."""
+    return {} if model is None else model_sha256(resolve_model(model))
 
 
 def summarise(per_variant: dict[str, float]) -> dict[str, object]:
