@@ -106,37 +106,17 @@ def prepare_slide(
     path_ = Path(path)
     reader = open_slide(path_)
     try:
-        slide_mpp = float(options.mpp) if options.mpp is not None else reader.mpp
-        if slide_mpp is None:
-            raise ValueError(
-                f"{path}: the file records no microns per pixel; pass --mpp (e.g. --mpp 0.25 "
-                "for a 40x scan)"
-            )
-        if not slide_mpp > 0:
-            raise ValueError(f"{path}: microns per pixel must be > 0, got {slide_mpp}")
-        folder = Path(out_dir) / run.slide_stem(path_)
-        outputs = run.output_paths(folder, gzip=options.gzip, labels=options.labels)
-        chunk_dir = folder / "chunks"
-        existing = [str(p) for p in outputs.values() if p.exists()]
-        if existing and not options.overwrite:
-            raise FileExistsError(f"{existing[0]} exists; pass --overwrite to replace it")
-        if chunk_dir.exists() and not (options.resume or options.overwrite):
-            raise FileExistsError(
-                f"{chunk_dir} holds an unfinished run; pass --resume to continue it or "
-                "--overwrite to start again"
-            )
-        if chunk_dir.exists() and options.overwrite and not options.resume:
-            shutil.rmtree(chunk_dir)
+        slide_mpp = run._slide_mpp(path, reader, options.mpp)
+        folder, _, chunk_dir = run._prepare_folder(
+            path_, out_dir, gzip=options.gzip, labels=options.labels,
+            overwrite=options.overwrite, resume=options.resume,
+        )  # fmt: skip
         folder.mkdir(parents=True, exist_ok=True)
         t = time.perf_counter()
         region = tissue.roi_geometry(
             [tuple(r) for r in options.roi] if options.roi else None, options.roi_geojson
         )
-        asked = max(1.0, tissue.OVERVIEW_MPP / slide_mpp)
-        overview, downsample = tissue.read_overview(reader, asked)
-        mask = tissue.tissue_mask(overview, mpp=downsample * slide_mpp)
-        if region is not None:
-            mask &= tissue.roi_mask(region, mask.shape, downsample)
+        _, asked, downsample, mask = run._slide_tissue(reader, slide_mpp, region)
         tissue_s = time.perf_counter() - t
         plan = engine.make_plan(
             reader, mpp=slide_mpp, model_mpp=work["mpp"], chunk=options.chunk,

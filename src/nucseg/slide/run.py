@@ -93,6 +93,56 @@ def _write_png(path: Path, rgb: np.ndarray, *, overwrite: bool) -> None:
     write_png(path, rgb, overwrite=overwrite)
 
 
+def _slide_mpp(path: str | os.PathLike, reader: Any, mpp: float | None) -> float:
+    """The slide's microns per pixel: ``mpp`` if given, else the file's; checked."""
+    slide_mpp = float(mpp) if mpp is not None else reader.mpp
+    if slide_mpp is None:
+        raise ValueError(
+            f"{path}: the file records no microns per pixel; pass --mpp (e.g. --mpp 0.25 "
+            "for a 40x scan)"
+        )
+    if not slide_mpp > 0:
+        raise ValueError(f"{path}: microns per pixel must be > 0, got {slide_mpp}")
+    return slide_mpp
+
+
+def _prepare_folder(
+    path: Path, out_dir: str | os.PathLike, *, gzip: bool, labels: bool, overwrite: bool,
+    resume: bool,
+) -> tuple[Path, dict[str, Path], Path]:  # fmt: skip
+    """The slide's output folder, output files and chunk folder, checked before any work.
+
+    Refuses existing outputs without ``overwrite`` and an unfinished run's chunks without
+    ``resume`` or ``overwrite``; with ``overwrite`` alone those chunks are discarded.
+    """
+    folder = Path(out_dir) / slide_stem(path)
+    outputs = output_paths(folder, gzip=gzip, labels=labels)
+    chunk_dir = folder / "chunks"
+    existing = [str(p) for p in outputs.values() if p.exists()]
+    if existing and not overwrite:
+        raise FileExistsError(f"{existing[0]} exists; pass --overwrite to replace it")
+    if chunk_dir.exists() and not (resume or overwrite):
+        raise FileExistsError(
+            f"{chunk_dir} holds an unfinished run; pass --resume to continue it or "
+            "--overwrite to start again"
+        )
+    if chunk_dir.exists() and overwrite and not resume:
+        shutil.rmtree(chunk_dir)
+    return folder, outputs, chunk_dir
+
+
+def _slide_tissue(
+    reader: Any, slide_mpp: float, region: Any
+) -> tuple[np.ndarray, float, float, np.ndarray]:
+    """Overview, downsample asked and read, and tissue mask (restricted to ``region``)."""
+    asked = max(1.0, tissue.OVERVIEW_MPP / slide_mpp)
+    overview, downsample = tissue.read_overview(reader, asked)
+    mask = tissue.tissue_mask(overview, mpp=downsample * slide_mpp)
+    if region is not None:
+        mask &= tissue.roi_mask(region, mask.shape, downsample)
+    return overview, asked, downsample, mask
+
+
 def segment_slide(
     path: str | os.PathLike,
     out_dir: str | os.PathLike,
@@ -175,37 +225,16 @@ def segment_slide(
     path = Path(path)
     reader = open_slide(path)
     try:
-        slide_mpp = float(mpp) if mpp is not None else reader.mpp
-        if slide_mpp is None:
-            raise ValueError(
-                f"{path}: the file records no microns per pixel; pass --mpp (e.g. --mpp 0.25 "
-                "for a 40x scan)"
-            )
-        if not slide_mpp > 0:
-            raise ValueError(f"{path}: microns per pixel must be > 0, got {slide_mpp}")
-        folder = Path(out_dir) / slide_stem(path)
-        outputs = output_paths(folder, gzip=gzip, labels=labels)
-        chunk_dir = folder / "chunks"
-        existing = [str(p) for p in outputs.values() if p.exists()]
-        if existing and not overwrite:
-            raise FileExistsError(f"{existing[0]} exists; pass --overwrite to replace it")
-        if chunk_dir.exists() and not (resume or overwrite):
-            raise FileExistsError(
-                f"{chunk_dir} holds an unfinished run; pass --resume to continue it or "
-                "--overwrite to start again"
-            )
-        if chunk_dir.exists() and overwrite and not resume:
-            shutil.rmtree(chunk_dir)
+        slide_mpp = _slide_mpp(path, reader, mpp)
+        folder, outputs, chunk_dir = _prepare_folder(
+            path, out_dir, gzip=gzip, labels=labels, overwrite=overwrite, resume=resume
+        )
         work = _resolve_work(model, method, segmenter)
         folder.mkdir(parents=True, exist_ok=True)
 
         t = time.perf_counter()
         region = tissue.roi_geometry(roi, roi_geojson)
-        downsample = max(1.0, tissue.OVERVIEW_MPP / slide_mpp)
-        overview, downsample = tissue.read_overview(reader, downsample)
-        mask = tissue.tissue_mask(overview, mpp=downsample * slide_mpp)
-        if region is not None:
-            mask &= tissue.roi_mask(region, mask.shape, downsample)
+        overview, _, downsample, mask = _slide_tissue(reader, slide_mpp, region)
         tissue_mm2 = float(mask.sum()) * (downsample * slide_mpp) ** 2 / 1e6
         times["tissue_s"] = time.perf_counter() - t
 
