@@ -13,6 +13,7 @@ from scipy import ndimage as ndi
 from skimage import draw, filters, segmentation
 
 from nucseg import metrics, postprocess
+from nucseg.objects import remove_small
 from nucseg.postprocess import (
     distance_watershed,
     marker_watershed,
@@ -446,3 +447,24 @@ def test_rule_inputs_take_the_right_channels():
         rule_inputs(two, num_classes=2, method="watershed")
     with pytest.raises(KeyError, match="valid"):
         rule_inputs(probs, num_classes=3, method="stardist")
+
+
+@pytest.mark.data
+@pytest.mark.parametrize("sigma, noise", [(1.0, 0.05), (2.5, 0.15)])
+def test_flooding_only_shared_regions_equals_flooding_everything(monuseg_labels, sigma, noise):
+    """The watershed is run only on mask regions holding two or more markers; the labels equal
+    those of one watershed over the whole mask, on blurred maps of a real MoNuSeg image."""
+    probs = blurred(one_hot_probs(monuseg_labels), sigma=sigma, noise=noise)
+    interior = probs[..., 1]
+    markers, _ = ndi.label(interior > 0.5, structure=postprocess._CROSS)
+    markers = remove_small(markers, min_size=10)
+    mask = (interior + probs[..., 2] > 0.5) | (markers > 0)
+    full = segmentation.watershed(-interior, markers, mask=mask, connectivity=1)
+    regions, n = ndi.label(mask, structure=postprocess._CROSS)
+    owners = np.unique(
+        regions[markers > 0].astype(np.int64) * (markers.max() + 1) + markers[markers > 0]
+    )
+    assert np.bincount(owners // (markers.max() + 1)).max() > 1, "no region holds two markers"
+    expected = remove_small(postprocess._fill_holes_per_object(full), min_size=0)
+    got = postprocess._flood(-interior, markers, mask, 0.0, False, 0)
+    np.testing.assert_array_equal(got, expected)

@@ -55,6 +55,33 @@ def test_grid_covers_every_pixel_with_the_stated_stride(tile, overlap, extra_row
     assert len(grid) == len(_origins(grid, 0)) * len(_origins(grid, 1))
 
 
+@settings(max_examples=60, deadline=None)
+@given(
+    tile=st.integers(8, 64),
+    min_overlap=st.integers(0, 7),
+    extra_rows=st.integers(0, 300),
+    extra_cols=st.integers(0, 300),
+)
+def test_spread_grid_covers_with_the_least_overlap_and_fewest_tiles(
+    tile, min_overlap, extra_rows, extra_cols
+):
+    rows, cols = tile + extra_rows, tile + extra_cols
+    grid = tiling.spread_grid((rows, cols), tile=tile, min_overlap=min_overlap)
+    covered = np.zeros((rows, cols), dtype=int)
+    for r, c in grid:
+        assert (r.stop - r.start, c.stop - c.start) == (tile, tile)
+        covered[r, c] += 1
+    assert covered.min() >= 1
+    for axis, length in ((0, rows), (1, cols)):
+        starts = sorted({s[axis].start for s in grid})
+        assert starts[0] == 0 and starts[-1] == length - tile
+        gaps = np.diff(starts)
+        assert (gaps <= tile - min_overlap).all()  # neighbours share at least min_overlap
+        assert gaps.size == 0 or gaps.max() - gaps.min() <= 1  # spread evenly
+        # one tile fewer could not keep that overlap
+        assert len(starts) == 1 or (len(starts) - 2) * (tile - min_overlap) + tile < length
+
+
 def test_grid_by_hand():
     # 600 rows, tile 256, overlap 0.5 -> stride 128: origins 0, 128, 256, then 344 flush
     grid = tile_grid((600, 256, 3), tile=256, overlap=0.5)

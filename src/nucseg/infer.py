@@ -205,6 +205,10 @@ class Predictor:
         Keyword arguments of that post-processing (e.g. tuned thresholds).
     tile, overlap, batch_size, tta, device, precision
         As in :func:`predict_maps`.
+    fold_bn : bool, optional
+        Fold the network's batch norms into its convolutions
+        (:func:`nucseg.models.fuse.fold_batchnorm`): the same maps, about a fifth faster on a
+        CPU.
     """
 
     def __init__(
@@ -221,9 +225,15 @@ class Predictor:
         tta: str = "none",
         device: torch.device | None = None,
         precision: str = "auto",
+        fold_bn: bool = True,
     ) -> None:
+        from nucseg.models.fuse import fold_batchnorm
+
         self.device = default_device() if device is None else device
-        self.model = model.to(self.device).to(memory_format=torch.channels_last).eval()
+        model = model.to(self.device).eval()
+        if fold_bn:
+            model = fold_batchnorm(model)
+        self.model = model.to(memory_format=torch.channels_last).eval()
         self.num_classes = num_classes
         self.normaliser = normaliser
         self.postprocess = postprocess

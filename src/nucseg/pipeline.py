@@ -144,8 +144,9 @@ def make_segmenter(
     method : str, optional
         A registered classical method (``otsu``, ``watershed``, ``fiji``).
     model : str, optional
-        A run folder or bundled model name (see :func:`resolve_model`); ``params`` then override
-        its prediction settings (``tile``, ``overlap``, ``batch_size``, ``tta``, ``precision``).
+        A run folder or bundled model name (see :func:`resolve_model`), run through the slide
+        engine (:class:`nucseg.slide.engine.ImageSegmenter`); ``params`` then override its
+        prediction settings (``tile``, ``overlap``, ``batch_size``, ``tta``, ``precision``).
     **params
         Keyword parameters of the method.
 
@@ -157,9 +158,9 @@ def make_segmenter(
     """
     folder = check_segmenter(method, model=model, **params)
     if folder is not None:
-        from nucseg.infer import Predictor
+        from nucseg.slide.engine import ImageSegmenter, engine_predictor
 
-        return Predictor.load(folder, **params)
+        return ImageSegmenter(engine_predictor(folder, **params))
     from nucseg.classical import get_method
 
     return functools.partial(get_method(method), **params)

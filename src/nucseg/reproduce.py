@@ -209,8 +209,12 @@ class Reproduction:
         if method in CLASSICAL:
             return make_segmenter(method), None
         if method in UNETS:
+            from nucseg.infer import Predictor
+
             folder = self.train_unet(method)
-            return make_segmenter(model=str(folder)), folder
+            # the paper's protocol as first scored: whole-image tiling at the model's overlap,
+            # batch norms unfolded (folding changes bfloat16 rounding), not the slide engine
+            return Predictor.load(folder, fold_bn=False), folder
         if method == "maskrcnn":
             return self._maskrcnn()
         stage_one = [str(self.train_unet(name)) for name in self.config.stage_one]

@@ -26,6 +26,7 @@ __all__ = [
     "blend_window",
     "extract_tiles",
     "pad_to",
+    "spread_grid",
     "stitch_maps",
     "tile_grid",
 ]
@@ -94,6 +95,41 @@ def tile_grid(shape: Sequence[int], *, tile: int = 256, overlap: float = 0.5) ->
     row_origins = _axis_origins(rows, tile, stride)
     col_origins = _axis_origins(cols, tile, stride)
     return [(slice(r, r + tile), slice(c, c + tile)) for r in row_origins for c in col_origins]
+
+
+def spread_grid(shape: Sequence[int], *, tile: int = 256, min_overlap: int = 8) -> list[Slices]:
+    """The fewest square tiles that cover an image with at least ``min_overlap`` pixels shared by
+    neighbours, spread evenly.
+
+    Along an axis of length ``L`` there are ``n = ceil((L - min_overlap) / (tile - min_overlap))``
+    tiles (one when ``L == tile``) whose origins ``round(i * (L - tile) / (n - 1))`` share the
+    spare length evenly: a 1000-pixel side takes four 256-pixel tiles with at least 8 pixels of
+    overlap (8 each), where :func:`tile_grid` at 25 % takes five. Every dimension must be at least
+    ``tile`` (pad first with :func:`pad_to`).
+
+    Examples
+    --------
+    >>> [cols.start for _, cols in spread_grid((256, 1000), tile=256, min_overlap=8)]
+    [0, 248, 496, 744]
+    >>> [cols.start for _, cols in spread_grid((256, 1000), tile=256, min_overlap=16)]
+    [0, 186, 372, 558, 744]
+    """
+    rows, cols = _shape2(shape)
+    if int(tile) != tile or tile < 1 or not 0 <= min_overlap < tile:
+        raise ValueError(f"need a positive tile and 0 <= min_overlap < tile, got {tile}, {min_overlap}")
+    if rows < tile or cols < tile:
+        raise ValueError(
+            f"image of shape {(rows, cols)} is smaller than the tile ({tile} x {tile}); "
+            "pad it first with nucseg.tiling.pad_to(image, (tile, tile))"
+        )
+
+    def origins(length: int) -> list[int]:
+        if length == tile:
+            return [0]
+        n = -(-(length - min_overlap) // (tile - min_overlap))
+        return [round(i * (length - tile) / (n - 1)) for i in range(n)]
+
+    return [(slice(r, r + tile), slice(c, c + tile)) for r in origins(rows) for c in origins(cols)]
 
 
 def _shape2(shape: Sequence[int]) -> tuple[int, int]:
