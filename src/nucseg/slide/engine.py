@@ -233,15 +233,24 @@ class ChunkSegmenter:
     statistics, chunks go to the network as they are.
     """
 
-    def __init__(self, predictor: Any, source: dict[str, Any] | None) -> None:
+    def __init__(
+        self, predictor: Any, source: dict[str, Any] | None, *, colour_table: bool = False
+    ) -> None:
         self.predictor = predictor
         self.source = source
+        self.colour_table = colour_table
 
     def normalise(self, image: np.ndarray) -> np.ndarray:
+        """The normalised pixels; with ``colour_table``, through the slide's table of all
+        colours (built at the first chunk, kept for the next ones: the same pixels, faster)."""
         normaliser = self.predictor.normaliser
         if normaliser is None or self.source is None:
             return image
-        return normaliser.apply(image, self.source)
+        if not self.colour_table:
+            return normaliser.apply(image, self.source)
+        from nucseg._stain_base import apply_colour_table
+
+        return apply_colour_table(image, _colour_table(normaliser, self.source))
 
     def __call__(self, image: np.ndarray) -> np.ndarray:
         """Labels of ``image``, segmenting only the bounding box of its tissue (plus a margin).
@@ -287,6 +296,18 @@ class ImageSegmenter:
             if source.get("identity"):
                 source = None
         return ChunkSegmenter(self.predictor, source)(image)
+
+
+_TABLES: dict[str, np.ndarray] = {}
+
+
+def _colour_table(normaliser: Any, source: dict[str, Any]) -> np.ndarray:
+    """The colour table of ``normaliser`` with ``source`` (the last one built is kept)."""
+    key = json.dumps([normaliser.to_dict(), source], sort_keys=True, default=str)
+    if key not in _TABLES:
+        _TABLES.clear()
+        _TABLES[key] = normaliser.colour_table(source)
+    return _TABLES[key]
 
 
 #: Pixels of glass kept around the tissue's bounding box in a chunk.
@@ -507,5 +528,5 @@ def chunk_task(
     else:
         predictor = load_predictor(str(model), json.dumps(predict or {}, sort_keys=True))
         source = json.loads((chunk_dir / "stain.json").read_text())["source"]
-        segmenter = ChunkSegmenter(predictor, source)
+        segmenter = ChunkSegmenter(predictor, source, colour_table=True)
     return run_chunk(plan, segmenter, index, chunk_dir)

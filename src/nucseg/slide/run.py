@@ -388,7 +388,7 @@ def _build_segmenter(
     stain = None
     if predictor.normaliser is not None:
         stain = {"normaliser": predictor.normaliser.name, "source": source}
-    segmenter = engine.ChunkSegmenter(predictor, source)
+    segmenter = engine.ChunkSegmenter(predictor, source, colour_table=True)
     return segmenter, {"stain": stain, "predict": predictor.options}
 
 

@@ -1,0 +1,133 @@
+"""``nucseg segment`` of this checkout against another commit's (or another model), in one run.
+
+Speed is compared only as a ratio measured in one run on one machine: the baseline commit is
+checked out beside this one (``git worktree``, removed afterwards) and both run with the same
+Python; each timing is ``nucseg segment`` on 1 and on 5 MoNuSeg breast images (1000 x 1000), the
+cost of one more image being ``(t5 - t1) / 4``, and the two versions alternate, repeat after
+repeat, so that a change in the machine's load hits both. Writes JSON with the per-image seconds
+of each side, their ratio, the load before and after, and the provenance.
+
+    python benchmarks/bench_segment_compare.py --baseline 95d5cc0 \
+        --out results/slide/segment_speed.json
+    python benchmarks/bench_segment_compare.py --model runs/new --baseline-model default --out ...
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from nucseg import datasets
+from nucseg.atomic import write_json
+from nucseg.pipeline import provenance, resolve_model
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def run_segment(src: Path | None, images: list[Path], extra: list[str]) -> float:
+    """Wall-clock seconds of one ``nucseg segment`` run (the code under ``src``, or this one)."""
+    env = dict(os.environ)
+    if src is not None:
+        env["PYTHONPATH"] = str(src)
+    with tempfile.TemporaryDirectory() as out:
+        command = [sys.executable, "-m", "nucseg.cli", "segment", *map(str, images), "--out", out]
+        start = time.perf_counter()
+        subprocess.run(command + extra, check=True, capture_output=True, env=env)
+        return time.perf_counter() - start
+
+
+def imported_from(src: Path | None) -> str:
+    env = dict(os.environ)
+    if src is not None:
+        env["PYTHONPATH"] = str(src)
+    code = "import nucseg; print(nucseg.__file__)"
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env)
+    return done.stdout.strip()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--baseline", help="commit to compare with (default: this checkout)")
+    parser.add_argument("--model", default="default", help="model of this checkout's runs")
+    parser.add_argument("--baseline-model", help="model of the baseline runs (default: --model)")
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--out", type=Path, required=True)
+    args = parser.parse_args()
+    root = datasets.data_root() / "monuseg" / "images"
+    images = [root / f"{i}.tif" for i in datasets.ids("monuseg", split="test")[:5]]
+    base_model = args.baseline_model or args.model
+    models = [resolve_model(args.model), resolve_model(base_model)]
+    origin = provenance(models=models)
+    load_before = [round(v, 2) for v in os.getloadavg()]
+    with tempfile.TemporaryDirectory() as scratch:
+        base_src = None
+        if args.baseline:
+            tree = Path(scratch) / "baseline"
+            subprocess.run(
+                ["git", "-C", str(ROOT), "worktree", "add", "--detach", str(tree), args.baseline],
+                check=True,
+                capture_output=True,
+            )
+            base_src = tree / "src"
+        try:
+            sides = {"new": (None, args.model), "baseline": (base_src, base_model)}
+            where = {name: imported_from(src) for name, (src, _) in sides.items()}
+            print(where, flush=True)
+            times: dict[str, dict[str, list[float]]] = {n: {"t1": [], "t5": []} for n in sides}
+            for repeat in range(args.repeats):
+                for n_images in (1, 5):
+                    for name, (src, model) in sides.items():
+                        seconds = run_segment(src, images[:n_images], ["--model", model])
+                        times[name][f"t{n_images}"].append(seconds)
+                        print(
+                            f"repeat {repeat}: {name} {n_images} images {seconds:.2f} s", flush=True
+                        )
+        finally:
+            if args.baseline:
+                subprocess.run(
+                    ["git", "-C", str(ROOT), "worktree", "remove", "--force", str(tree)],
+                    check=False,
+                    capture_output=True,
+                )
+    result = {}
+    for name in sides:
+        t1, t5 = statistics.median(times[name]["t1"]), statistics.median(times[name]["t5"])
+        result[name] = {
+            "t1_s": t1,
+            "t5_s": t5,
+            "per_image_s": (t5 - t1) / 4,
+            "runs": times[name],
+            "imported_from": where[name],
+        }
+    speedup = result["baseline"]["per_image_s"] / result["new"]["per_image_s"]
+    print(
+        f"per image: new {result['new']['per_image_s']:.3f} s, baseline "
+        f"{result['baseline']['per_image_s']:.3f} s -> {speedup:.2f}x faster"
+    )
+    record = {
+        "benchmark": "nucseg segment per 1000x1000 image, this checkout against a baseline",
+        "baseline_commit": args.baseline,
+        "model": args.model,
+        "baseline_model": base_model,
+        "images": [p.name for p in images],
+        **result,
+        "speedup": speedup,
+        "load_before": load_before,
+        "load_after": [round(v, 2) for v in os.getloadavg()],
+        "cpus": os.cpu_count(),
+        "date": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        **origin,
+    }
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    write_json(args.out, record, overwrite=True)
+    print(f"wrote {args.out}")
+
+
+if __name__ == "__main__":
+    main()
