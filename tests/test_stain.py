@@ -435,6 +435,4 @@ def test_colour_table_maps_like_apply(fitted, image_a, image_b):
     assert table.shape == (1 << 24,) and table.dtype == np.uint32
     noise = np.random.default_rng(3).integers(0, 256, (64, 64, 3), dtype=np.uint8)
     for image in (image_b, noise):
-        np.testing.assert_array_equal(
-            apply_colour_table(image, table), fitted.apply(image, source)
-        )
+        np.testing.assert_array_equal(apply_colour_table(image, table), fitted.apply(image, source))
