@@ -271,12 +271,13 @@ def test_resume_after_kill_gives_the_same_outputs(seam_slide, tmp_path):
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert done.returncode == -9, done.stderr
     folder = tmp_path / "killed" / "seams"
-    assert len(list((folder / "chunks").glob("*.parquet"))) == 11
+    done_chunks = len(list((folder / "chunks").glob("*.parquet")))
+    assert done_chunks in (10, 11)  # the 11th may still have been finishing in its thread
     assert not (folder / "nuclei.parquet").exists()
     with pytest.raises(FileExistsError, match="--resume"):
         _run(path, tmp_path / "killed", **options)
     report = _run(path, tmp_path / "killed", resume=True, **options)
-    assert report["chunks_resumed"] == 11
+    assert report["chunks_resumed"] == done_chunks
     full = tmp_path / "full" / "seams"
     pd.testing.assert_frame_equal(
         pd.read_parquet(full / "nuclei.parquet"), pd.read_parquet(folder / "nuclei.parquet")

@@ -51,9 +51,13 @@ def hematoxylin(image: np.ndarray) -> np.ndarray:
     Same values as ``rgb2hed(image)[..., 0]`` to float32 precision, from a 256-entry lookup table
     per channel instead of a logarithm per pixel.
     """
-    image = check_image(image)
+    return _hematoxylin_of(check_image(image))
+
+
+def _hematoxylin_of(pixels: np.ndarray) -> np.ndarray:
+    """:func:`hematoxylin` of ``(..., 3) uint8`` pixels (e.g. only those of the nuclei)."""
     lut = (_OD_LUT[:, None] * hed_from_rgb[:, 0][None, :]).astype(np.float32)  # (256, 3)
-    h = lut[image[..., 0], 0] + lut[image[..., 1], 1] + lut[image[..., 2], 2]
+    h = lut[pixels[..., 0], 0] + lut[pixels[..., 1], 1] + lut[pixels[..., 2], 2]
     return np.maximum(h, 0.0, out=h)
 
 
@@ -138,7 +142,7 @@ def measure_nuclei(image: np.ndarray, labels: np.ndarray) -> dict[str, np.ndarra
     l1, l2 = np.maximum(half_trace + root, 0.0), np.maximum(half_trace - root, 0.0)
     with np.errstate(divide="ignore", invalid="ignore"):
         eccentricity = np.where(l1 > 0, np.sqrt(np.clip(1 - l2 / l1, 0.0, 1.0)), 0.0)
-    h = hematoxylin(image)[rows, cols].astype(np.float64)
+    h = _hematoxylin_of(image[rows, cols]).astype(np.float64)  # nucleus pixels only
     mean_h = np.bincount(ids, weights=h, minlength=n) / safe
     perimeter = _perimeters(labels, n)
     return {

@@ -112,9 +112,10 @@ def write_chunk(
     offset = ((wr0 + top) * s, (wc0 + left) * s)
     polygons = [g for _, g in nucleus_polygons(crop, offset=offset, scale=s)] if kept.size else []
     geo = polygon_measurements(polygons, mpp=plan.mpp)
-    hulls = shapely.area(shapely.convex_hull(np.asarray(polygons + [None], dtype=object)[:-1]))
-    bounds = shapely.bounds(np.asarray(polygons + [None], dtype=object)[:-1]).reshape(-1, 4)
-    geometries = [json.dumps(shapely.geometry.mapping(g)) for g in polygons]
+    shapes = np.asarray(polygons + [None], dtype=object)[:-1]
+    hulls = shapely.area(shapely.convex_hull(shapes))
+    bounds = shapely.bounds(shapes).reshape(-1, 4)
+    geometries = shapely.to_geojson(shapes).tolist()  # GEOS's writer: full precision, compact
     columns = {
         "local_label": np.arange(1, kept.size + 1, dtype=np.int32),
         "centroid_x": geo["centroid_x_px"],

@@ -259,13 +259,24 @@ class ChunkSegmenter:
         :func:`predict_tissue_maps`): cropping spares normalising, stitching and
         post-processing it, most of a chunk at the edge of the tissue.
         """
-        labels = np.zeros(image.shape[:2], dtype=np.int32)
+        return self.labels(image.shape[:2], self.predict(image))
+
+    def predict(self, image: np.ndarray) -> tuple[tuple[slice, slice], np.ndarray] | None:
+        """The network's part: the tissue box of ``image`` and its maps (None: no tissue)."""
         box = tissue_box(image, margin=TISSUE_MARGIN)
         if box is None:
-            return labels
+            return None
         part = image[box]
-        maps = predict_tissue_maps(self.predictor, self.normalise(part), tissue=part)
-        labels[box] = self.predictor.maps_to_labels(maps)
+        return box, predict_tissue_maps(self.predictor, self.normalise(part), tissue=part)
+
+    def labels(
+        self, shape: tuple[int, int], predicted: tuple[tuple[slice, slice], np.ndarray] | None
+    ) -> np.ndarray:
+        """The post-processing part: ``(rows, cols)`` labels from :meth:`predict`'s output."""
+        labels = np.zeros(shape, dtype=np.int32)
+        if predicted is not None:
+            box, maps = predicted
+            labels[box] = self.predictor.maps_to_labels(maps)
         return labels
 
 
