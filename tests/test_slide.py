@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import gzip
 import json
+import logging
 import subprocess
 import sys
 import textwrap
@@ -363,3 +364,28 @@ def test_tissue_box_bounds_the_tissue_with_a_margin():
     image[10:20, 100:110] = (150, 60, 150)
     assert tissue_box(image, margin=5) == (slice(5, 25), slice(95, 115))
     assert tissue_box(image, margin=50) == (slice(0, 70), slice(50, 120))
+
+
+# --- quality flags per chunk -----------------------------------------------------------------
+
+
+def test_chunk_quality_flags_reach_the_report(seam_slide, tmp_path, caplog):
+    """A segmenter that labels every pixel one nucleus is flagged in every tissue chunk: the
+    figures are in report.json and one warning line says how many chunks raised it."""
+    path, _, chunk = seam_slide
+
+    def everything(image):
+        return np.ones(image.shape[:2], dtype=np.int32)
+
+    with caplog.at_level(logging.WARNING, logger="nucseg.slide.run"):
+        report = segment_slide(path, tmp_path, segmenter=everything, progress=False, chunk=chunk)
+    quality = report["quality"]
+    assert quality["chunks_assessed"] == report["chunks"] > 0
+    assert quality["chunks_flagged"] == quality["chunks_assessed"]
+    assert any(kind.startswith("nuclei cover") for kind in quality["flags"])
+    lines = [
+        r.getMessage() for r in caplog.records if "tissue chunks: nuclei cover" in r.getMessage()
+    ]
+    assert len(lines) == 1 and f"{quality['chunks_assessed']} of " in lines[0]
+    clean = _run(path, tmp_path / "clean", chunk=chunk)["quality"]
+    assert clean["chunks_assessed"] == report["chunks"] and clean["chunks_flagged"] == 0

@@ -51,6 +51,7 @@ class ChunkInfo:
     origin: tuple[int, int]  # work-pixel (row, col) of the npy crop
     shape: tuple[int, int]
     cut: int
+    quality: dict[str, Any] | None = None  # nucseg.quality figures of the chunk's tissue box
 
 
 def _atomic(path: Path) -> Path:
@@ -72,6 +73,7 @@ def write_chunk(
     from nucseg.slide.engine import chunk_name
 
     name = chunk_name(index)
+    figures = chunk_quality(pixels, labels, mpp=plan.work_mpp)
     r0, c0, r1, c1 = plan.core(index)
     wr0, wc0, wr1, wc1 = plan.window(index)
     rows_total, cols_total = plan.work_shape
@@ -141,6 +143,7 @@ def write_chunk(
         "origin": [int(wr0 + top), int(wc0 + left)],
         "shape": list(crop.shape),
         "cut": int(cut),
+        "quality": figures,
     }
     chunk_dir.mkdir(parents=True, exist_ok=True)
     npy = chunk_dir / f"{name}.npy"
@@ -156,6 +159,24 @@ def write_chunk(
     return {"chunk": name, "nuclei": int(kept.size), "cut": int(cut)}
 
 
+#: Chunk warnings left out of a slide's report: the slide's tissue mask already says where there is
+#: tissue, and a chunk at the tissue's edge is mostly glass.
+_CHUNK_IGNORED = ("little or no tissue",)
+
+
+def chunk_quality(pixels: np.ndarray, labels: np.ndarray, *, mpp: float) -> dict[str, Any] | None:
+    """:func:`nucseg.quality.assess` of a chunk's tissue bounding box (None: no tissue)."""
+    from nucseg import quality
+    from nucseg.slide.engine import tissue_box
+
+    box = tissue_box(pixels)
+    if box is None:
+        return None
+    figures = quality.assess(np.ascontiguousarray(pixels[box]), labels[box], mpp=mpp)
+    figures["warnings"] = [w for w in figures["warnings"] if not w.startswith(_CHUNK_IGNORED)]
+    return figures
+
+
 def read_chunk_info(chunk_dir: Path, name: str) -> ChunkInfo:
     """The metadata of a finished chunk."""
     parquet = chunk_dir / f"{name}.parquet"
@@ -168,4 +189,5 @@ def read_chunk_info(chunk_dir: Path, name: str) -> ChunkInfo:
         origin=tuple(meta["origin"]),
         shape=tuple(meta["shape"]),
         cut=int(meta["cut"]),
+        quality=meta.get("quality"),
     )

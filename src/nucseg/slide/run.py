@@ -268,6 +268,7 @@ def segment_slide(
     finally:
         reader.close()
     n = report.pop("nuclei")
+    quality_summary = report.pop("quality")
     report = {
         "slide": str(path),
         "format": reader.format,
@@ -294,6 +295,7 @@ def segment_slide(
         "chunk_mpx": chunk_stats["pixels"] * plan.scale**2 / 1e6,
         "seconds": time.perf_counter() - started,
         "times": times,
+        "quality": quality_summary,
         "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
         "outputs": {k: str(v) for k, v in outputs.items()},
         **provenance(argv),
@@ -494,4 +496,24 @@ def _assemble(
     image = writers.outline_overlay(view, infos, shape=shape, scale=plan.scale)
     _write_png(outputs["overlay"], image, overwrite=overwrite)
     times["overlay_s"] = time.perf_counter() - t
-    return {"nuclei": n}
+    return {"nuclei": n, "quality": _quality_summary(infos, stem)}
+
+
+def _quality_summary(infos: list[Any], stem: str) -> dict[str, Any]:
+    """The chunks' quality figures (:func:`nucseg.slide.chunkio.chunk_quality`) for the report,
+    and one warning line per kind of flag with the number of chunks that raised it."""
+    assessed = {info.name: info.quality for info in infos if info.quality is not None}
+    kinds: dict[str, list[str]] = {}
+    for name, figures in assessed.items():
+        for line in figures["warnings"]:
+            kinds.setdefault(line.split(" (")[0].split(":")[0], []).append(name)
+    for kind, names in kinds.items():
+        example = assessed[names[0]]["warnings"]
+        line = next(w for w in example if w.split(" (")[0].split(":")[0] == kind)
+        log.warning("%s: %d of %d tissue chunks: %s", stem, len(names), len(assessed), line)
+    return {
+        "chunks_assessed": len(assessed),
+        "chunks_flagged": len({n for names in kinds.values() for n in names}),
+        "flags": {kind: names for kind, names in kinds.items()},
+        "chunks": assessed,
+    }
