@@ -13,6 +13,7 @@ import logging
 import os
 import time
 from collections.abc import Callable, Iterable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -329,12 +330,31 @@ def segment_files(
 
     for path in skipped:
         report({"image": str(path), "status": "skipped"})
-    for path in tqdm(todo, desc="segment", unit="image", disable=not progress):
-        try:
-            report(_segment_one(path, segmenter, out_dir, overwrite=overwrite, mpp=mpp))
-        except (ValueError, OSError) as err:  # this image only; the others go on
-            log.info("%s failed: %s", path, err)
-            report({"image": str(path), "status": "failed", "error": error_message(err)})
+
+    def failed(path: Path, err: BaseException) -> None:  # this image only; the others go on
+        log.info("%s failed: %s", path, err)
+        report({"image": str(path), "status": "failed", "error": error_message(err)})
+
+    # The next image is read and segmented in a worker thread (the network releases the GIL)
+    # while this one's outputs are measured and written here, in the main thread, where the
+    # renames hold signals back.
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        pending = pool.submit(_read_and_segment, todo[0], segmenter) if todo else None
+        for i, path in enumerate(tqdm(todo, desc="segment", unit="image", disable=not progress)):
+            future = pending
+            try:
+                segmented = future.result()
+            except (ValueError, OSError) as err:
+                segmented = err
+            if i + 1 < len(todo):
+                pending = pool.submit(_read_and_segment, todo[i + 1], segmenter)
+            if isinstance(segmented, BaseException):
+                failed(path, segmented)
+                continue
+            try:
+                report(_write_one(path, segmented, out_dir, overwrite=overwrite, mpp=mpp))
+            except (ValueError, OSError) as err:
+                failed(path, err)
     return records
 
 
@@ -349,26 +369,36 @@ def error_message(err: BaseException) -> str:
     return str(err).replace("\n", " ")
 
 
-def _segment_one(
-    path: Path,
-    segmenter: Segmenter,
-    out_dir: str | os.PathLike,
-    *,
-    overwrite: bool,
-    mpp: float | None = None,
-) -> dict[str, Any]:
+def _read_and_segment(path: Path, segmenter: Segmenter) -> dict[str, Any]:
+    """Read an image and segment it: its pixels, labels, seconds and the stain decision."""
     from nucseg import io
-    from nucseg.atomic import atomic_group
 
     image = io.read_image(path)
     start = time.perf_counter()
     labels = segmenter(image)
     seconds = time.perf_counter() - start
+    estimate = getattr(getattr(segmenter, "normaliser", None), "last_estimate", None)
+    return {"image": image, "labels": labels, "seconds": seconds, "estimate": estimate}
+
+
+def _write_one(
+    path: Path,
+    segmented: dict[str, Any],
+    out_dir: str | os.PathLike,
+    *,
+    overwrite: bool,
+    mpp: float | None = None,
+) -> dict[str, Any]:
+    """Check, measure and write one segmented image's four files (renamed together)."""
+    from nucseg import io
+    from nucseg.atomic import atomic_group
+
+    image, labels, seconds = segmented["image"], segmented["labels"], segmented["seconds"]
     if mpp is None:
         from nucseg.slide.reader import file_mpp
 
         mpp = file_mpp(path)
-    figures = _quality(image, labels, segmenter, mpp=mpp)
+    figures = quality.assess(image, labels, stain_estimate=segmented["estimate"], mpp=mpp)
     quality.warn(str(path), figures)
     out = output_paths(path, out_dir)
     table = io.measure_nuclei(image, labels)
