@@ -124,7 +124,10 @@ def prepare_slide(
         )  # fmt: skip
         run._save_plan(chunk_dir, plan, resume=options.resume)
         t = time.perf_counter()
-        _, setup = run._build_segmenter(work, reader, plan, dict(options.predict), chunk_dir)
+        _, setup = run._build_segmenter(
+            work, reader, plan, dict(options.predict), chunk_dir,
+            tissue_work_mpx=float(mask.sum()) * (downsample / plan.scale) ** 2 / 1e6,
+        )  # fmt: skip
         stain_s = time.perf_counter() - t
         np.save(chunk_dir / "tissue.npy", mask)
         fmt, dims, levels = reader.format, reader.dimensions, len(reader.levels)

@@ -309,6 +309,10 @@ class ImageSegmenter:
         return ChunkSegmenter(self.predictor, source)(image)
 
 
+#: Tissue, in megapixels at work resolution, from which a slide's chunks are normalised through a
+#: colour table: building it costs about as much as normalising 20 Mpx directly.
+COLOUR_TABLE_MIN_MPX = 40.0
+
 _TABLES: dict[str, np.ndarray] = {}
 
 
@@ -538,6 +542,7 @@ def chunk_task(
         segmenter = make_segmenter(method)
     else:
         predictor = load_predictor(str(model), json.dumps(predict or {}, sort_keys=True))
-        source = json.loads((chunk_dir / "stain.json").read_text())["source"]
-        segmenter = ChunkSegmenter(predictor, source, colour_table=True)
+        saved = json.loads((chunk_dir / "stain.json").read_text())
+        table = saved.get("colour_table", True)
+        segmenter = ChunkSegmenter(predictor, saved["source"], colour_table=table)
     return run_chunk(plan, segmenter, index, chunk_dir)

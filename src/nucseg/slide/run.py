@@ -251,7 +251,10 @@ def segment_slide(
         _save_plan(chunk_dir, plan, resume=resume)
 
         t = time.perf_counter()
-        segment, setup = _build_segmenter(work, reader, plan, predict or {}, chunk_dir)
+        segment, setup = _build_segmenter(
+            work, reader, plan, predict or {}, chunk_dir,
+            tissue_work_mpx=float(mask.sum()) * (downsample / plan.scale) ** 2 / 1e6,
+        )  # fmt: skip
         times["model_and_stain_s"] = time.perf_counter() - t
 
         t = time.perf_counter()
@@ -369,9 +372,13 @@ def _build_segmenter(
     plan: engine.SlidePlan,
     predict: dict[str, Any],
     chunk_dir: Path,
+    *,
+    tissue_work_mpx: float | None = None,
 ) -> tuple[Callable[[np.ndarray], np.ndarray], Any]:
     """The chunks' segmenter; for a model, the slide's stain statistics are fitted once and kept
-    in ``chunks/stain.json``, so a resumed run (or a worker) uses the very same ones."""
+    in ``chunks/stain.json``, so a resumed run (or a worker) uses the very same ones, with the
+    choice of normalising through a colour table (slides with at least
+    :data:`nucseg.slide.engine.COLOUR_TABLE_MIN_MPX` of tissue)."""
     if work["kind"] == "callable":
         return work["segmenter"], {}
     if work["kind"] == "method":
@@ -381,17 +388,19 @@ def _build_segmenter(
     predictor = engine.load_predictor(str(work["folder"]), json.dumps(predict, sort_keys=True))
     stain_file = chunk_dir / "stain.json"
     if stain_file.is_file():
-        source = json.loads(stain_file.read_text())["source"]
+        saved = json.loads(stain_file.read_text())
+        source, table = saved["source"], saved.get("colour_table", True)
     else:
         from nucseg.io import atomic_write
 
         source = engine.fit_stain(reader, plan, predictor.normaliser)
+        table = tissue_work_mpx is None or tissue_work_mpx >= engine.COLOUR_TABLE_MIN_MPX
         with atomic_write(stain_file) as tmp:
-            tmp.write_text(json.dumps({"source": source}))
+            tmp.write_text(json.dumps({"source": source, "colour_table": table}))
     stain = None
     if predictor.normaliser is not None:
         stain = {"normaliser": predictor.normaliser.name, "source": source}
-    segmenter = engine.ChunkSegmenter(predictor, source, colour_table=True)
+    segmenter = engine.ChunkSegmenter(predictor, source, colour_table=table)
     return segmenter, {"stain": stain, "predict": predictor.options}
 
 
@@ -488,8 +497,11 @@ def _assemble(
     tissue_rgb = np.repeat(mask[..., None] * np.uint8(255), 3, axis=2)
     _write_png(outputs["tissue"], tissue_rgb, overwrite=overwrite)
     side = max(shape) / 4096
+    # the finest pyramid level with at most 4096 pixels a side (read as it is, never resampled
+    # from a finer level), if finer than the tissue overview
+    side = min((d for d in reader.downsamples if d >= side), default=side)
     view = overview
-    if side < downsample:  # a finer view than the tissue overview, at most 4096 pixels a side
+    if side < downsample:
         from nucseg.slide.tissue import read_overview
 
         view, _ = read_overview(reader, max(side, 1.0))
