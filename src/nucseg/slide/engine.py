@@ -77,6 +77,10 @@ class SlidePlan:
     roi_wkt : str or None
         Region of interest (level-0 pixels) as WKT; nuclei whose centroid lies outside are
         dropped.
+    reads : dict or None
+        Per chunk name, the ``(row0, col0, row1, col1)`` part of its window (work pixels) that
+        holds tissue on the overview, with a margin: only that part is read, the rest of the
+        window is glass (white). None: whole windows are read.
     """
 
     slide: str
@@ -89,6 +93,7 @@ class SlidePlan:
     halo: int
     chunks: list[tuple[int, int]]
     roi_wkt: str | None = None
+    reads: dict[str, tuple[int, int, int, int]] | None = None
 
     def to_json(self) -> str:
         return json.dumps(dataclasses.asdict(self), indent=1)
@@ -98,6 +103,8 @@ class SlidePlan:
         data = json.loads(text)
         data["work_shape"] = tuple(data["work_shape"])
         data["chunks"] = [tuple(c) for c in data["chunks"]]
+        if data.get("reads") is not None:
+            data["reads"] = {k: tuple(v) for k, v in data["reads"].items()}
         return cls(**data)
 
     def core(self, index: tuple[int, int]) -> tuple[int, int, int, int]:
@@ -161,18 +168,42 @@ def make_plan(
     )
     n_rows, n_cols = plan.grid
     selected = []
+    reads = {}
+    f = ratio / tissue_downsample  # overview pixels per work pixel
     for r in range(n_rows):
         for c in range(n_cols):
             if tissue is None:
                 selected.append((r, c))
                 continue
             r0, c0, r1, c1 = plan.core((r, c))
-            f = ratio / tissue_downsample  # overview pixels per work pixel
             rows = slice(max(int(r0 * f) - 1, 0), int(math.ceil(r1 * f)) + 1)
             cols = slice(max(int(c0 * f) - 1, 0), int(math.ceil(c1 * f)) + 1)
             if tissue[rows, cols].any():
                 selected.append((r, c))
-    return dataclasses.replace(plan, chunks=selected)
+                reads[chunk_name((r, c))] = _tissue_read(tissue, f, plan.window((r, c)))
+    return dataclasses.replace(plan, chunks=selected, reads=reads if tissue is not None else None)
+
+
+#: Work pixels read around a chunk's tissue (as seen on the overview) beyond two overview pixels.
+READ_MARGIN = 64
+
+
+def _tissue_read(tissue: np.ndarray, f: float, window: tuple[int, int, int, int]) -> tuple:
+    """The part of ``window`` (work pixels) that holds tissue on the overview ``tissue`` (``f``
+    overview pixels per work pixel), grown by two overview pixels and :data:`READ_MARGIN`."""
+    w0, v0, w1, v1 = window
+    rows = slice(max(int(w0 * f), 0), int(math.ceil(w1 * f)))
+    cols = slice(max(int(v0 * f), 0), int(math.ceil(v1 * f)))
+    part = tissue[rows, cols]
+    hit_r, hit_c = np.flatnonzero(part.any(axis=1)), np.flatnonzero(part.any(axis=0))
+    if not hit_r.size:
+        return window
+    margin = 2 / f + READ_MARGIN
+    r0 = max(w0, int((rows.start + hit_r[0]) / f - margin))
+    r1 = min(w1, int(math.ceil((rows.start + hit_r[-1] + 1) / f + margin)))
+    c0 = max(v0, int((cols.start + hit_c[0]) / f - margin))
+    c1 = min(v1, int(math.ceil((cols.start + hit_c[-1] + 1) / f + margin)))
+    return (r0, c0, r1, c1)
 
 
 def chunk_name(index: tuple[int, int]) -> str:
@@ -196,8 +227,17 @@ def read_window(reader: SlideReader, plan: SlidePlan, box: tuple[int, int, int, 
 
 
 def read_chunk(reader: SlideReader, plan: SlidePlan, index: tuple[int, int]) -> np.ndarray:
-    """Pixels of a chunk's window (core and halo) at work resolution."""
-    return read_window(reader, plan, plan.window(index))
+    """Pixels of a chunk's window (core and halo) at work resolution; where the plan knows the
+    chunk's tissue part, only that part is read and the rest is white glass."""
+    window = plan.window(index)
+    part = None if plan.reads is None else plan.reads.get(chunk_name(index))
+    if part is None or tuple(part) == window:
+        return read_window(reader, plan, window)
+    w0, v0, w1, v1 = window
+    r0, c0, r1, c1 = part
+    pixels = np.full((w1 - w0, v1 - v0, 3), 255, dtype=np.uint8)
+    pixels[r0 - w0 : r1 - w0, c0 - v0 : c1 - v0] = read_window(reader, plan, part)
+    return pixels
 
 
 def engine_predictor(folder: str | os.PathLike, **predict: Any) -> Any:
