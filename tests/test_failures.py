@@ -593,3 +593,21 @@ def test_killed_during_the_renames_is_impossible_to_observe(tmp_path):
     finally:
         signal.signal(signal.SIGINT, previous)
     assert not list(tmp_path.iterdir())
+
+
+def test_worker_threads_leave_signals_to_the_main_thread(tmp_path):
+    """segment_files segments in a worker thread; SIGINT and SIGTERM are blocked there, so the
+    kernel always hands them to the main thread, whose handler raises at once."""
+    from nucseg.pipeline import segment_files
+
+    masks = []
+
+    def segmenter(image):
+        masks.append(signal.pthread_sigmask(signal.SIG_BLOCK, []))
+        return np.zeros(image.shape[:2], dtype=np.int32)
+
+    images = _batch(tmp_path, 2)
+    segment_files(sorted(images.iterdir()), segmenter, tmp_path / "out", progress=False)
+    assert len(masks) == 2
+    assert all({signal.SIGINT, signal.SIGTERM} <= mask for mask in masks)
+    assert not {signal.SIGINT, signal.SIGTERM} & signal.pthread_sigmask(signal.SIG_BLOCK, [])

@@ -338,7 +338,9 @@ def segment_files(
     # The next image is read and segmented in a worker thread (the network releases the GIL)
     # while this one's outputs are measured and written here, in the main thread, where the
     # renames hold signals back.
-    with ThreadPoolExecutor(max_workers=1) as pool:
+    from nucseg.atomic import worker_thread_signals
+
+    with ThreadPoolExecutor(max_workers=1, initializer=worker_thread_signals) as pool:
         pending = pool.submit(_read_and_segment, todo[0], segmenter) if todo else None
         for i, path in enumerate(tqdm(todo, desc="segment", unit="image", disable=not progress)):
             future = pending

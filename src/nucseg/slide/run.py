@@ -439,7 +439,10 @@ def _run_chunks(
         bar.set_postfix_str(f"{done_pixels / 1e6 / (time.perf_counter() - start):.2f} MPx/s")
         bar.update()
 
-    with ThreadPoolExecutor(max_workers=1) as reading, ThreadPoolExecutor(max_workers=1) as ending:
+    from nucseg.atomic import worker_thread_signals
+
+    hold = {"max_workers": 1, "initializer": worker_thread_signals}  # signals go to this thread
+    with ThreadPoolExecutor(**hold) as reading, ThreadPoolExecutor(**hold) as ending:
         pending = reading.submit(engine.read_chunk, reader, plan, todo[0]) if todo else None
         finishing: tuple[Any, tuple[int, int]] | None = None
         for i, index in enumerate(todo):

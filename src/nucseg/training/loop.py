@@ -171,8 +171,11 @@ def fit(
     )
     pool = ahead = None
     if config.workers > 0:
-        pool = concurrent.futures.ThreadPoolExecutor(config.workers)
-        ahead = concurrent.futures.ThreadPoolExecutor(1)
+        from nucseg.atomic import worker_thread_signals  # Ctrl-C goes to the main thread
+
+        threads = concurrent.futures.ThreadPoolExecutor
+        pool = threads(config.workers, initializer=worker_thread_signals)
+        ahead = threads(1, initializer=worker_thread_signals)
 
     def batch(step: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray | None]:
         indices = batch_indices(
