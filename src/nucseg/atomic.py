@@ -20,6 +20,7 @@ import re
 import secrets
 import shutil
 import signal
+import threading
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
@@ -178,15 +179,46 @@ def atomic_group(paths: Mapping[str, PathLike], *, overwrite: bool = False) -> I
         yield tmps
         for tmp in tmps.values():
             _fsync(tmp)
-        blocked = _block_signals()
-        try:
+        with _signals_held():
             for key, final in finals.items():
                 os.replace(tmps[key], final)
-        finally:
-            _unblock_signals(blocked)
         _fsync(folder)
     finally:
         _remove(staging)
+
+
+@contextlib.contextmanager
+def _signals_held() -> Iterator[None]:
+    """Hold SIGINT and SIGTERM back for the duration of the block, then act on them.
+
+    In the main thread the handlers are swapped for one that only records the signal, and the
+    original handler is called after the block: the kernel still delivers the signal (to the
+    main thread: nucseg's workers block it, see :func:`worker_thread_signals`), so it is never
+    lost or late. Elsewhere (where Python cannot change handlers) the signals are blocked in
+    that thread.
+    """
+    previous = {sig: signal.getsignal(sig) for sig in _SIGNALS}
+    if threading.current_thread() is not threading.main_thread() or None in previous.values():
+        blocked = _block_signals()
+        try:
+            yield
+        finally:
+            _unblock_signals(blocked)
+        return
+    caught: list[int] = []
+    for sig in _SIGNALS:
+        signal.signal(sig, lambda signum, frame: caught.append(signum))
+    try:
+        yield
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+        for sig in caught:
+            handler = previous[sig]
+            if callable(handler):
+                handler(sig, None)
+            elif handler != signal.SIG_IGN:  # the default action: end the process
+                signal.raise_signal(sig)
 
 
 def worker_thread_signals() -> None:
