@@ -493,7 +493,15 @@ def test_a_signal_leaves_complete_images_only(tmp_path, sig, code, word):
     out = tmp_path / "out"
     command = [sys.executable, "-m", "nucseg", "segment", str(images), "--out", str(out),
                "--method", "fiji"]  # fmt: skip
-    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    process = subprocess.Popen(
+        command,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        # a suite started in the background (`pytest &`) inherits SIGINT ignored, and so would
+        # the command: give it the default action, as in a terminal
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
+    )
     first = process.stdout.readline()  # one image done: the work is under way
     assert "nuclei" in first
     process.send_signal(sig)
