@@ -473,10 +473,23 @@ def test_permuting_labels_changes_no_count_based_score(pair, seed):
 # --- agreement with the slow references ----------------------------------------------------------
 
 
+def _tied(iou: np.ndarray) -> bool:
+    """Whether a row or a column holds two equal positive IoUs: then several pairings can reach
+    the same total IoU, and AJI+ depends on which one the solver returns (see its docstring)."""
+    for lines in (iou, iou.T):
+        for line in lines:
+            positive = line[line > 0]
+            if positive.size != np.unique(positive).size:
+                return True
+    return False
+
+
 def assert_agrees_with_references(y_true, y_pred, *, exhaustive=False):
     assert aji(y_true, y_pred) == pytest.approx(ref_aji(y_true, y_pred), abs=1e-9)
-    assert aji_plus(y_true, y_pred) == pytest.approx(ref_aji_plus(y_true, y_pred), abs=1e-9)
     _, _, _, _, iou = ref_tables(y_true, y_pred)
+    if not _tied(iou):  # e.g. one prediction overlapping two nuclei with the same IoU
+        assert aji_plus(y_true, y_pred) == pytest.approx(ref_aji_plus(y_true, y_pred), abs=1e-9)
+    assert 0.0 <= aji_plus(y_true, y_pred) <= 1.0
     for thresh in (0.3, 0.5, 0.7) if exhaustive else (0.5, 0.7):
         m = matching(y_true, y_pred, thresh=thresh)
         if thresh > 0.5:  # pairs above one half are unique: count them directly
