@@ -225,10 +225,9 @@ def worker_thread_signals() -> None:
     """Block SIGINT and SIGTERM in the calling thread: the initializer of nucseg's worker threads.
 
     Python runs signal handlers in the main thread only; a signal the kernel hands to a worker
-    thread (as it may while the main thread holds signals back for its renames) can reach the
-    handler late or, at the end of a run, not at all. Blocked in every worker (and in the
-    OpenMP threads a worker starts, which inherit its mask), Ctrl-C and SIGTERM always go to
-    the main thread, at once or as soon as its renames are done.
+    thread can reach the handler late or, at the end of a run, not at all. Blocked in every
+    worker (and in the OpenMP threads a worker starts, which inherit its mask), Ctrl-C and
+    SIGTERM always go to the main thread.
     """
     _block_signals()
 

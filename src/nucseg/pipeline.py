@@ -379,8 +379,7 @@ def _read_and_segment(path: Path, segmenter: Segmenter) -> dict[str, Any]:
     start = time.perf_counter()
     labels = segmenter(image)
     seconds = time.perf_counter() - start
-    estimate = getattr(getattr(segmenter, "normaliser", None), "last_estimate", None)
-    return {"image": image, "labels": labels, "seconds": seconds, "estimate": estimate}
+    return {"image": image, "labels": labels, "seconds": seconds, "estimate": _decision(segmenter)}
 
 
 def _write_one(
@@ -422,13 +421,9 @@ def _write_one(
     }
 
 
-def _quality(
-    image: np.ndarray, labels: np.ndarray, segmenter: Segmenter, *, mpp: float | None = None
-) -> dict[str, Any]:
-    """:func:`nucseg.quality.assess` with what the segmenter's normaliser decided, if it has one."""
-    normaliser = getattr(segmenter, "normaliser", None)
-    estimate = getattr(normaliser, "last_estimate", None)
-    return quality.assess(image, labels, stain_estimate=estimate, mpp=mpp)
+def _decision(segmenter: Segmenter) -> dict[str, Any] | None:
+    """What the segmenter's normaliser decided for the last image (None without one)."""
+    return getattr(getattr(segmenter, "normaliser", None), "last_estimate", None)
 
 
 def evaluate(
@@ -471,7 +466,7 @@ def evaluate(
         prediction = segmenter(image)
         seconds.append(time.perf_counter() - start)
         evaluator.process(image_id, labels, prediction)
-        checks[image_id] = _quality(image, prediction, segmenter)
+        checks[image_id] = quality.assess(image, prediction, stain_estimate=_decision(segmenter))
         quality.warn(image_id, checks[image_id])
         if keep is not None:
             keep(image_id, image, prediction)

@@ -87,11 +87,7 @@ def tile_grid(shape: Sequence[int], *, tile: int = 256, overlap: float = 0.5) ->
     """
     rows, cols = _shape2(shape)
     stride = _stride(tile, overlap)
-    if rows < tile or cols < tile:
-        raise ValueError(
-            f"image of shape {(rows, cols)} is smaller than the tile ({tile} x {tile}); "
-            "pad it first with nucseg.tiling.pad_to(image, (tile, tile))"
-        )
+    _check_fits(rows, cols, tile)
     row_origins = _axis_origins(rows, tile, stride)
     col_origins = _axis_origins(cols, tile, stride)
     return [(slice(r, r + tile), slice(c, c + tile)) for r in row_origins for c in col_origins]
@@ -119,11 +115,7 @@ def spread_grid(shape: Sequence[int], *, tile: int = 256, min_overlap: int = 8) 
         raise ValueError(
             f"need a positive tile and 0 <= min_overlap < tile, got {tile} and {min_overlap}"
         )
-    if rows < tile or cols < tile:
-        raise ValueError(
-            f"image of shape {(rows, cols)} is smaller than the tile ({tile} x {tile}); "
-            "pad it first with nucseg.tiling.pad_to(image, (tile, tile))"
-        )
+    _check_fits(rows, cols, tile)
 
     def origins(length: int) -> list[int]:
         if length == tile:
@@ -132,6 +124,14 @@ def spread_grid(shape: Sequence[int], *, tile: int = 256, min_overlap: int = 8) 
         return [round(i * (length - tile) / (n - 1)) for i in range(n)]
 
     return [(slice(r, r + tile), slice(c, c + tile)) for r in origins(rows) for c in origins(cols)]
+
+
+def _check_fits(rows: int, cols: int, tile: int) -> None:
+    if rows < tile or cols < tile:
+        raise ValueError(
+            f"image of shape {(rows, cols)} is smaller than the tile ({tile} x {tile}); "
+            "pad it first with nucseg.tiling.pad_to(image, (tile, tile))"
+        )
 
 
 def _shape2(shape: Sequence[int]) -> tuple[int, int]:
