@@ -209,3 +209,30 @@ def test_init_from_starts_from_the_given_weights_and_records_their_hash(tmp_path
     with pytest.raises(ValueError, match="resnet34"):
         other = {**TINY, "model": "unet-resnet34", "decoder_channels": None}
         fit(TrainConfig.from_dict({**other, "init_from": str(first)}), tmp_path / "c")
+
+
+def test_stain_after_augment_normalises_each_augmented_tile(data_root):
+    from nucseg.augment import Augmenter
+    from nucseg.train import make_batch, prepare_data
+
+    values = {**TINY, "stain": "macenko", "limit_images": 3, "val_images": 1}
+    before = prepare_data(TrainConfig.from_dict(values), progress=False)
+    config = TrainConfig.from_dict({**values, "stain_after_augment": True})
+    data = prepare_data(config, progress=False)
+    # the training images stay as scanned; the validation images are normalised whole, as before
+    assert not any(np.array_equal(a, b) for a, b in zip(data.images, before.images, strict=True))
+    assert len(data.val) == 1
+    for (_, a, _), (_, b, _) in zip(data.val, before.val, strict=True):
+        assert np.array_equal(a, b)
+    indices = batch_indices(0, n_tiles=len(data.tiles), batch_size=4, seed=0)
+    images, targets, _, _ = make_batch(data, indices, 0, config, None)
+    for k, index in enumerate(indices):
+        image_index, slices = data.tiles[index]
+        raw = data.images[image_index][slices]
+        expected = data.normaliser.apply(raw, data.normaliser.estimate(raw))
+        assert np.array_equal(images[k], expected)
+        assert np.array_equal(targets[k], data.targets[image_index][slices])
+    augmented, _, _, _ = make_batch(data, indices, 0, config, Augmenter())
+    assert augmented.shape == images.shape and augmented.dtype == np.uint8
+    with pytest.raises(ValueError, match="needs a stain normaliser"):
+        TrainConfig.from_dict({**TINY, "stain": None, "stain_after_augment": True})

@@ -343,7 +343,7 @@ class StainNormalizer:
                 "rebuild a fitted one with StainNormalizer.from_dict"
             )
 
-    def estimate(self, image: np.ndarray) -> dict[str, Any]:
+    def estimate(self, image: np.ndarray, *, warn: bool = True) -> dict[str, Any]:
         """The stain statistics of ``image``, checked, with a fallback: never raises on content.
 
         Returns a dict of the statistics :meth:`apply` takes, plus ``accepted`` (the image's own
@@ -352,7 +352,9 @@ class StainNormalizer:
         tile should be). An estimate that is implausible (for the stain-matrix normalisers: see
         :func:`implausible_stains`) is replaced by the normaliser's fallback, the target's own
         stain vectors, with a :class:`StainEstimateWarning`. Fit once and apply to many images
-        (the chunks of a slide) with ``apply(chunk, estimate(overview))``.
+        (the chunks of a slide) with ``apply(chunk, estimate(overview))``. ``warn=False``
+        falls back without the warning (the result's ``reason`` still says why), for callers
+        that normalise many small tiles and expect rejections (training).
 
         Raises
         ------
@@ -371,11 +373,12 @@ class StainNormalizer:
             return {**source, "accepted": True, "reason": None}
         fallback = self._fallback(image)
         what = "the target's stain vectors" if fallback is not None else "the image unchanged"
-        warnings.warn(
-            f"{self.name} stain estimate rejected ({reason}); using {what}",
-            StainEstimateWarning,
-            stacklevel=2,
-        )
+        if warn:
+            warnings.warn(
+                f"{self.name} stain estimate rejected ({reason}); using {what}",
+                StainEstimateWarning,
+                stacklevel=2,
+            )
         if fallback is None:
             return {"accepted": False, "identity": True, "reason": reason}
         return {**fallback, "accepted": False, "reason": reason}

@@ -59,9 +59,16 @@ class TrainConfig:
     # nucseg.models.save_model) instead of encoder_weights: fine-tuning. The network must be the
     # same; the file's SHA-256 is recorded in init_from.json.
     init_from: str | None = None
+    # Normalise each training tile after augmenting it (the image as it was scanned, re-stained
+    # by the augmentation, then normalised per tile), instead of normalising the images once
+    # before augmenting: the network then learns from what the normaliser makes of an off-palette
+    # image, its mistakes included, as at prediction. Validation images are normalised whole.
+    stain_after_augment: bool = False
 
     def __post_init__(self) -> None:
         check_steps_or_budget(self.steps, self.time_budget_s)
+        if self.stain_after_augment and self.stain is None:
+            raise ValueError("stain_after_augment needs a stain normaliser (stain is None)")
         if self.schedule not in ("cosine", "constant"):
             raise ValueError(f"schedule must be 'cosine' or 'constant', got {self.schedule!r}")
         if self.num_classes not in (2, 3):

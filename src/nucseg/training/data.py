@@ -62,6 +62,8 @@ def prepare_data(config: TrainConfig, *, progress: bool = True) -> TrainingData:
         if sample.id in val_ids:
             data.val.append((sample.id, image, sample.labels))
             continue
+        if config.stain_after_augment:  # normalised per tile in make_batch
+            image = sample.image
         target = three_class_target(sample.labels, boundary_width=config.boundary_width)
         if config.num_classes == 2:
             target = (target > 0).astype(np.uint8)
@@ -138,17 +140,22 @@ def make_batch(
         target = data.targets[image_index][slices]
         weight = data.weights[image_index][slices]
         distance = data.distances[image_index][slices] if data.distances else None
-        if augmenter is None:
-            return image, target, weight, distance
-        out = augmenter(
-            image,
-            target.astype(np.int32),
-            weight,
-            None if distance is None else {"distance": distance},
-            rng=np.random.default_rng([config.seed, step, k]),
-        )
-        distance = out["extra"]["distance"] if distance is not None else None
-        return out["image"], out["labels"], out["weight_map"], distance
+        if augmenter is not None:
+            out = augmenter(
+                image,
+                target.astype(np.int32),
+                weight,
+                None if distance is None else {"distance": distance},
+                rng=np.random.default_rng([config.seed, step, k]),
+            )
+            distance = out["extra"]["distance"] if distance is not None else None
+            image, target, weight = out["image"], out["labels"], out["weight_map"]
+        if config.stain_after_augment:
+            # estimate + apply, not transform: no shared state between threads, and a tile
+            # whose estimate is rejected falls back quietly (thousands of tiles per run)
+            normaliser = data.normaliser
+            image = normaliser.apply(image, normaliser.estimate(image, warn=False))
+        return image, target, weight, distance
 
     items = (
         list(pool.map(one, range(len(indices)))) if pool else [one(k) for k in range(len(indices))]
