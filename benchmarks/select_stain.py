@@ -20,7 +20,14 @@ from nucseg.io import atomic_write
 from nucseg.provenance import provenance
 
 RESULTS = Path("results/stain")
-CANDIDATES = ("base32", "stain-nonorm", "stain-norm", "stain-nonorm-long", "stain-norm-long")
+CANDIDATES = (
+    "base32",
+    "stain-nonorm",
+    "stain-norm",
+    "stain-nonorm-long",
+    "stain-norm-long",
+    "stain-normafter-long",  # third round (docs/training.md)
+)
 
 
 def main() -> None:

@@ -368,6 +368,16 @@ def test_measure_nuclei_empty_and_mismatched():
         io.measure_nuclei(_rgb(), np.zeros((6, 8), np.int32))
 
 
+def test_measure_nuclei_without_perimeter_leaves_only_that_column_out():
+    labels = _random_labels(np.random.default_rng(7))
+    image = _rgb(*labels.shape)
+    full = io.measure_nuclei(image, labels)
+    short = io.measure_nuclei(image, labels, perimeter=False)
+    assert list(short) == [c for c in io.MEASUREMENT_COLUMNS if c != "perimeter"]
+    for column, values in short.items():
+        assert np.array_equal(values, full[column]), column
+
+
 def test_write_csv_round_trip(tmp_path):
     labels = _random_labels(np.random.default_rng(5))
     image = _rgb(*labels.shape)
