@@ -468,3 +468,26 @@ def test_flooding_only_shared_regions_equals_flooding_everything(monuseg_labels,
     expected = remove_small(postprocess._fill_holes_per_object(full), min_size=0)
     got = postprocess._flood(-interior, markers, mask, 0.0, False, 0)
     np.testing.assert_array_equal(got, expected)
+
+
+@pytest.mark.data
+@pytest.mark.parametrize("sigma, noise, min_size", [(1.0, 0.05, 10), (2.5, 0.3, 30), (2.5, 0.3, 0)])
+def test_unmarked_regions_are_numbered_as_separately_labelled(
+    monuseg_labels, sigma, noise, min_size
+):
+    """The mask's regions without a marker get the labels of labelling ``mask & (labels == 0)``
+    on its own, dropping those under ``min_size`` pixels and numbering the rest after the
+    markers (the formulation before they shared the markers' lookup table)."""
+    probs = blurred(one_hot_probs(monuseg_labels), sigma=sigma, noise=noise)
+    interior = probs[..., 1]
+    markers, _ = ndi.label(interior > 0.7, structure=postprocess._CROSS)
+    markers = remove_small(markers, min_size=10)
+    mask = (interior + probs[..., 2] > 0.5) | (markers > 0)
+    flooded = segmentation.watershed(-interior, markers, mask=mask, connectivity=1)
+    unmarked, _ = ndi.label(mask & (flooded == 0), structure=postprocess._CROSS)
+    unmarked = remove_small(unmarked, min_size=min_size)
+    assert unmarked.max() > 0, "no unmarked region"
+    before = np.where(unmarked > 0, unmarked + flooded.max(), flooded)
+    expected = remove_small(postprocess._fill_holes_per_object(before), min_size=min_size)
+    got = postprocess._flood(-interior, markers, mask, 0.0, True, min_size)
+    np.testing.assert_array_equal(got, expected)

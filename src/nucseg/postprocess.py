@@ -435,17 +435,25 @@ def _flood(
 
     Flooding stays inside a 4-connected region of the mask, so a region holding one marker is
     that marker's nucleus whole, and only regions holding two or more markers are flooded: the
-    same labels as flooding everything, about three times faster on nuclei maps.
+    same labels as flooding everything, about three times faster on nuclei maps. For the same
+    reason the unmarked pixels of the mask are exactly its regions without a marker, so they
+    are numbered (after the markers, in raster order, those of ``min_size`` pixels) by the same
+    lookup table.
     """
     regions, n = ndi.label(mask, structure=_CROSS)
     marked = markers > 0
-    stride = np.int64(markers.max(initial=0)) + 1
+    n_markers = int(markers.max(initial=0))
+    stride = np.int64(n_markers) + 1
     pairs = np.unique(regions[marked].astype(np.int64) * stride + markers[marked])
     owners, owned = pairs // stride, (pairs % stride).astype(np.int32)
     counts = np.bincount(owners, minlength=n + 1)
     lut = np.zeros(n + 1, dtype=np.int32)
     single = counts[owners] == 1
     lut[owners[single]] = owned[single]
+    if keep_unmarked:  # noise gives thousands of specks: only those of min_size pixels
+        unmarked = (counts == 0) & (np.bincount(regions.ravel(), minlength=n + 1) >= min_size)
+        unmarked[0] = False
+        lut[unmarked] = np.arange(n_markers + 1, n_markers + 1 + int(unmarked.sum()))
     labels = lut[regions]
     shared = counts >= 2
     shared[0] = False
@@ -461,10 +469,6 @@ def _flood(
             compactness=compactness,
         )
         labels[box] = np.where(flood[box], flooded, labels[box])
-    if keep_unmarked:
-        unmarked, _ = ndi.label(mask & (labels == 0), structure=_CROSS)
-        unmarked = remove_small(unmarked, min_size=min_size)  # noise gives thousands of specks
-        labels = np.where(unmarked > 0, unmarked + labels.max(), labels)
     return remove_small(_fill_holes_per_object(labels), min_size=min_size)
 
 
@@ -523,9 +527,12 @@ def _fill_holes_per_object(labels: np.ndarray) -> np.ndarray:
     pairs = np.unique(np.concatenate(pairs))
     hole_ids, neighbours = pairs // stride, (pairs % stride).astype(labels.dtype)
     single = np.bincount(hole_ids, minlength=n + 1)[hole_ids] == 1
+    if not single.any():
+        return labels
     lut = np.zeros(n + 1, dtype=labels.dtype)
     lut[hole_ids[single]] = neighbours[single]
-    return np.where(lut[holes] > 0, lut[holes], labels)
+    filled = lut[holes]
+    return np.where(filled > 0, filled, labels)
 
 
 def _holes(mask: np.ndarray) -> tuple[np.ndarray, int]:
