@@ -389,3 +389,25 @@ def test_chunk_quality_flags_reach_the_report(seam_slide, tmp_path, caplog):
     assert len(lines) == 1 and f"{quality['chunks_assessed']} of " in lines[0]
     clean = _run(path, tmp_path / "clean", chunk=chunk)["quality"]
     assert clean["chunks_assessed"] == report["chunks"] and clean["chunks_flagged"] == 0
+
+
+def test_several_finishing_workers_write_the_same_outputs(seam_slide, tmp_path, monkeypatch):
+    """Chunks post-processed side by side (NUCSEG_FINISH_WORKERS) give the outputs of one."""
+    from nucseg.slide.run import finish_workers
+
+    path, _, chunk = seam_slide
+    _run(path, tmp_path / "one", chunk=chunk, halo=32)
+    monkeypatch.setenv("NUCSEG_FINISH_WORKERS", "3")
+    assert finish_workers() == 3
+    _run(path, tmp_path / "three", chunk=chunk, halo=32)
+    one, three = tmp_path / "one" / "seams", tmp_path / "three" / "seams"
+    pd.testing.assert_frame_equal(
+        pd.read_parquet(one / "nuclei.parquet"), pd.read_parquet(three / "nuclei.parquet")
+    )
+    assert (one / "nuclei.geojson").read_bytes() == (three / "nuclei.geojson").read_bytes()
+    np.testing.assert_array_equal(
+        tifffile.imread(one / "labels.ome.tif"), tifffile.imread(three / "labels.ome.tif")
+    )
+    monkeypatch.setenv("NUCSEG_FINISH_WORKERS", "0")
+    with pytest.raises(ValueError, match="NUCSEG_FINISH_WORKERS must be a positive integer"):
+        finish_workers()

@@ -9,6 +9,7 @@ and redoes only the chunks without their Parquet file.
 
 from __future__ import annotations
 
+import collections
 import hashlib
 import json
 import logging
@@ -404,13 +405,30 @@ def _build_segmenter(
     return segmenter, {"stain": stain, "predict": predictor.options}
 
 
+def finish_workers() -> int:
+    """Chunks post-processed at once: ``NUCSEG_FINISH_WORKERS``, else one per 4 cores (1 on up
+    to 7 cores, where one thread beside the network already keeps the cores busy), at most 4."""
+    value = os.environ.get("NUCSEG_FINISH_WORKERS")
+    if value is not None:
+        try:
+            workers = int(value)
+        except ValueError:
+            workers = 0
+        if workers < 1:
+            raise ValueError(f"NUCSEG_FINISH_WORKERS must be a positive integer, got {value!r}")
+        return workers
+    return max(1, min(4, (os.cpu_count() or 1) // 4))
+
+
 def _run_chunks(
     reader: Any, plan: engine.SlidePlan, segment: Any, chunk_dir: Path, *, progress: bool
 ) -> dict[str, Any]:
-    """Segment the unfinished chunks in a pipeline of three threads: the next chunk is read while
-    the network works on the current one, and the previous one is post-processed, measured and
-    written meanwhile (numpy, SciPy and shapely release the GIL; on 2 cores this fills the gaps
-    the network leaves). At most one chunk waits at each stage, so memory stays flat."""
+    """Segment the unfinished chunks in a pipeline: the next chunk is read while the network
+    works on the current one, and the previous ones are post-processed, measured and written
+    meanwhile (numpy, SciPy and shapely release the GIL; on 2 cores this fills the gaps the
+    network leaves). Post-processing takes about as long per pixel on one core as the network on
+    all of them, so a machine with more cores (or a GPU) post-processes :func:`finish_workers`
+    chunks at once. At most that many chunks wait to be finished, so memory stays flat."""
     from tqdm.auto import tqdm
 
     from nucseg.slide.chunkio import read_chunk_info, write_chunk
@@ -441,10 +459,14 @@ def _run_chunks(
 
     from nucseg.atomic import worker_thread_signals
 
-    hold = {"max_workers": 1, "initializer": worker_thread_signals}  # signals go to this thread
-    with ThreadPoolExecutor(**hold) as reading, ThreadPoolExecutor(**hold) as ending:
+    workers = finish_workers()
+    hold = {"initializer": worker_thread_signals}  # signals go to this thread
+    with (
+        ThreadPoolExecutor(max_workers=1, **hold) as reading,
+        ThreadPoolExecutor(max_workers=workers, **hold) as ending,
+    ):
         pending = reading.submit(engine.read_chunk, reader, plan, todo[0]) if todo else None
-        finishing: tuple[Any, tuple[int, int]] | None = None
+        finishing: collections.deque[tuple[Any, tuple[int, int]]] = collections.deque()
         for i, index in enumerate(todo):
             t = time.perf_counter()
             pixels = pending.result()
@@ -454,11 +476,11 @@ def _run_chunks(
             t = time.perf_counter()
             predicted = segment.predict(pixels) if staged else segment(pixels)
             stats["segment_s"] += time.perf_counter() - t
-            if finishing is not None:
-                account(*finishing)
-            finishing = (ending.submit(finish, index, pixels, predicted), index)
-        if finishing is not None:
-            account(*finishing)
+            while len(finishing) >= workers:  # chunks done in order: resume stays simple
+                account(*finishing.popleft())
+            finishing.append((ending.submit(finish, index, pixels, predicted), index))
+        while finishing:
+            account(*finishing.popleft())
     bar.close()
     for index in plan.chunks:
         stats["cut"].append(read_chunk_info(chunk_dir, engine.chunk_name(index)).cut)
