@@ -411,3 +411,23 @@ def test_several_finishing_workers_write_the_same_outputs(seam_slide, tmp_path, 
     monkeypatch.setenv("NUCSEG_FINISH_WORKERS", "0")
     with pytest.raises(ValueError, match="NUCSEG_FINISH_WORKERS must be a positive integer"):
         finish_workers()
+
+
+def test_bundled_model_on_a_real_crop_loads_beside_the_stain_fit(data_root, tmp_path):
+    """The model path (network built in a thread while the stain statistics are fitted) finds
+    the nuclei of a real MoNuSeg crop, records the weights and the accepted stain estimate, and
+    counts as many nuclei as the engine's segmenter on the same pixels with the same statistics."""
+    from nucseg import datasets
+    from nucseg.pipeline import resolve_model
+    from nucseg.slide.engine import ChunkSegmenter, engine_predictor
+    from nucseg.slide.run import _sha256
+
+    sample = datasets.load_sample("monuseg", "TCGA-18-5592-01Z-00-DX1")
+    image = np.ascontiguousarray(sample.image[:512, :512])
+    path = write_slide(tmp_path / "crop.tif", image.shape[:2], image, mpp=0.25, compression="zlib")
+    report = segment_slide(path, tmp_path / "out", progress=False)
+    folder = resolve_model("default")
+    assert report["model"]["sha256"] == _sha256(folder / "model.safetensors")
+    assert report["stain"]["normaliser"] == "macenko" and report["stain"]["source"]["accepted"]
+    labels = ChunkSegmenter(engine_predictor(folder), report["stain"]["source"])(image)
+    assert report["nuclei"] == labels.max() > 50

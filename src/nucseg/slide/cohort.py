@@ -125,7 +125,7 @@ def prepare_slide(
         run._save_plan(chunk_dir, plan, resume=options.resume)
         t = time.perf_counter()
         _, setup = run._build_segmenter(
-            work, reader, plan, dict(options.predict), chunk_dir,
+            work, reader, plan, run._start_loading(work, dict(options.predict)), chunk_dir,
             tissue_work_mpx=float(mask.sum()) * (downsample / plan.scale) ** 2 / 1e6,
         )  # fmt: skip
         stain_s = time.perf_counter() - t

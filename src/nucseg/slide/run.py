@@ -18,7 +18,7 @@ import resource
 import shutil
 import time
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -232,6 +232,9 @@ def segment_slide(
         )
         work = _resolve_work(model, method, segmenter)
         folder.mkdir(parents=True, exist_ok=True)
+        # the network is built (torch imported, weights loaded, batch norms folded) in a thread
+        # while the tissue is found and the stain statistics fitted: a second or two per slide
+        loading = _start_loading(work, predict or {})
 
         t = time.perf_counter()
         region = tissue.roi_geometry(roi, roi_geojson)
@@ -253,7 +256,7 @@ def segment_slide(
 
         t = time.perf_counter()
         segment, setup = _build_segmenter(
-            work, reader, plan, predict or {}, chunk_dir,
+            work, reader, plan, loading, chunk_dir,
             tissue_work_mpx=float(mask.sum()) * (downsample / plan.scale) ** 2 / 1e6,
         )  # fmt: skip
         times["model_and_stain_s"] = time.perf_counter() - t
@@ -367,11 +370,25 @@ def _save_plan(chunk_dir: Path, plan: engine.SlidePlan, *, resume: bool) -> None
         tmp.write_text(plan.to_json())
 
 
+def _start_loading(work: dict[str, Any], predict: dict[str, Any]) -> Future | None:
+    """For a model, :func:`nucseg.slide.engine.load_predictor` started in a thread (None
+    otherwise); the thread ends with the load, and its errors surface at ``result()``."""
+    if work["kind"] != "model":
+        return None
+    from nucseg.atomic import worker_thread_signals
+
+    pool = ThreadPoolExecutor(max_workers=1, initializer=worker_thread_signals)
+    args = (str(work["folder"]), json.dumps(predict, sort_keys=True))
+    future = pool.submit(engine.load_predictor, *args)
+    pool.shutdown(wait=False)
+    return future
+
+
 def _build_segmenter(
     work: dict[str, Any],
     reader: Any,
     plan: engine.SlidePlan,
-    predict: dict[str, Any],
+    loading: Future | None,
     chunk_dir: Path,
     *,
     tissue_work_mpx: float | None = None,
@@ -379,14 +396,20 @@ def _build_segmenter(
     """The chunks' segmenter; for a model, the slide's stain statistics are fitted once and kept
     in ``chunks/stain.json``, so a resumed run (or a worker) uses the very same ones, with the
     choice of normalising through a colour table (slides with at least
-    :data:`nucseg.slide.engine.COLOUR_TABLE_MIN_MPX` of tissue)."""
+    :data:`nucseg.slide.engine.COLOUR_TABLE_MIN_MPX` of tissue). The statistics are fitted with
+    the model folder's normaliser while ``loading`` (:func:`_start_loading`) builds the network."""
     if work["kind"] == "callable":
         return work["segmenter"], {}
     if work["kind"] == "method":
         from nucseg.pipeline import make_segmenter
 
         return make_segmenter(work["method"]), {}
-    predictor = engine.load_predictor(str(work["folder"]), json.dumps(predict, sort_keys=True))
+    from nucseg.stain import StainNormalizer
+
+    normaliser_file = Path(work["folder"]) / "normaliser.json"
+    normaliser = None
+    if normaliser_file.is_file():  # what Predictor.load reads: the same normaliser
+        normaliser = StainNormalizer.from_dict(json.loads(normaliser_file.read_text()))
     stain_file = chunk_dir / "stain.json"
     if stain_file.is_file():
         saved = json.loads(stain_file.read_text())
@@ -394,10 +417,11 @@ def _build_segmenter(
     else:
         from nucseg.io import atomic_write
 
-        source = engine.fit_stain(reader, plan, predictor.normaliser)
+        source = engine.fit_stain(reader, plan, normaliser)
         table = tissue_work_mpx is None or tissue_work_mpx >= engine.COLOUR_TABLE_MIN_MPX
         with atomic_write(stain_file) as tmp:
             tmp.write_text(json.dumps({"source": source, "colour_table": table}))
+    predictor = loading.result()
     stain = None
     if predictor.normaliser is not None:
         stain = {"normaliser": predictor.normaliser.name, "source": source}
