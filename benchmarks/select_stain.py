@@ -27,6 +27,7 @@ CANDIDATES = (
     "stain-nonorm-long",
     "stain-norm-long",
     "stain-normafter-long",  # third round (docs/training.md)
+    "stain-soup",  # fourth round
 )
 
 
