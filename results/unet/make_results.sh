@@ -2,8 +2,8 @@
 # Regenerate results/unet/ for the bundled default model (from the repository root, after
 # `make install`). The model itself (issue 17, docs/training.md "Stain robustness") is the average
 # of two stain-augmented fine-tunes of the 32-image default-recipe run (configs/stain-norm-long.json
-# and configs/stain-normafter-long.json, bash benchmarks/train_stain.sh --long plus one more run;
-# python benchmarks/average_weights.py; nucseg tune), chosen by the rule on the validation images
+# and configs/stain-normafter-long.json; bash benchmarks/train_stain_soup.sh trains, averages and
+# tunes), chosen by the rule on the validation images
 # and the stain stress benchmark, and bundled by benchmarks/bundle_model.py. The previous bundle,
 # the soup of two default-recipe runs, is results/unet/soup/README.md.
 set -euo pipefail
