@@ -310,6 +310,20 @@ def test_tissue_maps_equal_predict_maps_and_skip_glass():
     glass = np.full((300, 600, 3), 240, dtype=np.uint8)
     maps = predict_tissue_maps(predictor, glass, tissue=glass)
     assert maps.shape[:2] == glass.shape[:2] and (maps[..., 0] == 1).all()
+    # black (a label, a pen mark, a black fill) is not tissue either; tissue beside it still is
+    black = np.zeros((300, 600, 3), dtype=np.uint8)
+    assert (predict_tissue_maps(predictor, black, tissue=black)[..., 0] == 1).all()
+    black[:, 300:] = image[:300, :300]
+    maps = predict_tissue_maps(predictor, black, tissue=black)
+    assert (maps[:, :44, 0] == 1).all() and (maps[:, 300:, 0] < 0.5).any()
+
+
+def test_stained_pixels_exclude_glass_and_black():
+    from nucseg.slide.engine import BLACK_LEVEL, stained
+
+    pixels = np.array([[[240, 240, 240], [0, 0, 0], [BLACK_LEVEL - 1] * 3, [200, 120, 210],
+                        [60, 30, 120], [20, 10, BLACK_LEVEL]]], dtype=np.uint8)  # fmt: skip
+    assert stained(pixels).tolist() == [[False, False, False, True, True, True]]
 
 
 def test_segment_warns_when_the_image_scale_differs_from_the_model(tmp_path, capsys):

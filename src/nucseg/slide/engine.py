@@ -370,9 +370,9 @@ TISSUE_MARGIN = 64
 
 
 def tissue_box(image: np.ndarray, *, margin: int = 0) -> tuple[slice, slice] | None:
-    """Rows and columns of the bounding box of the tissue pixels of ``image`` (some channel's
-    optical density above 0.15), grown by ``margin`` and clipped; None when there is none."""
-    dark = _darkest(image) < _TISSUE_LEVEL
+    """Rows and columns of the bounding box of the tissue pixels of ``image`` (:func:`stained`),
+    grown by ``margin`` and clipped; None when there is none."""
+    dark = stained(image)
     rows, cols = np.flatnonzero(dark.any(axis=1)), np.flatnonzero(dark.any(axis=0))
     if not rows.size:
         return None
@@ -381,8 +381,8 @@ def tissue_box(image: np.ndarray, *, margin: int = 0) -> tuple[slice, slice] | N
     return slice(int(r0), int(r1)), slice(int(c0), int(c1))
 
 
-#: Tiles with fewer tissue pixels than this (largest channel optical density above 0.15) are not
-#: given to the network; their maps are pure background.
+#: Tiles with fewer tissue pixels (:func:`stained`) than this are not given to the network; their
+#: maps are pure background.
 MIN_TILE_TISSUE = 16
 
 
@@ -405,8 +405,8 @@ def predict_tissue_maps(predictor: Any, image: np.ndarray, *, tissue: np.ndarray
     padded, crop = pad_to(image, (tile, tile))
     min_overlap = min(round(options["overlap"] * tile), tile - 1)
     grid = spread_grid(padded.shape[:2], tile=tile, min_overlap=min_overlap)
-    dark, _ = pad_to((_darkest(tissue) < _TISSUE_LEVEL).view(np.uint8), (tile, tile))
-    tissue_pixels = [int(np.count_nonzero(dark[s])) for s in grid]  # OD > 0.15 in some channel
+    dark, _ = pad_to(stained(tissue).view(np.uint8), (tile, tile))
+    tissue_pixels = [int(np.count_nonzero(dark[s])) for s in grid]
     stitcher = MapStitcher(padded.shape[:2])
     mean, std = input_stats(predictor.model)
     num_classes = predictor.num_classes
@@ -442,6 +442,18 @@ def _darkest(image: np.ndarray) -> np.ndarray:
 
 # intensity below which a channel's optical density -ln((I + 1) / 256) exceeds 0.15
 _TISSUE_LEVEL = int(np.floor(256 * np.exp(-0.15) - 1)) + 1
+#: Pixels whose brightest channel is below this are black, not stain: an optical density above 2
+#: in all three channels, which H&E does not reach (eosin lets red through, haematoxylin blue). A
+#: label area, a pen mark, a scanner's black fill or an all-black image is not given to the
+#: network, which would take large parts of it for nuclei.
+BLACK_LEVEL = 32
+
+
+def stained(image: np.ndarray) -> np.ndarray:
+    """Pixels that may be stained tissue: some channel's optical density above 0.15 (darker than
+    glass) and not black (:data:`BLACK_LEVEL`)."""
+    brightest = np.maximum(np.maximum(image[..., 0], image[..., 1]), image[..., 2])
+    return (_darkest(image) < _TISSUE_LEVEL) & (brightest >= BLACK_LEVEL)
 
 
 def _output_channels(predictor: Any, tile: int) -> int:
