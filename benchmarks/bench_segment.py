@@ -21,24 +21,15 @@ import os
 import platform
 import statistics
 import subprocess
-import sys
 import tempfile
-import time
 from pathlib import Path
+
+from _segment_timing import run_segment
 
 from nucseg import datasets
 from nucseg.atomic import write_json
 from nucseg.pipeline import provenance, resolve_model
 from nucseg.provenance import file_sha256
-
-
-def run_segment(images: list[Path], extra: list[str]) -> float:
-    """Wall-clock seconds of one ``nucseg segment`` run over ``images``."""
-    with tempfile.TemporaryDirectory() as out:
-        command = [sys.executable, "-m", "nucseg.cli", "segment", *map(str, images), "--out", out]
-        start = time.perf_counter()
-        subprocess.run(command + extra, check=True, capture_output=True)
-        return time.perf_counter() - start
 
 
 def bundled_model_at(commit: str, folder: Path) -> Path:

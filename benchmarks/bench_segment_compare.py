@@ -24,23 +24,13 @@ import tempfile
 import time
 from pathlib import Path
 
+from _segment_timing import run_segment
+
 from nucseg import datasets
 from nucseg.atomic import write_json
 from nucseg.pipeline import provenance, resolve_model
 
 ROOT = Path(__file__).resolve().parents[1]
-
-
-def run_segment(src: Path | None, images: list[Path], extra: list[str]) -> float:
-    """Wall-clock seconds of one ``nucseg segment`` run (the code under ``src``, or this one)."""
-    env = dict(os.environ)
-    if src is not None:
-        env["PYTHONPATH"] = str(src)
-    with tempfile.TemporaryDirectory() as out:
-        command = [sys.executable, "-m", "nucseg.cli", "segment", *map(str, images), "--out", out]
-        start = time.perf_counter()
-        subprocess.run(command + extra, check=True, capture_output=True, env=env)
-        return time.perf_counter() - start
 
 
 def imported_from(src: Path | None) -> str:
@@ -88,7 +78,7 @@ def main() -> None:
             for repeat in range(args.repeats):
                 for n_images in (1, n):
                     for name, (src, model) in sides.items():
-                        seconds = run_segment(src, images[:n_images], ["--model", model])
+                        seconds = run_segment(images[:n_images], ["--model", model], src=src)
                         times[name]["t1" if n_images == 1 else "tN"].append(seconds)
                         print(
                             f"repeat {repeat}: {name} {n_images} images {seconds:.2f} s", flush=True
