@@ -89,6 +89,7 @@ def describe(run: Path, target: Path, args: argparse.Namespace) -> dict:
         "trained_steps": _history_steps(target / "history.csv"),
         "initialised_from": json.loads(init.read_text()) if init.is_file() else None,
         "averaged_from": json.loads(soup.read_text()) if soup.is_file() else None,
+        "members": _members(soup) if soup.is_file() else None,
         "stain_normaliser": (
             json.loads((target / "normaliser.json").read_text())["name"]
             if (target / "normaliser.json").is_file()
@@ -101,6 +102,26 @@ def describe(run: Path, target: Path, args: argparse.Namespace) -> dict:
         "chosen_by": args.chosen_by,
         "bundled_by": provenance(),
     }
+
+
+def _members(soup: Path) -> dict[str, dict] | None:
+    """Per averaged run (when its folder is here): its recipe's stain settings, its steps and
+    the weights it was fine-tuned from, so that a soup's about.json says what went into it."""
+    members = {}
+    for member in json.loads(soup.read_text()).get("runs", []):
+        folder = Path(member["path"])
+        if not (folder / "config.json").is_file():
+            continue
+        config = json.loads((folder / "config.json").read_text())
+        init = folder / "init_from.json"
+        members[member["path"]] = {
+            "steps": _history_steps(folder / "history.csv"),
+            "stain": config.get("stain"),
+            "stain_after_augment": config.get("stain_after_augment", False),
+            "augment": "strong stain" if config.get("augment", {}).get("p_stain") else "default",
+            "initialised_from": json.loads(init.read_text()) if init.is_file() else None,
+        }
+    return members or None
 
 
 def _history_steps(path: Path) -> int | None:
