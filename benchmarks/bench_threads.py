@@ -1,0 +1,98 @@
+"""The network of one slide chunk alone and with a chunk being finished beside it, per number of
+torch threads: why ``nucseg slide`` gives the network one thread fewer per finishing thread.
+
+One 4 Mpx chunk (the block of :mod:`profile_chunk`) is predicted ``--repeats`` times with torch's
+default threads and with one fewer, first alone, then while another thread finishes chunks
+(measurements, polygons, quality figures, files) in a loop. Writes results/slide/threads.json.
+
+    python benchmarks/bench_threads.py
+"""
+
+from __future__ import annotations
+
+import argparse
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from profile_chunk import _Plan
+
+from nucseg import datasets
+from nucseg.atomic import write_json
+from nucseg.pipeline import provenance, resolve_model
+from nucseg.slide.chunkio import write_chunk
+from nucseg.slide.engine import ChunkSegmenter, engine_predictor, predict_tissue_maps
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model", default="default")
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--out", type=Path, default=Path("results/slide/threads.json"))
+    args = parser.parse_args()
+    folder = resolve_model(args.model)
+    origin = provenance(models=[folder])
+    ids = datasets.ids("monuseg", split="train")[:4]
+    crops = [datasets.load_sample("monuseg", i).image[:1000, :1000] for i in ids]
+    image = np.ascontiguousarray(
+        np.concatenate([np.concatenate(crops[:2], 1), np.concatenate(crops[2:], 1)], 0)
+    )
+    predictor = engine_predictor(folder)
+    segmenter = ChunkSegmenter(predictor, predictor.normaliser.estimate(image))
+    normalised = segmenter.normalise(image)
+    labels = predictor.maps_to_labels(predict_tissue_maps(predictor, normalised, tissue=image))
+
+    def network() -> float:
+        start = time.perf_counter()
+        for _ in range(args.repeats):
+            predict_tissue_maps(predictor, normalised, tissue=image)
+        return (time.perf_counter() - start) / args.repeats
+
+    default = torch.get_num_threads()
+    rows = []
+    with tempfile.TemporaryDirectory() as work:
+        for threads in sorted({default, max(1, default - 1)}, reverse=True):
+            torch.set_num_threads(threads)
+            network()  # warm-up
+            alone = network()
+            stop, finished = threading.Event(), [0]
+
+            def finishing(stop: threading.Event, finished: list[int]) -> None:
+                while not stop.is_set():
+                    write_chunk(_Plan(), (0, 0), image, labels, Path(work))
+                    finished[0] += 1
+
+            side = threading.Thread(target=finishing, args=(stop, finished))
+            side.start()
+            beside = network()
+            stop.set()
+            side.join()
+            rows.append(
+                {
+                    "torch_threads": threads,
+                    "network_alone_s": alone,
+                    "network_beside_finishing_s": beside,
+                    "slowdown": beside / alone,
+                    "chunks_finished_per_s": finished[0] / (beside * args.repeats),
+                }
+            )
+            print(
+                f"{threads} torch threads: network {alone:.2f} s alone, {beside:.2f} s beside a "
+                f"finishing thread ({beside / alone:.2f} x)"
+            )
+    torch.set_num_threads(default)
+    record = {
+        "benchmark": "one 4 Mpx chunk's network, alone and beside a finishing thread",
+        "cpus": torch.get_num_threads(),
+        "rows": rows,
+        "provenance": origin,
+    }
+    write_json(args.out, record, overwrite=True)
+    print(f"wrote {args.out}")
+
+
+if __name__ == "__main__":
+    main()
