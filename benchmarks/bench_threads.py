@@ -1,5 +1,9 @@
 """The network of one slide chunk alone and with a chunk being finished beside it, per number of
-torch threads: why ``nucseg slide`` gives the network one thread fewer per finishing thread.
+torch threads: how much a finishing thread slows the network's OpenMP threads on shared cores.
+
+(Giving the network one thread fewer during ``nucseg slide``'s chunk loop was tried on this
+2-core CPU and did not make the chunk phase faster: the finishing thread is idle about half of
+the time, and then the network runs on one core. So the engine keeps torch's default.)
 
 One 4 Mpx chunk (the block of :mod:`profile_chunk`) is predicted ``--repeats`` times with torch's
 default threads and with one fewer, first alone, then while another thread finishes chunks

@@ -10,16 +10,14 @@ and redoes only the chunks without their Parquet file.
 from __future__ import annotations
 
 import collections
-import contextlib
 import hashlib
 import json
 import logging
 import os
 import resource
 import shutil
-import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -431,26 +429,6 @@ def _build_segmenter(
     return segmenter, {"stain": stain, "predict": predictor.options}
 
 
-@contextlib.contextmanager
-def _network_threads(finishing: int) -> Iterator[None]:
-    """Torch's intra-op threads lowered by the ``finishing`` threads for the chunk loop, then
-    restored. A network whose OpenMP threads share cores with finishing threads waits at every
-    operator's barrier for a thread the scheduler has not run yet: on 2 cores one chunk's network
-    took 3 times longer with a chunk being finished beside it on 2 threads, and 1.3 times longer
-    on 1 thread (which alone was within 10 % of 2 threads)."""
-    if finishing < 1 or "torch" not in sys.modules:
-        yield
-        return
-    import torch
-
-    before = torch.get_num_threads()
-    torch.set_num_threads(max(1, before - finishing))
-    try:
-        yield
-    finally:
-        torch.set_num_threads(before)
-
-
 def finish_workers() -> int:
     """Chunks post-processed at once: ``NUCSEG_FINISH_WORKERS``, else one per 4 cores (1 on up
     to 7 cores, where one thread beside the network already keeps the cores busy), at most 4."""
@@ -508,7 +486,6 @@ def _run_chunks(
     workers = finish_workers()
     hold = {"initializer": worker_thread_signals}  # signals go to this thread
     with (
-        _network_threads(workers if staged else 0),
         ThreadPoolExecutor(max_workers=1, **hold) as reading,
         ThreadPoolExecutor(max_workers=workers, **hold) as ending,
     ):
