@@ -450,9 +450,10 @@ def _run_chunks(
     """Segment the unfinished chunks in a pipeline: the next chunk is read while the network
     works on the current one, and the previous ones are post-processed, measured and written
     meanwhile (numpy, SciPy and shapely release the GIL; on 2 cores this fills the gaps the
-    network leaves). Post-processing takes about as long per pixel on one core as the network on
-    all of them, so a machine with more cores (or a GPU) post-processes :func:`finish_workers`
-    chunks at once. At most that many chunks wait to be finished, so memory stays flat."""
+    network leaves). Post-processing and finishing a chunk on one core take about three quarters
+    of the network's time on all cores (results/slide/chunk_profile.json), so a machine with more
+    cores (or a GPU) finishes :func:`finish_workers` chunks at once. At most that many chunks
+    wait to be finished, so memory stays flat."""
     from tqdm.auto import tqdm
 
     from nucseg.slide.chunkio import read_chunk_info, write_chunk
