@@ -8,9 +8,12 @@ lower module instead of on each other.
 from __future__ import annotations
 
 import copy
+import json
 import logging
+import os
 import warnings
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any, ClassVar, Self
 
 import cv2
@@ -521,3 +524,12 @@ def apply_colour_table(image: np.ndarray, table: np.ndarray) -> np.ndarray:
     code |= image[..., 1].astype(np.uint32) << 8
     code |= image[..., 2]
     return table[code].view(np.uint8).reshape(image.shape[:2] + (4,))[..., :3]
+
+
+def read_normaliser(folder: str | os.PathLike) -> StainNormalizer | None:
+    """The stain normaliser a model folder was trained with (its ``normaliser.json``, written by
+    :meth:`StainNormalizer.to_dict`), or None when the folder has none."""
+    path = Path(folder) / "normaliser.json"
+    if not path.is_file():
+        return None
+    return StainNormalizer.from_dict(json.loads(path.read_text()))

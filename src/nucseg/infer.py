@@ -284,7 +284,7 @@ class Predictor:
         prediction settings (e.g. ``tta="d4"``, ``device``).
         """
         from nucseg.models import load_model
-        from nucseg.stain import StainNormalizer
+        from nucseg.stain import read_normaliser
 
         folder = Path(path)
         weights = folder / "model.safetensors"
@@ -292,10 +292,7 @@ class Predictor:
             raise FileNotFoundError(f"{folder} holds no model.safetensors: not a model folder")
         model, meta = load_model(weights, return_meta=True)
         post = json.loads((folder / "thresholds.json").read_text())
-        normaliser_file = folder / "normaliser.json"
-        normaliser = None
-        if normaliser_file.is_file():
-            normaliser = StainNormalizer.from_dict(json.loads(normaliser_file.read_text()))
+        normaliser = read_normaliser(folder)
         settings = {**post.get("predict", {}), **options}
         return cls(
             model,

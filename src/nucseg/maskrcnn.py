@@ -415,17 +415,13 @@ class MaskRCNNSegmenter:
     @classmethod
     def load(cls, path: str | Path, **options: Any) -> MaskRCNNSegmenter:
         """Load a run folder written by :func:`train_maskrcnn`."""
-        from nucseg.stain import StainNormalizer
+        from nucseg.stain import read_normaliser
 
         folder = Path(path)
         config = json.loads((folder / "config.json").read_text())
         model = build_maskrcnn(config["backbone"])
         model.load_state_dict(read_weights(folder))
-        normaliser = None
-        if (folder / "normaliser.json").is_file():
-            state = json.loads((folder / "normaliser.json").read_text())
-            normaliser = StainNormalizer.from_dict(state)
-        return cls(model, normaliser=normaliser, tile=config["tile"], **options)
+        return cls(model, normaliser=read_normaliser(folder), tile=config["tile"], **options)
 
     @torch.inference_mode()
     def predict_instances(self, image: np.ndarray) -> tuple[np.ndarray, dict[int, float]]:

@@ -45,6 +45,7 @@ from nucseg._stain_base import (  # noqa: F401  (re-exported: the public names l
     get_normalizer,
     implausible_stains,
     list_normalizers,
+    read_normaliser,
     register,
     stain_matrix_fallback,
     tissue_mask,

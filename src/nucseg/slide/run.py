@@ -404,12 +404,9 @@ def _build_segmenter(
         from nucseg.pipeline import make_segmenter
 
         return make_segmenter(work["method"]), {}
-    from nucseg.stain import StainNormalizer
+    from nucseg.stain import read_normaliser
 
-    normaliser_file = Path(work["folder"]) / "normaliser.json"
-    normaliser = None
-    if normaliser_file.is_file():  # what Predictor.load reads: the same normaliser
-        normaliser = StainNormalizer.from_dict(json.loads(normaliser_file.read_text()))
+    normaliser = read_normaliser(work["folder"])  # what Predictor.load reads: the same one
     stain_file = chunk_dir / "stain.json"
     if stain_file.is_file():
         saved = json.loads(stain_file.read_text())

@@ -153,7 +153,7 @@ def retune(
     """
     from nucseg import datasets
     from nucseg.models import load_model
-    from nucseg.stain import StainNormalizer
+    from nucseg.stain import read_normaliser
 
     run_dir = Path(run_dir)
     values = json.loads((run_dir / "config.json").read_text())
@@ -183,10 +183,7 @@ def retune(
     overrides = {"tta": tta, "predict_tile": tile, "predict_overlap": overlap}
     values.update({k: v for k, v in overrides.items() if v is not None})
     config = TrainConfig.from_dict(values)
-    normaliser_file = run_dir / "normaliser.json"
-    normaliser = None
-    if normaliser_file.is_file():
-        normaliser = StainNormalizer.from_dict(json.loads(normaliser_file.read_text()))
+    normaliser = read_normaliser(run_dir)
     val = []
     for image_id in sorted(split_ids(config)[1]):
         sample = datasets.load_sample(config.dataset, image_id)
