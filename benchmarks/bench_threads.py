@@ -20,15 +20,13 @@ import threading
 import time
 from pathlib import Path
 
-import numpy as np
 import torch
-from profile_chunk import _Plan
+from profile_chunk import _Plan, chunk_setup
 
-from nucseg import datasets
 from nucseg.atomic import write_json
 from nucseg.pipeline import provenance, resolve_model
 from nucseg.slide.chunkio import write_chunk
-from nucseg.slide.engine import ChunkSegmenter, engine_predictor, predict_tissue_maps
+from nucseg.slide.engine import predict_tissue_maps
 
 
 def main() -> None:
@@ -39,13 +37,7 @@ def main() -> None:
     args = parser.parse_args()
     folder = resolve_model(args.model)
     origin = provenance(models=[folder])
-    ids = datasets.ids("monuseg", split="train")[:4]
-    crops = [datasets.load_sample("monuseg", i).image[:1000, :1000] for i in ids]
-    image = np.ascontiguousarray(
-        np.concatenate([np.concatenate(crops[:2], 1), np.concatenate(crops[2:], 1)], 0)
-    )
-    predictor = engine_predictor(folder)
-    segmenter = ChunkSegmenter(predictor, predictor.normaliser.estimate(image))
+    image, predictor, segmenter = chunk_setup(folder)
     normalised = segmenter.normalise(image)
     labels = predictor.maps_to_labels(predict_tissue_maps(predictor, normalised, tissue=image))
 

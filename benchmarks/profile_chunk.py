@@ -16,6 +16,7 @@ import statistics
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -41,6 +42,18 @@ class _Plan:
         return (1000, 1000, 3000, 3000)
 
 
+def chunk_setup(folder: Path) -> tuple[np.ndarray, Any, ChunkSegmenter]:
+    """The 2000 x 2000 block of 4 MoNuSeg training images, the model of ``folder`` as the engine
+    loads it, and its chunk segmenter with stain statistics fitted on the block."""
+    ids = datasets.ids("monuseg", split="train")[:4]
+    crops = [datasets.load_sample("monuseg", i).image[:1000, :1000] for i in ids]
+    image = np.ascontiguousarray(
+        np.concatenate([np.concatenate(crops[:2], 1), np.concatenate(crops[2:], 1)], 0)
+    )
+    predictor = engine_predictor(folder)
+    return image, predictor, ChunkSegmenter(predictor, predictor.normaliser.estimate(image))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", default="default")
@@ -49,13 +62,7 @@ def main() -> None:
     args = parser.parse_args()
     folder = resolve_model(args.model)
     origin = provenance(models=[folder])
-    ids = datasets.ids("monuseg", split="train")[:4]
-    crops = [datasets.load_sample("monuseg", i).image[:1000, :1000] for i in ids]
-    image = np.ascontiguousarray(
-        np.concatenate([np.concatenate(crops[:2], 1), np.concatenate(crops[2:], 1)], 0)
-    )
-    predictor = engine_predictor(folder)
-    segmenter = ChunkSegmenter(predictor, predictor.normaliser.estimate(image))
+    image, predictor, segmenter = chunk_setup(folder)
     stages = {
         "normalise": lambda: segmenter.normalise(image),
         "network": lambda: predict_tissue_maps(predictor, normalised, tissue=image),

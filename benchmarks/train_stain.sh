@@ -6,10 +6,7 @@
 # docs/training.md, committed before these runs).
 set -euo pipefail
 cd "$(dirname "$0")/.."
-mkdir -p runs/base32
-for f in config.json model.safetensors normaliser.json thresholds.json; do
-    git show 6786155:src/nucseg/data/models/default/$f > runs/base32/$f
-done
+bash benchmarks/make_base32.sh
 suffix=""
 if [ "${1:-}" = "--long" ]; then  # the fixed-length versions (1,400 steps; docs/training.md)
     suffix="-long"

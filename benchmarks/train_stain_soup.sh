@@ -16,10 +16,7 @@
 #    4 validation images (nucseg tune).
 set -euo pipefail
 cd "$(dirname "$0")/.."
-mkdir -p runs/base32
-for f in config.json model.safetensors normaliser.json thresholds.json; do
-    git show 6786155:src/nucseg/data/models/default/$f > runs/base32/$f
-done
+bash benchmarks/make_base32.sh
 for name in stain-norm-long stain-normafter-long; do
     OMP_NUM_THREADS=1 nohup .venv/bin/nucseg train configs/$name.json --out runs/$name "$@" \
         > runs/$name.log 2>&1 &

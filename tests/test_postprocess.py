@@ -449,16 +449,23 @@ def test_rule_inputs_take_the_right_channels():
         rule_inputs(probs, num_classes=3, method="stardist")
 
 
+def _flood_inputs(labels, sigma, noise, *, interior_threshold):
+    """``_flood``'s elevation source, markers and mask from blurred maps of real labels, as
+    :func:`marker_watershed` builds them (markers of at least 10 pixels, foreground 0.5)."""
+    probs = blurred(one_hot_probs(labels), sigma=sigma, noise=noise)
+    interior = probs[..., 1]
+    markers, _ = ndi.label(interior > interior_threshold, structure=postprocess._CROSS)
+    markers = remove_small(markers, min_size=10)
+    mask = (interior + probs[..., 2] > 0.5) | (markers > 0)
+    return interior, markers, mask
+
+
 @pytest.mark.data
 @pytest.mark.parametrize("sigma, noise", [(1.0, 0.05), (2.5, 0.15)])
 def test_flooding_only_shared_regions_equals_flooding_everything(monuseg_labels, sigma, noise):
     """The watershed is run only on mask regions holding two or more markers; the labels equal
     those of one watershed over the whole mask, on blurred maps of a real MoNuSeg image."""
-    probs = blurred(one_hot_probs(monuseg_labels), sigma=sigma, noise=noise)
-    interior = probs[..., 1]
-    markers, _ = ndi.label(interior > 0.5, structure=postprocess._CROSS)
-    markers = remove_small(markers, min_size=10)
-    mask = (interior + probs[..., 2] > 0.5) | (markers > 0)
+    interior, markers, mask = _flood_inputs(monuseg_labels, sigma, noise, interior_threshold=0.5)
     full = segmentation.watershed(-interior, markers, mask=mask, connectivity=1)
     regions, n = ndi.label(mask, structure=postprocess._CROSS)
     owners = np.unique(
@@ -478,11 +485,7 @@ def test_unmarked_regions_are_numbered_as_separately_labelled(
     """The mask's regions without a marker get the labels of labelling ``mask & (labels == 0)``
     on its own, dropping those under ``min_size`` pixels and numbering the rest after the
     markers (the formulation before they shared the markers' lookup table)."""
-    probs = blurred(one_hot_probs(monuseg_labels), sigma=sigma, noise=noise)
-    interior = probs[..., 1]
-    markers, _ = ndi.label(interior > 0.7, structure=postprocess._CROSS)
-    markers = remove_small(markers, min_size=10)
-    mask = (interior + probs[..., 2] > 0.5) | (markers > 0)
+    interior, markers, mask = _flood_inputs(monuseg_labels, sigma, noise, interior_threshold=0.7)
     flooded = segmentation.watershed(-interior, markers, mask=mask, connectivity=1)
     unmarked, _ = ndi.label(mask & (flooded == 0), structure=postprocess._CROSS)
     unmarked = remove_small(unmarked, min_size=min_size)
