@@ -28,6 +28,9 @@ CANDIDATES = (
     "stain-norm-long",
     "stain-normafter-long",  # third round (docs/training.md)
     "stain-soup",  # fourth round
+    "stain-norm-xl",  # fifth round
+    "stain-normafter-xl",
+    "stain-soup-xl",
 )
 
 
