@@ -296,7 +296,7 @@ def test_tissue_maps_equal_predict_maps_and_skip_glass():
     from nucseg.infer import Predictor
     from nucseg.io import read_image
     from nucseg.pipeline import resolve_model
-    from nucseg.slide.engine import predict_tissue_maps
+    from nucseg.slide.engine import predict_tissue_maps, stained
 
     predictor = Predictor.load(resolve_model("default"), tile=256, overlap=0.25)
     # 320 x 448: tile_grid at 25 % and spread_grid with 64 pixels give the same tiles
@@ -316,6 +316,11 @@ def test_tissue_maps_equal_predict_maps_and_skip_glass():
     black[:, 300:] = image[:300, :300]
     maps = predict_tissue_maps(predictor, black, tissue=black)
     assert (maps[:, :44, 0] == 1).all() and (maps[:, 300:, 0] < 0.5).any()
+    # the stained() mask, when the caller has it, in place of the pixels: the same maps
+    from_mask = predict_tissue_maps(predictor, black, tissue=stained(black))
+    np.testing.assert_array_equal(from_mask, maps)
+    with pytest.raises(ValueError, match="tissue covers"):
+        predict_tissue_maps(predictor, black, tissue=stained(black)[:10])
 
 
 def test_stained_pixels_exclude_glass_and_black():

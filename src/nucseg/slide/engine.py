@@ -303,11 +303,12 @@ class ChunkSegmenter:
 
     def predict(self, image: np.ndarray) -> tuple[tuple[slice, slice], np.ndarray] | None:
         """The network's part: the tissue box of ``image`` and its maps (None: no tissue)."""
-        box = tissue_box(image, margin=TISSUE_MARGIN)
+        dark = stained(image)  # once: for the box, then for the tiles to skip
+        box = _mask_box(dark, margin=TISSUE_MARGIN)
         if box is None:
             return None
         part = image[box]
-        return box, predict_tissue_maps(self.predictor, self.normalise(part), tissue=part)
+        return box, predict_tissue_maps(self.predictor, self.normalise(part), tissue=dark[box])
 
     def labels(
         self, shape: tuple[int, int], predicted: tuple[tuple[slice, slice], np.ndarray] | None
@@ -372,12 +373,16 @@ TISSUE_MARGIN = 64
 def tissue_box(image: np.ndarray, *, margin: int = 0) -> tuple[slice, slice] | None:
     """Rows and columns of the bounding box of the tissue pixels of ``image`` (:func:`stained`),
     grown by ``margin`` and clipped; None when there is none."""
-    dark = stained(image)
-    rows, cols = np.flatnonzero(dark.any(axis=1)), np.flatnonzero(dark.any(axis=0))
+    return _mask_box(stained(image), margin=margin)
+
+
+def _mask_box(mask: np.ndarray, *, margin: int = 0) -> tuple[slice, slice] | None:
+    """:func:`tissue_box` of a 2-D boolean mask (the :func:`stained` pixels)."""
+    rows, cols = np.flatnonzero(mask.any(axis=1)), np.flatnonzero(mask.any(axis=0))
     if not rows.size:
         return None
-    r0, r1 = max(rows[0] - margin, 0), min(rows[-1] + 1 + margin, image.shape[0])
-    c0, c1 = max(cols[0] - margin, 0), min(cols[-1] + 1 + margin, image.shape[1])
+    r0, r1 = max(rows[0] - margin, 0), min(rows[-1] + 1 + margin, mask.shape[0])
+    c0, c1 = max(cols[0] - margin, 0), min(cols[-1] + 1 + margin, mask.shape[1])
     return slice(int(r0), int(r1)), slice(int(c0), int(c1))
 
 
@@ -392,8 +397,9 @@ def predict_tissue_maps(predictor: Any, image: np.ndarray, *, tissue: np.ndarray
     Tiles are spread evenly with at least the settings' overlap (:func:`nucseg.tiling.spread_grid`).
 
     ``image`` is the (normalised) network input and ``tissue`` the raw pixels on which tissue is
-    detected, as in :mod:`nucseg.slide.tissue`. Skipped tiles contribute background
-    probabilities, blended like any other tile.
+    detected, as in :mod:`nucseg.slide.tissue`, or their :func:`stained` mask (2-D boolean)
+    when the caller already has it. Skipped tiles contribute background probabilities, blended
+    like any other tile.
     """
     import torch
 
@@ -405,7 +411,10 @@ def predict_tissue_maps(predictor: Any, image: np.ndarray, *, tissue: np.ndarray
     padded, crop = pad_to(image, (tile, tile))
     min_overlap = min(round(options["overlap"] * tile), tile - 1)
     grid = spread_grid(padded.shape[:2], tile=tile, min_overlap=min_overlap)
-    dark, _ = pad_to(stained(tissue).view(np.uint8), (tile, tile))
+    mask = tissue if tissue.ndim == 2 and tissue.dtype == bool else stained(tissue)
+    if mask.shape != image.shape[:2]:
+        raise ValueError(f"tissue covers {mask.shape} pixels, the image {image.shape[:2]}")
+    dark, _ = pad_to(mask.view(np.uint8), (tile, tile))
     tissue_pixels = [int(np.count_nonzero(dark[s])) for s in grid]
     stitcher = MapStitcher(padded.shape[:2])
     mean, std = input_stats(predictor.model)
