@@ -211,6 +211,28 @@ def test_init_from_starts_from_the_given_weights_and_records_their_hash(tmp_path
         fit(TrainConfig.from_dict({**other, "init_from": str(first)}), tmp_path / "c")
 
 
+def test_init_from_refuses_validation_images_the_start_trained_on(tmp_path, data_root):
+    from nucseg.train import split_ids
+    from nucseg.training.loop import check_init_split
+
+    held = {**TINY, "limit_images": 4, "val_images": 1, "steps": 1}
+    first = fit(TrainConfig.from_dict(held), tmp_path / "a", progress=False)
+    ours = split_ids(TrainConfig.from_dict(held))[1]
+    seed = next(
+        s for s in range(1, 50) if split_ids(TrainConfig.from_dict({**held, "seed": s}))[1] != ours
+    )
+    same = TrainConfig.from_dict({**held, "init_from": str(first)})
+    check_init_split(same)  # the same held-out image: fine
+    check_init_split(TrainConfig.from_dict({**held, "val_images": 0, "init_from": str(first)}))
+    with pytest.raises(ValueError, match=r"trained on 1 of this run's 1 validation images"):
+        fit(TrainConfig.from_dict({**held, "seed": seed, "init_from": str(first)}), tmp_path / "b")
+    assert not (tmp_path / "b" / "model.safetensors").exists()
+    # a start that trained on every image has no held-out image at all
+    refit = fit(TrainConfig.from_dict({**held, "val_images": 0}), tmp_path / "c", progress=False)
+    with pytest.raises(ValueError, match="seed \\(0\\) and val_images \\(0\\)"):
+        check_init_split(TrainConfig.from_dict({**held, "init_from": str(refit)}))
+
+
 def test_stain_after_augment_normalises_each_augmented_tile(data_root):
     from nucseg.augment import Augmenter
     from nucseg.train import make_batch, prepare_data

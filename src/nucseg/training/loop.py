@@ -74,6 +74,40 @@ def _initialise_from(model: torch.nn.Module, config: TrainConfig, run_dir: Path)
     log.info("initialised from %s (sha256 %s)", weights, digest[:12])
 
 
+def check_init_split(config: TrainConfig) -> None:
+    """Refuse to validate a fine-tune on images its starting point trained on.
+
+    The seed draws the validation images (:func:`nucseg.training.data.split_ids`): a fine-tune
+    with another seed, or one started from a refit on every image (``val_images`` 0), would be
+    tuned and judged on images its starting weights have learnt, and its validation figures would
+    look held out without being so. A refit (``val_images`` 0 here) is not judged on validation
+    and may start from anything.
+    """
+    import json
+
+    from nucseg.training.data import split_ids
+
+    if config.init_from is None or not config.val_images:
+        return
+    source = Path(config.init_from)
+    source_config = source / "config.json" if source.is_dir() else source.with_name("config.json")
+    if not source_config.is_file():
+        return  # a bare weights file: nothing says what it trained on
+    theirs = TrainConfig.from_dict(json.loads(source_config.read_text()))
+    if theirs.dataset != config.dataset:
+        return
+    _, ours = split_ids(config)
+    held_out = split_ids(theirs)[1] if theirs.val_images else set()
+    seen = sorted(ours - held_out)
+    if seen:
+        raise ValueError(
+            f"init_from: {config.init_from} trained on {len(seen)} of this run's "
+            f"{len(ours)} validation images ({', '.join(seen)}), so its validation figures would "
+            f"not be held out; give it the starting run's seed ({theirs.seed}) and val_images "
+            f"({theirs.val_images}), or train on every image (val_images 0)"
+        )
+
+
 def _calibrate_steps(recent: list[float], step: int, elapsed: float, budget: float) -> int:
     """Total steps that end the run at ``budget`` seconds, at the median recent step time."""
     return step + max(1, int((budget - elapsed) / float(np.median(recent))))
@@ -124,6 +158,8 @@ def fit(
     if not resume:
         _write_json(run_dir / "config.json", dataclasses.asdict(config))
 
+    if not resume:
+        check_init_split(config)
     torch.manual_seed(config.seed)
     device = default_device()
     data = prepare_data(config, progress=progress)
