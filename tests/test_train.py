@@ -226,7 +226,7 @@ def test_init_from_refuses_validation_images_the_start_trained_on(tmp_path, data
     check_init_split(TrainConfig.from_dict({**held, "val_images": 0, "init_from": str(first)}))
     with pytest.raises(ValueError, match=r"trained on 1 of this run's 1 validation images"):
         fit(TrainConfig.from_dict({**held, "seed": seed, "init_from": str(first)}), tmp_path / "b")
-    assert not (tmp_path / "b" / "model.safetensors").exists()
+    assert not (tmp_path / "b").exists()  # refused before anything is written
     # a start that trained on every image has no held-out image at all
     refit = fit(TrainConfig.from_dict({**held, "val_images": 0}), tmp_path / "c", progress=False)
     with pytest.raises(ValueError, match="seed \\(0\\) and val_images \\(0\\)"):

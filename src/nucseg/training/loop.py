@@ -152,14 +152,14 @@ def fit(
     run_dir = Path(run_dir)
     if resume:  # before writing anything: a refused resume leaves the run as it was
         checkpoint.check_config(run_dir, config)
-    elif run_dir.exists() and any(run_dir.iterdir()) and not overwrite:
-        raise FileExistsError(f"{run_dir} is not empty; pass --resume or --overwrite")
+    else:
+        if run_dir.exists() and any(run_dir.iterdir()) and not overwrite:
+            raise FileExistsError(f"{run_dir} is not empty; pass --resume or --overwrite")
+        check_init_split(config)  # before writing anything, as the resume check
     run_dir.mkdir(parents=True, exist_ok=True)
     if not resume:
         _write_json(run_dir / "config.json", dataclasses.asdict(config))
 
-    if not resume:
-        check_init_split(config)
     torch.manual_seed(config.seed)
     device = default_device()
     data = prepare_data(config, progress=progress)
