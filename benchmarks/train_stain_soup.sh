@@ -17,11 +17,4 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash benchmarks/make_base32.sh
-for name in stain-norm-long stain-normafter-long; do
-    OMP_NUM_THREADS=1 nohup .venv/bin/nucseg train configs/$name.json --out runs/$name "$@" \
-        > runs/$name.log 2>&1 &
-done
-wait
-.venv/bin/python benchmarks/average_weights.py runs/stain-normafter-long runs/stain-norm-long \
-    --settings-from runs/stain-normafter-long --out runs/stain-soup
-.venv/bin/nucseg tune runs/stain-soup
+bash benchmarks/_train_soup_of_two.sh stain-soup stain-normafter-long stain-norm-long "$@"

@@ -16,11 +16,4 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 [ -f runs/stain-soup/model.safetensors ] || bash benchmarks/train_stain_soup.sh
-for name in stain-norm-xl stain-normafter-xl; do
-    OMP_NUM_THREADS=1 nohup .venv/bin/nucseg train configs/$name.json --out runs/$name "$@" \
-        > runs/$name.log 2>&1 &
-done
-wait
-.venv/bin/python benchmarks/average_weights.py runs/stain-normafter-xl runs/stain-norm-xl \
-    --settings-from runs/stain-normafter-xl --out runs/stain-soup-xl
-.venv/bin/nucseg tune runs/stain-soup-xl
+bash benchmarks/_train_soup_of_two.sh stain-soup-xl stain-normafter-xl stain-norm-xl "$@"
