@@ -158,7 +158,12 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     # before the work: the commit, command and model files that produce the result
     origin = provenance(models=[model_folder] if model_folder is not None else [])
     segmenter = _segmenter(args)
-    result = evaluate(segmenter, samples, total=total, progress=sys.stderr.isatty())
+    from nucseg.slide.run import DEFAULT_MODEL_MPP, model_mpp
+
+    scale = model_mpp(model_folder)[0] if model_folder is not None else DEFAULT_MODEL_MPP
+    result = evaluate(
+        segmenter, samples, total=total, progress=sys.stderr.isatty(), model_mpp=scale
+    )
     params = describe(args.method) if args.method is not None else {}
     result = {
         "method": _method_name(args),
@@ -263,10 +268,10 @@ def cmd_compare(args: argparse.Namespace) -> int:
 
 
 def cmd_datasets_verify(args: argparse.Namespace) -> int:
-    from nucseg.datasets.manifest import verify
+    from nucseg.datasets.manifest import COLUMNS, verify
     from nucseg.report import markdown_table
 
-    names = ["monuseg", "tnbc"] if args.dataset == "all" else [args.dataset]
+    names = list(COLUMNS) if args.dataset == "all" else [args.dataset]
     bad = 0
     for name in names:
         rows = verify(name)
@@ -444,7 +449,11 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("datasets", help="dataset utilities")
     dsub = p.add_subparsers(dest="datasets_command", required=True)
     q = dsub.add_parser("verify", help="check files and checksums against the manifests")
-    q.add_argument("--dataset", choices=["monuseg", "tnbc", "all"], default="all")
+    q.add_argument(
+        "--dataset",
+        choices=["monuseg", "tnbc", "consep", "cpm15", "dsb2018-he", "all"],
+        default="all",
+    )
     q.add_argument("--all-rows", action="store_true", help="list every file, not only problems")
     q.set_defaults(func=cmd_datasets_verify)
     q = dsub.add_parser("pack", help="compact copy (WebP) for a machine with a small upload limit")

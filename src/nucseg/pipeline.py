@@ -426,6 +426,19 @@ def _decision(segmenter: Segmenter) -> dict[str, Any] | None:
     return getattr(getattr(segmenter, "normaliser", None), "last_estimate", None)
 
 
+def _segment_at_scale(
+    segmenter: Segmenter, image: np.ndarray, mpp: float | None, model_mpp: float
+) -> np.ndarray:
+    """``segmenter(image)`` at the model's resolution, returned at the image's pixels."""
+    from nucseg.scale import resize_image, resize_labels, scale_factor, scaled_shape
+
+    factor = scale_factor(mpp, model_mpp)
+    if factor == 1.0:
+        return segmenter(image)
+    prediction = segmenter(resize_image(image, scaled_shape(image.shape, factor)))
+    return resize_labels(prediction, image.shape[:2])
+
+
 def evaluate(
     segmenter: Segmenter,
     samples: Iterable[tuple[str, np.ndarray, np.ndarray]],
@@ -433,8 +446,13 @@ def evaluate(
     total: int | None = None,
     progress: bool = True,
     keep: Callable[[str, np.ndarray, np.ndarray], None] | None = None,
+    model_mpp: float = 0.25,
 ) -> dict[str, Any]:
     """Segment every sample and score it against its labels.
+
+    A sample that states its resolution (``sample.mpp``, e.g. CPM-15's 20x tiles) is brought to
+    the model's (``model_mpp``) by :mod:`nucseg.scale`'s rule, as ``nucseg slide`` does, and the
+    prediction is resampled back to the sample's pixels, where it is scored.
 
     Parameters
     ----------
@@ -461,9 +479,10 @@ def evaluate(
     evaluator = Evaluator()
     seconds, checks = [], {}
     bar = tqdm(samples, total=total, desc="evaluate", unit="image", disable=not progress)
-    for image_id, image, labels in bar:
+    for sample in bar:
+        image_id, image, labels = sample
         start = time.perf_counter()
-        prediction = segmenter(image)
+        prediction = _segment_at_scale(segmenter, image, getattr(sample, "mpp", None), model_mpp)
         seconds.append(time.perf_counter() - start)
         evaluator.process(image_id, labels, prediction)
         checks[image_id] = quality.assess(image, prediction, stain_estimate=_decision(segmenter))

@@ -15,18 +15,23 @@ Datasets and splits
   ``"all"`` (44); ``"test"`` and ``"train"`` are the old names of ``"breast"`` and
   ``"nonbreast"``.
 - ``"tnbc"``: ``"test"`` and ``"all"`` (the same 50 images; TNBC is only ever a test set).
+- ``"consep"``: ``"train"`` (27), ``"test"`` (14), ``"all"``; samples carry nucleus ``types``.
+- ``"cpm15"``: ``"20x"`` (7, 0.5 um/px), ``"40x"`` (8), ``"all"``.
+- ``"dsb2018-he"``: ``"all"`` (107 stained brightfield tiles, resolution unknown).
+  (:mod:`nucseg.datasets.labelled`; samples carry their ``mpp``.)
 - A folder of images and labels: :func:`load_folder`.
 """
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 from tqdm.auto import tqdm
 
-from nucseg.datasets import monuseg, tnbc
+from nucseg.datasets import labelled, monuseg, tnbc
 from nucseg.datasets._common import Sample, data_root
 from nucseg.datasets.folder import load_folder
 from nucseg.datasets.monuseg import AnnotationReport, read_monuseg, xml_to_labels
@@ -58,6 +63,14 @@ class _Dataset:
 DATASETS: dict[str, _Dataset] = {
     monuseg.NAME: _Dataset(monuseg.SPLITS, monuseg.monuseg_ids, monuseg.load_monuseg_sample),
     tnbc.NAME: _Dataset(tnbc.SPLITS, tnbc.tnbc_ids, tnbc.load_tnbc_sample),
+    **{
+        name: _Dataset(
+            labelled.splits(name),
+            functools.partial(labelled.labelled_ids, name),
+            functools.partial(labelled.load_labelled_sample, name),
+        )
+        for name in labelled.SPLITS
+    },
 }
 
 EVAL_DATASETS: dict[str, tuple[str, str]] = {
@@ -67,6 +80,13 @@ EVAL_DATASETS: dict[str, tuple[str, str]] = {
     "monuseg-challenge-test": ("monuseg", "challenge-test"),
     "monuseg": ("monuseg", "all"),
     "tnbc": ("tnbc", "all"),
+    "consep-train": ("consep", "train"),
+    "consep-test": ("consep", "test"),
+    "consep": ("consep", "all"),
+    "cpm15": ("cpm15", "all"),
+    "cpm15-20x": ("cpm15", "20x"),
+    "cpm15-40x": ("cpm15", "40x"),
+    "dsb2018-he": ("dsb2018-he", "all"),
 }
 """Evaluation dataset names (as used by the CLI) -> ``(dataset, split)``: ``DATASET-SPLIT``."""
 

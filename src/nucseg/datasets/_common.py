@@ -82,7 +82,13 @@ class Sample:
     organ : str
         Organ of origin (``"unknown"`` where the dataset does not say).
     dataset : str
-        Dataset name (``"monuseg"``, ``"tnbc"``, ``"folder"``).
+        Dataset name (``"monuseg"``, ``"tnbc"``, ``"consep"``, ``"folder"``...).
+    mpp : float or None
+        Microns per pixel where the dataset states it (None: unknown, or the 40x of the
+        paper's sets, which need no resampling for the bundled models).
+    types : dict of int to int, or None
+        Nucleus type of each label where the dataset has them (CoNSeP: 1 other,
+        2 inflammatory, 3 epithelial, 4 spindle-shaped), else None.
     """
 
     id: str
@@ -90,6 +96,8 @@ class Sample:
     labels: np.ndarray
     organ: str
     dataset: str
+    mpp: float | None = None
+    types: dict[int, int] | None = None
 
     def __iter__(self) -> Iterator[object]:
         yield self.id

@@ -27,7 +27,11 @@ COLUMNS = {
     "monuseg": ("id", "split", "organ", "n_nuclei", "annotation", "sha256_image",
                 "sha256_annotation"),
     "tnbc": ("id", "patient", "n_nuclei_8conn", "sha256_image", "sha256_mask"),
+    **{name: ("id", "split", "organ", "n_nuclei", "magnification", "approx_mpp",
+              "sha256_image", "sha256_label") for name in ("consep", "cpm15", "dsb2018-he")},
 }  # fmt: skip
+#: Image suffix of the labelled datasets (``images/<id><suffix>``).
+LABELLED_SUFFIX = {"consep": ".webp", "cpm15": ".png", "dsb2018-he": ".png"}
 STATUSES = ("ok", "missing", "checksum mismatch", "unlisted")
 _CHUNK = 1 << 20
 
@@ -99,6 +103,8 @@ def image_file(name: str, row: dict[str, str]) -> str:
         return f"images/{row['id']}.tif"
     if name == "tnbc":
         return f"Slide_{row['patient']}/{row['id']}.png"
+    if name in LABELLED_SUFFIX:
+        return f"images/{row['id']}{LABELLED_SUFFIX[name]}"
     raise KeyError(f"unknown dataset {name!r}; valid names: {', '.join(COLUMNS)}")
 
 
@@ -123,6 +129,14 @@ def listed_files(name: str, row: dict[str, str]) -> list[tuple[str, str]]:
             (image_file(name, row), row["sha256_image"]),
             (f"GT_{patient}/{image_id}.png", row["sha256_mask"]),
         ]
+    if name in LABELLED_SUFFIX:
+        files = [
+            (image_file(name, row), row["sha256_image"]),
+            (f"labels/{image_id}.png", row["sha256_label"]),
+        ]
+        if name == "consep":  # the types carry no checksum in the manifest: listed, not hashed
+            files.append((f"types/{image_id}.tsv", ""))
+        return files
     raise KeyError(f"unknown dataset {name!r}; valid names: {', '.join(COLUMNS)}")
 
 
@@ -161,7 +175,7 @@ def verify(name: str, root: str | Path | None = None) -> list[VerifyRow]:
             path = folder / rel
             if not path.is_file():
                 status = "missing"
-            elif sha256_file(path) != expected.lower():
+            elif expected and sha256_file(path) != expected.lower():
                 status = "checksum mismatch"
             else:
                 status = "ok"

@@ -146,11 +146,13 @@ def load_model(
         distance_channels=info["distance_channels"],
         encoder_weights=info["encoder_weights"],
         options=info["options"],
+        type_channels=info.get("type_channels", 0),
     )
     model = create_model(
         config.name,
         num_classes=config.num_classes,
         distance_channels=config.distance_channels,
+        type_channels=config.type_channels,
         **config.options,
     )
     try:

@@ -123,11 +123,12 @@ class ModelConfig:
     distance_channels: int = 0
     encoder_weights: str | None = None
     options: Mapping[str, Any] = field(default_factory=dict)
+    type_channels: int = 0
 
     @property
     def out_channels(self) -> int:
-        """Channels of the network's output: ``num_classes + distance_channels``."""
-        return self.num_classes + self.distance_channels
+        """Channels of the network's output: classes, distance channels, type logits."""
+        return self.num_classes + self.distance_channels + self.type_channels
 
     def to_json(self) -> str:
         """This config as a JSON string (see :meth:`from_json`)."""
@@ -145,6 +146,7 @@ def create_model(
     num_classes: int = 3,
     distance_channels: int = 0,
     encoder_weights: str | os.PathLike | None = None,
+    type_channels: int = 0,
     **kwargs: Any,
 ) -> torch.nn.Module:
     """Build the registered network ``name``.
@@ -157,6 +159,8 @@ def create_model(
         Class logits in the output (>= 2); the softmax is left to the loss and to inference.
     distance_channels : int, optional
         Extra regression channels appended after the class logits.
+    type_channels : int, optional
+        Nucleus-type logits appended after those (background first), for a type head.
     encoder_weights : {None, "imagenet"} or path-like, optional
         None trains from scratch; ``"imagenet"`` loads ImageNet weights (downloaded by smp/timm,
         which needs internet, except for ``unet-efficientnet-lite0``, whose weights come offline
@@ -188,9 +192,11 @@ def create_model(
     except TypeError as error:
         raise TypeError(f"model options must be JSON-compatible, got {kwargs!r}: {error}") from None
     weights = None if encoder_weights is None else os.fspath(encoder_weights)
-    model = entry.build(
+    if int(type_channels) != type_channels or type_channels < 0:
+        raise ValueError(f"type_channels must be an integer >= 0, got {type_channels!r}")
+    model = entry.build(  # the builders' head has num_classes + (all further) channels
         num_classes=int(num_classes),
-        distance_channels=int(distance_channels),
+        distance_channels=int(distance_channels) + int(type_channels),
         encoder_weights=weights,
         **options,
     )
@@ -200,6 +206,7 @@ def create_model(
         distance_channels=int(distance_channels),
         encoder_weights=weights,
         options=options,
+        type_channels=int(type_channels),
     )
     return model
 

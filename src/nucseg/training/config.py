@@ -7,6 +7,8 @@ from typing import Any
 
 from nucseg._checks import check_steps_or_budget, dataclass_from_dict
 
+_SOURCE_DEFAULTS = {"split": "all", "weight": 1.0, "val_images": 0, "limit": None}
+
 
 @dataclass(frozen=True)
 class TrainConfig:
@@ -64,6 +66,28 @@ class TrainConfig:
     # before augmenting: the network then learns from what the normaliser makes of an off-palette
     # image, its mistakes included, as at prediction. Validation images are normalised whole.
     stain_after_augment: bool = False
+    # Further labelled sources beside (dataset, split), each a dict {"dataset", "split",
+    # "weight", "val_images", "limit" (the first images only)}: their images are brought to
+    # ``mpp`` (nucseg.scale), each holds out ``val_images`` images drawn by the seed, and
+    # batches draw tiles with probability proportional to their source's weight (the primary
+    # source's is ``primary_weight``), whatever the source's size. None: the primary source
+    # alone, in seeded epochs.
+    sources: tuple[dict[str, Any], ...] | None = None
+    primary_weight: float = 1.0
+    # Microns per pixel the network learns at (every source is resampled to it).
+    mpp: float = 0.25
+    # A nucleus-type head: this many more output channels (background, then the types; 5 for
+    # CoNSeP's four classes), learnt by cross-entropy with weight ``type_weight`` on the tiles
+    # of sources whose samples carry types, ignored on the others.
+    type_classes: int = 0
+    type_weight: float = 1.0
+
+    @property
+    def all_sources(self) -> list[dict[str, Any]]:
+        """Every source of the run: the primary one first, then :attr:`sources`."""
+        primary = {"dataset": self.dataset, "split": self.split, "weight": self.primary_weight,
+                   "val_images": self.val_images}  # fmt: skip
+        return [primary, *(dict(_SOURCE_DEFAULTS, **s) for s in self.sources or ())]
 
     def __post_init__(self) -> None:
         check_steps_or_budget(self.steps, self.time_budget_s)
@@ -73,6 +97,15 @@ class TrainConfig:
             raise ValueError(f"schedule must be 'cosine' or 'constant', got {self.schedule!r}")
         if self.num_classes not in (2, 3):
             raise ValueError(f"num_classes must be 2 or 3, got {self.num_classes}")
+        for source in self.sources or ():
+            unknown = sorted(set(source) - set(_SOURCE_DEFAULTS) - {"dataset"})
+            if "dataset" not in source or unknown:
+                raise ValueError(
+                    f"a source needs 'dataset' and may have {sorted(_SOURCE_DEFAULTS)}; "
+                    f"got {source!r}"
+                )
+        if self.type_classes not in (0, 5):
+            raise ValueError(f"type_classes must be 0 or 5 (CoNSeP), got {self.type_classes}")
         if self.ema_decay is not None and not 0.0 < self.ema_decay < 1.0:
             raise ValueError(f"ema_decay must be in (0, 1), got {self.ema_decay}")
 

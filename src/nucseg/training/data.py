@@ -28,6 +28,17 @@ class TrainingData:
     val: list[tuple[str, np.ndarray, np.ndarray]]
     normaliser: Any
     distances: list[np.ndarray] = field(default_factory=list)  # with TrainConfig.distance
+    # with TrainConfig.type_classes: per image a uint8 map (0 background, 1-4 the nucleus's
+    # type, UNKNOWN_TYPE where its source has no types)
+    types: list[np.ndarray] = field(default_factory=list)
+    # with TrainConfig.sources: the probability of drawing each tile
+    tile_probs: np.ndarray | None = None
+    # validation images per source name (the primary source's under its dataset name)
+    val_sources: dict[str, list[str]] = field(default_factory=dict)
+
+
+#: The type-map value of pixels whose type is not known (their source has no types).
+UNKNOWN_TYPE = 5
 
 
 def split_ids(config: TrainConfig) -> tuple[list[str], set[str]]:
@@ -40,27 +51,80 @@ def split_ids(config: TrainConfig) -> tuple[list[str], set[str]]:
     return ids, val_ids
 
 
+def source_split(source: dict[str, Any], seed: int, index: int) -> tuple[list[str], set[str]]:
+    """Ids of a further training source and the seeded subset it holds out for validation."""
+    from nucseg import datasets
+
+    ids = datasets.ids(source["dataset"], split=source["split"])[: source.get("limit")]
+    n_val = min(int(source["val_images"]), len(ids) - 1)
+    rng = np.random.default_rng([seed, 1000 + index])
+    return ids, set(rng.choice(ids, size=n_val, replace=False)) if n_val > 0 else set()
+
+
+def _load_sources(config: TrainConfig, progress: bool) -> tuple[list[Any], set[str], list[int]]:
+    """Every sample of the run at the model's scale, the validation ids and each one's source."""
+    from nucseg import datasets
+
+    ids, val_ids = split_ids(config)
+    samples = [datasets.load_sample(config.dataset, i)
+               for i in tqdm(ids, desc="load", disable=not progress)]  # fmt: skip
+    origin = [0] * len(samples)
+    for index, source in enumerate(config.all_sources[1:], start=1):
+        source_ids, source_val = source_split(source, config.seed, index)
+        name = source["dataset"]
+        if any("breast" in datasets.load_sample(name, i).organ.lower() for i in source_ids[:1]):
+            raise ValueError(f"source {name}: breast tissue is never trained on")
+        for image_id in tqdm(source_ids, desc=f"load {name}", disable=not progress):
+            samples.append(_at_scale(datasets.load_sample(name, image_id), config.mpp))
+            origin.append(index)
+            if image_id in source_val:
+                val_ids.add(image_id)
+    return samples, val_ids, origin
+
+
+def _at_scale(sample: Any, mpp: float) -> Any:
+    """A sample resampled to ``mpp`` microns per pixel (nucseg.scale's rule)."""
+    import dataclasses
+
+    from nucseg.scale import resize_image, resize_labels, scale_factor, scaled_shape
+
+    factor = scale_factor(sample.mpp, mpp)
+    if factor == 1.0:
+        return sample
+    shape = scaled_shape(sample.image.shape, factor)
+    return dataclasses.replace(sample, image=resize_image(sample.image, shape),
+                               labels=resize_labels(sample.labels, shape), mpp=mpp)  # fmt: skip
+
+
+def type_map(labels: np.ndarray, types: dict[int, int] | None) -> np.ndarray:
+    """``(H, W) uint8``: each nucleus's type (1-4), 0 background; :data:`UNKNOWN_TYPE` if None."""
+    if types is None:
+        return np.full(labels.shape, UNKNOWN_TYPE, np.uint8)
+    lookup = np.zeros(int(labels.max()) + 1, np.uint8)
+    for label, kind in types.items():
+        if label < lookup.size:
+            lookup[label] = kind
+    return lookup[labels]
+
+
 def prepare_data(config: TrainConfig, *, progress: bool = True) -> TrainingData:
     """Load, normalise and tile the training images; compute targets and weight maps."""
-    from nucseg import datasets
     from nucseg.stain import get_normalizer
     from nucseg.targets import distance_map, three_class_target, unet_weight_map
     from nucseg.tiling import tile_grid
 
-    ids, val_ids = split_ids(config)
-    samples = [
-        datasets.load_sample(config.dataset, i)
-        for i in tqdm(ids, desc="load", disable=not progress)
-    ]
+    samples, val_ids, origin = _load_sources(config, progress)
     normaliser = None
     if config.stain is not None:
         train_images = [s.image for s in samples if s.id not in val_ids]
         normaliser = get_normalizer(config.stain).fit(_mosaic(train_images))
     data = TrainingData([], [], [], [], [], normaliser)
-    for sample in samples:
+    source_of_tile = []
+    for sample, source in zip(samples, origin, strict=True):
         image = sample.image if normaliser is None else normaliser.transform(sample.image)
         if sample.id in val_ids:
             data.val.append((sample.id, image, sample.labels))
+            data.val_sources.setdefault(sample.dataset, []).append(sample.id)
             continue
         if config.stain_after_augment:  # normalised per tile in make_batch
             image = sample.image
@@ -73,8 +137,13 @@ def prepare_data(config: TrainConfig, *, progress: bool = True) -> TrainingData:
         data.weights.append(unet_weight_map(sample.labels, w0=config.w0, sigma=config.sigma))
         if config.distance:
             data.distances.append(distance_map(sample.labels).astype(np.float32))
+        if config.type_classes:
+            data.types.append(type_map(sample.labels, sample.types))
         grid = tile_grid(image.shape[:2], tile=config.tile, overlap=config.overlap)
         data.tiles += [(index, s) for s in grid]
+        source_of_tile += [source] * len(grid)
+    if config.sources is not None:
+        data.tile_probs = tile_probabilities(source_of_tile, config)
     log.info(
         "%d training tiles from %d images; %d validation images",
         len(data.tiles),
@@ -82,6 +151,26 @@ def prepare_data(config: TrainConfig, *, progress: bool = True) -> TrainingData:
         len(data.val),
     )
     return data
+
+
+def tile_probabilities(source_of_tile: list[int], config: TrainConfig) -> np.ndarray:
+    """Each tile's chance to be drawn: its source's weight shared among the source's tiles."""
+    sources = np.asarray(source_of_tile)
+    weights = np.array([float(s["weight"]) for s in config.all_sources])
+    counts = np.bincount(sources, minlength=len(weights)).astype(float)
+    if np.any(counts[weights > 0] == 0):
+        empty = [config.all_sources[i]["dataset"] for i in np.flatnonzero(counts == 0)]
+        raise ValueError(f"sources with no training tiles: {', '.join(empty)}")
+    probs = weights[sources] / counts[sources]
+    return probs / probs.sum()
+
+
+def weighted_batch_indices(
+    step: int, probs: np.ndarray, *, batch_size: int, seed: int
+) -> np.ndarray:
+    """Tile indices of batch ``step`` drawn with ``probs``: a pure function of the step."""
+    rng = np.random.default_rng([seed, 7, step])
+    return rng.choice(len(probs), size=batch_size, p=probs)
 
 
 def _mosaic(images: list[np.ndarray], *, size: int = 128) -> np.ndarray:
@@ -140,6 +229,8 @@ def make_batch(
         target = data.targets[image_index][slices]
         weight = data.weights[image_index][slices]
         distance = data.distances[image_index][slices] if data.distances else None
+        if data.types:  # carried through the (nearest-neighbour) label warps with the target
+            target = target.astype(np.int32) + 3 * data.types[image_index][slices]
         if augmenter is not None:
             out = augmenter(
                 image,
@@ -155,11 +246,18 @@ def make_batch(
             # whose estimate is rejected falls back quietly (thousands of tiles per run)
             normaliser = data.normaliser
             image = normaliser.apply(image, normaliser.estimate(image, warn=False))
-        return image, target, weight, distance
+        kinds = None
+        if data.types:
+            target, kinds = np.asarray(target) % 3, np.asarray(target) // 3
+            kinds = np.where(kinds == UNKNOWN_TYPE, -1, kinds)
+        return image, target, weight, distance, kinds
 
     items = (
         list(pool.map(one, range(len(indices)))) if pool else [one(k) for k in range(len(indices))]
     )
-    images, targets, weights, distances = zip(*items, strict=True)
+    images, targets, weights, distances, kinds = zip(*items, strict=True)
     stacked = None if distances[0] is None else np.stack(distances)[:, None].astype(np.float32)
-    return np.stack(images), np.stack(targets).astype(np.int64), np.stack(weights), stacked
+    batch = np.stack(images), np.stack(targets).astype(np.int64), np.stack(weights), stacked
+    if kinds[0] is None:
+        return batch
+    return (*batch, np.stack(kinds).astype(np.int64))

@@ -19,7 +19,13 @@ from nucseg._checks import check_steps_or_budget
 from nucseg.infer import autocast, default_device, input_stats, to_tensor
 from nucseg.training import checkpoint
 from nucseg.training.config import TrainConfig
-from nucseg.training.data import _PerThreadAugmenter, batch_indices, make_batch, prepare_data
+from nucseg.training.data import (
+    _PerThreadAugmenter,
+    batch_indices,
+    make_batch,
+    prepare_data,
+    weighted_batch_indices,
+)
 from nucseg.training.outputs import _write_json
 from nucseg.training.tune import finish
 
@@ -47,6 +53,7 @@ def build_model(config: TrainConfig) -> torch.nn.Module:
         config.model,
         num_classes=config.num_classes,
         distance_channels=int(config.distance),
+        type_channels=config.type_classes,
         encoder_weights=config.encoder_weights,
         **kwargs,
     )
@@ -68,7 +75,16 @@ def _initialise_from(model: torch.nn.Module, config: TrainConfig, run_dir: Path)
             f"init_from: {weights} holds a {source.nucseg_config.name!r} network, the config "
             f"trains {config.model!r}"
         )
-    model.load_state_dict(source.state_dict(), strict=True)
+    state = source.state_dict()
+    extra = model.nucseg_config.type_channels - source.nucseg_config.type_channels
+    if extra > 0:  # a new type head: its channels keep their fresh initialisation
+        own = model.state_dict()
+        for key, value in state.items():
+            if own[key].shape != value.shape:
+                grown = own[key].clone()
+                grown[: value.shape[0]] = value
+                state[key] = grown
+    model.load_state_dict(state, strict=True)
     digest = hashlib.sha256(weights.read_bytes()).hexdigest()
     _write_json(run_dir / "init_from.json", {"path": str(weights), "sha256": digest})
     log.info("initialised from %s (sha256 %s)", weights, digest[:12])
@@ -213,10 +229,15 @@ def fit(
         pool = threads(config.workers, initializer=worker_thread_signals)
         ahead = threads(1, initializer=worker_thread_signals)
 
-    def batch(step: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray | None]:
-        indices = batch_indices(
-            step, n_tiles=len(data.tiles), batch_size=config.batch_size, seed=config.seed
-        )
+    def batch(step: int) -> tuple[np.ndarray, ...]:
+        if data.tile_probs is not None:
+            indices = weighted_batch_indices(
+                step, data.tile_probs, batch_size=config.batch_size, seed=config.seed
+            )
+        else:
+            indices = batch_indices(
+                step, n_tiles=len(data.tiles), batch_size=config.batch_size, seed=config.seed
+            )
         return make_batch(data, indices, step, config, augmenter, pool)
 
     upcoming = None
@@ -224,7 +245,7 @@ def fit(
     while state["total_steps"] is None or state["step"] < state["total_steps"]:
         start = time.perf_counter()
         step = state["step"]
-        images, targets, weights, distances = (
+        images, targets, weights, distances, *kinds = (
             upcoming.result() if upcoming is not None else batch(step)
         )
         if ahead is not None:  # assemble the next batch while the model works on this one
@@ -235,12 +256,15 @@ def fit(
         x = to_tensor(images, device, mean=mean, std=std)
         with autocast(device, config.precision):
             logits = model(x)
+        segmentation = logits[:, : logits.shape[1] - config.type_classes]
         loss, parts = loss_fn(
-            logits.float(),
+            segmentation.float(),
             torch.from_numpy(targets).to(device),
             torch.from_numpy(weights).to(device),
             None if distances is None else torch.from_numpy(distances).to(device),
         )
+        if kinds:
+            loss, parts = _add_type_loss(loss, parts, logits, kinds[0], config, device)
         optimiser.zero_grad(set_to_none=True)
         loss.backward()
         optimiser.step()
@@ -293,6 +317,23 @@ def fit(
         ema=None if ema is None else ema.module,
     )
     return run_dir
+
+
+def _add_type_loss(
+    loss: torch.Tensor,
+    parts: dict[str, float],
+    logits: torch.Tensor,
+    kinds: np.ndarray,
+    config: TrainConfig,
+    device: torch.device,
+) -> tuple[torch.Tensor, dict[str, float]]:
+    """Add the type head's cross-entropy, over the pixels whose type is known (not -1)."""
+    target = torch.from_numpy(kinds).to(device)
+    if not bool((target >= 0).any()):
+        return loss, {**parts, "type_ce": -1.0}  # no known type in this batch
+    type_logits = logits[:, logits.shape[1] - config.type_classes :].float()
+    ce = torch.nn.functional.cross_entropy(type_logits, target, ignore_index=-1)
+    return loss + config.type_weight * ce, {**parts, "type_ce": float(ce.detach())}
 
 
 def _shutdown(*pools: concurrent.futures.Executor | None) -> None:

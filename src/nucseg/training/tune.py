@@ -83,8 +83,11 @@ def tune_postprocess(
 
     settings = {"tile": config.predict_tile, "overlap": config.predict_overlap, "tta": config.tta}
     maps, truths = [], []
+    kept = config.num_classes + int(config.distance)  # not the type head's channels
     for _, image, labels in tqdm(val, desc="validate", disable=not progress):
-        maps.append(predict_maps(model, image, num_classes=config.num_classes, **settings))
+        maps.append(
+            predict_maps(model, image, num_classes=config.num_classes, **settings)[..., :kept]
+        )
         truths.append(labels)
     record: dict[str, Any] = {"validation_images": [v[0] for v in val], "predict": settings}
     return _tune_on_maps(record, maps, truths, config.num_classes)

@@ -1,0 +1,93 @@
+"""Multi-source training: sources at the model's scale, weighted draws, a masked type head."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from nucseg.train import TrainConfig, fit
+from nucseg.training.data import (
+    UNKNOWN_TYPE,
+    make_batch,
+    prepare_data,
+    tile_probabilities,
+    type_map,
+    weighted_batch_indices,
+)
+
+TINY = {"model": "unet-resnet18", "decoder_channels": (32, 16, 16, 8, 8), "limit_images": 1,
+        "val_images": 0, "stain": None, "tile": 64, "overlap": 0.0, "batch_size": 4,
+        "steps": 2, "warmup_steps": 1, "checkpoint_every_s": 1e9, "type_classes": 5,
+        "sources": ({"dataset": "cpm15", "split": "20x", "weight": 1.0, "val_images": 6},),
+        "primary_weight": 3.0}  # fmt: skip
+
+
+def test_type_map_and_unknown_types():
+    labels = np.array([[0, 1, 1], [2, 2, 0]], np.int32)
+    assert type_map(labels, {1: 3, 2: 4}).tolist() == [[0, 3, 3], [4, 4, 0]]
+    assert np.all(type_map(labels, None) == UNKNOWN_TYPE)
+
+
+def test_tile_probabilities_share_each_weight_among_its_tiles():
+    config = TrainConfig(**{k: v for k, v in TINY.items()})
+    probs = tile_probabilities([0, 0, 0, 0, 1], config)  # 4 tiles of the primary, 1 of cpm15
+    assert probs.sum() == pytest.approx(1.0)
+    assert probs[:4].sum() == pytest.approx(0.75) and probs[4] == pytest.approx(0.25)
+    a = weighted_batch_indices(5, probs, batch_size=8, seed=0)
+    assert np.array_equal(a, weighted_batch_indices(5, probs, batch_size=8, seed=0))
+    with pytest.raises(ValueError, match="cpm15"):
+        tile_probabilities([0, 0], config)
+
+
+def test_sources_are_scaled_split_and_typed(data_root):
+    config = TrainConfig(**{**TINY, "sources": (
+        {"dataset": "cpm15", "split": "20x", "weight": 1.0, "val_images": 5},
+        {"dataset": "consep", "split": "test", "weight": 1.0, "val_images": 13})})  # fmt: skip
+    data = prepare_data(config, progress=False)
+    assert len(data.val) == 5 + 13 and set(data.val_sources) == {"cpm15", "consep"}
+    # the primary MoNuSeg image, 2 CPM-15 20x tiles (enlarged x2), 1 CoNSeP tile
+    assert len(data.images) == 1 + 2 + 1
+    cpm = data.images[1]
+    from nucseg import datasets
+
+    train_cpm = sorted(set(datasets.ids("cpm15", split="20x")) - set(data.val_sources["cpm15"]))
+    native = datasets.load_sample("cpm15", train_cpm[0]).image
+    assert cpm.shape[:2] == (2 * native.shape[0], 2 * native.shape[1])
+    assert np.all(data.types[1] == UNKNOWN_TYPE) and np.all(data.types[0] == UNKNOWN_TYPE)
+    assert set(np.unique(data.types[-1])) <= {0, 1, 2, 3, 4} and data.types[-1].max() > 0
+    # tiles of the three sources are drawn 3 : 1 : 1 whatever their numbers
+    origin = np.repeat([0, 1, 1, 2], [sum(t[0] == i for t in data.tiles) for i in range(4)])
+    for source, share in ((0, 0.6), (1, 0.2), (2, 0.2)):
+        assert data.tile_probs[origin == source].sum() == pytest.approx(share)
+    # the type target follows the (augmented) target: known types only on CoNSeP tiles
+    consep_tile = next(i for i, t in enumerate(data.tiles) if t[0] == 3 and
+                       data.targets[3][t[1]].any())  # fmt: skip
+    cpm_tile = next(i for i, t in enumerate(data.tiles) if t[0] == 1)
+    from nucseg.augment import AugmentConfig, Augmenter
+
+    images, targets, _, _, kinds = make_batch(
+        data, np.array([consep_tile, cpm_tile]), 0, config, Augmenter(AugmentConfig())
+    )
+    assert np.all(kinds[1] == -1)
+    assert np.all((kinds[0] > 0) == (targets[0] > 0))  # typed exactly where nuclei are
+
+
+def test_a_typed_multi_source_run_trains_its_head(data_root, tmp_path):
+    one = ({"dataset": "cpm15", "split": "20x", "weight": 1.0, "val_images": 0, "limit": 1},)
+    run = fit(TrainConfig(**{**TINY, "sources": one}), tmp_path / "run", progress=False)
+    from nucseg.models import load_model
+
+    model = load_model(run / "model.safetensors")
+    assert model.nucseg_config.type_channels == 5
+    out = model(torch.zeros(1, 3, 64, 64))
+    assert out.shape[1] == 3 + 5
+    history = (run / "history.csv").read_text().splitlines()
+    assert history[0].endswith("type_ce")  # the type loss is logged each step
+
+
+def test_breast_sources_and_bad_sources_are_refused():
+    with pytest.raises(ValueError, match="source needs"):
+        TrainConfig(sources=({"split": "all"},))
+    with pytest.raises(ValueError, match="type_classes"):
+        TrainConfig(type_classes=3)
