@@ -154,6 +154,54 @@ def stain_check(image: np.ndarray) -> tuple[str, float | None]:
     return "accepted", float(sparsity[0] / max(sparsity[1], 1e-6))
 
 
+#: What a model's stain normaliser does with an image. ``"auto"``: normalise unless the image is
+#: flagged (the normaliser's estimate is implausible, or the stains look swapped, so that
+#: normalising would map eosin onto haematoxylin), in which case the image reaches the network
+#: as it was scanned and the outputs say so; ``"always"``: normalise every image (the former
+#: behaviour); ``"never"``: no normalisation.
+STAIN_POLICIES = ("auto", "always", "never")
+
+
+def stain_remedy(
+    image: np.ndarray, source: dict[str, Any] | None, *, policy: str = "auto"
+) -> str | None:
+    """Why ``image`` should not be normalised with the estimate ``source``; None to normalise.
+
+    Parameters
+    ----------
+    image : (H, W, 3) uint8 array
+        The image (or a mosaic of a slide's tissue windows) as scanned.
+    source : dict or None
+        :meth:`nucseg.stain.StainNormalizer.estimate` of it (None: nothing to normalise with).
+    policy : {"auto", "always", "never"}
+        See :data:`STAIN_POLICIES`.
+
+    Returns
+    -------
+    str or None
+        The remedy taken, one line for reports (e.g. ``"stains look swapped (sparsity ratio
+        0.61 < 0.9): not normalised, segmented as scanned"``), or None.
+    """
+    if policy not in STAIN_POLICIES:
+        raise ValueError(f"stain policy must be one of {', '.join(STAIN_POLICIES)}, got {policy!r}")
+    if source is None or policy == "always" or source.get("identity"):
+        return None
+    if policy == "never":
+        return "normalisation off (stain policy 'never')"
+    reason = source.get("reason") or ""
+    if not source.get("accepted", True):
+        flag = f"the normaliser's stain estimate is implausible ({reason})"
+    else:  # the checks of assess(): what it would warn about, it remedies
+        status, ratio = stain_check(image)
+        if status.startswith("rejected"):
+            flag = f"stain estimate {status}"
+        elif ratio is not None and ratio < SWAPPED_SPARSITY_RATIO:
+            flag = f"stains look swapped (sparsity ratio {ratio:.2f} < {SWAPPED_SPARSITY_RATIO})"
+        else:
+            return None
+    return f"{flag}: not normalised, segmented as scanned"
+
+
 def assess(
     image: np.ndarray,
     labels: np.ndarray,
@@ -190,8 +238,10 @@ def assess(
     status, sparsity_ratio = stain_check(small)
     if stain_estimate is not None and not stain_estimate.get("accepted", True):
         status = f"rejected by the model's normaliser ({stain_estimate.get('reason')})"
+    remedy = None if stain_estimate is None else stain_estimate.get("remedy")
     figures: dict[str, Any] = {
         "stain_estimate": status,
+        "stain_remedy": remedy,
         "stain_sparsity_ratio": None if sparsity_ratio is None else round(sparsity_ratio, 3),
         "tissue_fraction": round(tissue_fraction(small), 4),
         "smoothness": round(smoothness(small), 4),
@@ -204,13 +254,20 @@ def assess(
         figures["median_area_um2"] = round(figures["median_area_px"] * mpp * mpp, 3)
     r, m = TRAINING_RANGE, MARGINS
     found = []
+    done = f"; remedy: {remedy}" if remedy else ""
     if figures["stain_estimate"].startswith("rejected"):
-        found.append(f"stain estimate {figures['stain_estimate']}: colours unlike H&E")
+        found.append(f"stain estimate {figures['stain_estimate']}: colours unlike H&E{done}")
     if sparsity_ratio is not None and sparsity_ratio < SWAPPED_SPARSITY_RATIO:
+        effect = (
+            done
+            if remedy
+            else "; nuclei may be missed and stroma segmented"
+            if stain_estimate is not None
+            else " (the model does not normalise stains: nothing was mapped by them)"
+        )
         found.append(
             f"stains look swapped: the haematoxylin-like stain is spread like eosin (sparsity "
-            f"ratio {sparsity_ratio:.2f} < {SWAPPED_SPARSITY_RATIO}); nuclei may be missed and "
-            "stroma segmented"
+            f"ratio {sparsity_ratio:.2f} < {SWAPPED_SPARSITY_RATIO}){effect}"
         )
     if figures["tissue_fraction"] < MIN_TISSUE_FRACTION:
         found.append(

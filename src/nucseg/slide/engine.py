@@ -270,14 +270,15 @@ class ChunkSegmenter:
 
     The model's normaliser maps every chunk with the same source statistics (fitted once on the
     slide's tissue), so neighbouring chunks are normalised alike; without a normaliser or
-    statistics, chunks go to the network as they are.
+    statistics, or when :func:`fit_stain` chose not to normalise the slide (a ``{"remedy": ...}``
+    source: its stains were flagged), chunks go to the network as they are.
     """
 
     def __init__(
         self, predictor: Any, source: dict[str, Any] | None, *, colour_table: bool = False
     ) -> None:
         self.predictor = predictor
-        self.source = source
+        self.source = None if source is None or "remedy" in source else source
         self.colour_table = colour_table
 
     def normalise(self, image: np.ndarray) -> np.ndarray:
@@ -475,10 +476,10 @@ def _output_channels(predictor: Any, tile: int) -> int:
 def fit_stain(reader: SlideReader, plan: SlidePlan, normaliser: Any, *, samples: int = 8) -> Any:
     """Source stain statistics of a slide from up to ``samples`` 512-pixel tissue windows.
 
-    Returns None (and logs why) when the tissue holds too little stain to estimate them. An
-    implausible estimate falls back to the target's stain vectors with a warning
-    (:meth:`nucseg.stain.StainNormalizer.estimate`); the statistics say which (``accepted``,
-    ``reason``).
+    Returns None (and logs why) when the tissue holds too little stain to estimate them, and
+    ``{"remedy": ...}`` (logged as a warning) when the estimate is implausible or the stains
+    look swapped (:func:`nucseg.quality.stain_remedy`): the slide is then segmented as scanned,
+    and report.json's ``stain.source`` says so.
     """
     if normaliser is None or not plan.chunks:
         return None
@@ -492,7 +493,14 @@ def fit_stain(reader: SlideReader, plan: SlidePlan, normaliser: Any, *, samples:
     sizes = {p.shape for p in pieces}
     if len(sizes) != 1:
         pieces = [p[: min(s[0] for s in sizes), : min(s[1] for s in sizes)] for p in pieces]
-    source = normaliser.estimate(np.concatenate(pieces, axis=0))
+    from nucseg.quality import stain_remedy
+
+    mosaic = np.concatenate(pieces, axis=0)
+    source = normaliser.estimate(mosaic)
+    remedy = stain_remedy(mosaic, source)
+    if remedy:
+        log.warning("%s: %s", plan.slide, remedy)
+        return {"remedy": remedy}
     if source.get("identity"):
         log.warning(
             "%s: stain statistics not estimated (%s); chunks not normalised",
