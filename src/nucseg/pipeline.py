@@ -377,9 +377,37 @@ def _read_and_segment(path: Path, segmenter: Segmenter) -> dict[str, Any]:
 
     image = io.read_image(path)
     start = time.perf_counter()
-    labels = segmenter(image)
+    labels, types = segment_typed(segmenter, image)
     seconds = time.perf_counter() - start
-    return {"image": image, "labels": labels, "seconds": seconds, "estimate": _decision(segmenter)}
+    return {
+        "image": image,
+        "labels": labels,
+        "types": types,
+        "seconds": seconds,
+        "estimate": _decision(segmenter),
+    }
+
+
+def segment_typed(segmenter: Segmenter, image: np.ndarray) -> tuple[np.ndarray, Any]:
+    """``segmenter(image)`` and, for a model with a type head, the nuclei's voted types
+    (:class:`nucseg.nucleus_types.NucleusTypes`; None otherwise)."""
+    typed = getattr(segmenter, "typed", None)
+    return typed(image) if typed is not None else (segmenter(image), None)
+
+
+def typed_table(table: dict[str, Any], types: Any) -> tuple[dict[str, Any], dict | None]:
+    """The measurements with ``type`` and ``type_prob_<name>`` added (unchanged without
+    types), and each label's QuPath class and colour for the GeoJSON (None without types)."""
+    if types is None:
+        return table, None
+    from nucseg.nucleus_types import TYPE_COLOURS
+
+    columns = types.columns(table["label"])
+    classes = {
+        int(label): (name, TYPE_COLOURS[name])
+        for label, name in zip(np.asarray(table["label"]).tolist(), columns["type"], strict=True)
+    }
+    return {**table, **columns}, classes
 
 
 def _write_one(
@@ -402,12 +430,12 @@ def _write_one(
     figures = quality.assess(image, labels, stain_estimate=segmented["estimate"], mpp=mpp)
     quality.warn(str(path), figures)
     out = output_paths(path, out_dir)
-    table = io.measure_nuclei(image, labels)
+    table, classes = typed_table(io.measure_nuclei(image, labels), segmented.get("types"))
     with atomic_group(out, overwrite=overwrite) as tmp:
         io.write_labels(tmp["labels"], labels)
         io.write_png(tmp["overlay"], io.overlay(image, labels))
         io.write_csv(tmp["csv"], table)
-        io.export_geojson(tmp["geojson"], labels, measurements=table, mpp=mpp)
+        io.export_geojson(tmp["geojson"], labels, measurements=table, mpp=mpp, types=classes)
     n = int(labels.max())
     log.info("%s: %d nuclei in %.2f s", path, n, seconds)
     return {
