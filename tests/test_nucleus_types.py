@@ -156,3 +156,27 @@ def test_densities_and_tumour_region_hand_worked():
     empty = densities(np.array([], str), np.array([]), np.array([]), tissue_mm2=0.0)
     assert empty["tumour_region"]["inflammatory_per_mm2"] is None
     assert empty["per_mm2_tissue"]["other"] is None
+
+
+def test_evaluate_reports_type_scores_when_the_model_types(typed_folder, data_root):
+    from nucseg.datasets import Sample
+    from nucseg.datasets.labelled import CONSEP_TYPES
+    from nucseg.pipeline import evaluate, make_segmenter, segment_typed
+    from nucseg.type_metrics import TypeEvaluator
+
+    full = datasets.load_sample("consep", "consep_train_01", root=data_root)
+    labels = full.labels[:256, :256]
+    kinds = {k: v for k, v in full.types.items() if k in set(np.unique(labels))}
+    sample = Sample("crop", full.image[:256, :256], labels, "colorectal", "consep", 0.25, kinds)
+    segmenter = make_segmenter(model=str(typed_folder))
+    result = evaluate(segmenter, [sample], progress=False)
+    # the same scores as the evaluator fed directly with the segmenter's voted types
+    prediction, types = segment_typed(segmenter, sample.image)
+    direct = TypeEvaluator(CONSEP_TYPES)
+    voted = dict(zip(types.labels, types.index + 1, strict=True))
+    direct.process("crop", labels, kinds, prediction, voted)
+    assert result["types"] == direct.evaluate()
+    assert result["types"]["detection"]["tp"] + result["types"]["detection"]["fn"] == len(kinds)
+    json.dumps(result["types"])  # JSON-ready
+    untyped = Sample("crop", sample.image, labels, "colorectal", "consep", 0.25, None)
+    assert "types" not in evaluate(segmenter, [untyped], progress=False)

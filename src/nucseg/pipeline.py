@@ -456,15 +456,28 @@ def _decision(segmenter: Segmenter) -> dict[str, Any] | None:
 
 def _segment_at_scale(
     segmenter: Segmenter, image: np.ndarray, mpp: float | None, model_mpp: float
-) -> np.ndarray:
-    """``segmenter(image)`` at the model's resolution, returned at the image's pixels."""
+) -> tuple[np.ndarray, Any]:
+    """:func:`segment_typed` at the model's resolution, the labels at the image's pixels (the
+    types are by label, which resampling keeps)."""
     from nucseg.scale import resize_image, resize_labels, scale_factor, scaled_shape
 
     factor = scale_factor(mpp, model_mpp)
     if factor == 1.0:
-        return segmenter(image)
-    prediction = segmenter(resize_image(image, scaled_shape(image.shape, factor)))
-    return resize_labels(prediction, image.shape[:2])
+        return segment_typed(segmenter, image)
+    prediction, types = segment_typed(
+        segmenter, resize_image(image, scaled_shape(image.shape, factor))
+    )
+    return resize_labels(prediction, image.shape[:2]), types
+
+
+def _type_evaluator(mpp: float | None) -> Any:
+    """HoVer-Net's typed scores over CoNSeP's classes, pairing within 12 px at 40x (scaled to
+    the sample's pixels when it states another resolution)."""
+    from nucseg.datasets.labelled import CONSEP_TYPES
+    from nucseg.type_metrics import HOVERNET_RADIUS, TypeEvaluator
+
+    radius = HOVERNET_RADIUS * 0.25 / mpp if mpp else HOVERNET_RADIUS
+    return TypeEvaluator(CONSEP_TYPES, radius=radius)
 
 
 def evaluate(
@@ -500,19 +513,27 @@ def evaluate(
     dict
         The dataset scores of :class:`nucseg.metrics.Evaluator` (mean over images, pooled
         variants, ``per_image``) plus ``seconds_per_image``, and per image the sanity figures
-        of :func:`nucseg.quality.assess` (``quality``; their warnings are logged).
+        of :func:`nucseg.quality.assess` (``quality``; their warnings are logged). When the
+        segmenter types nuclei and the samples carry ``types`` (CoNSeP), ``types`` holds
+        :class:`nucseg.type_metrics.TypeEvaluator`'s scores (detection F1, per-type P/R/F1,
+        mPQ+).
     """
     from nucseg.metrics import Evaluator
 
-    evaluator = Evaluator()
+    evaluator, typed = Evaluator(), None
     seconds, checks = [], {}
     bar = tqdm(samples, total=total, desc="evaluate", unit="image", disable=not progress)
     for sample in bar:
         image_id, image, labels = sample
         start = time.perf_counter()
-        prediction = _segment_at_scale(segmenter, image, getattr(sample, "mpp", None), model_mpp)
+        mpp = getattr(sample, "mpp", None)
+        prediction, types = _segment_at_scale(segmenter, image, mpp, model_mpp)
         seconds.append(time.perf_counter() - start)
         evaluator.process(image_id, labels, prediction)
+        if types is not None and getattr(sample, "types", None) is not None:
+            typed = typed or _type_evaluator(mpp)
+            voted = dict(zip(types.labels.tolist(), (types.index + 1).tolist(), strict=True))
+            typed.process(image_id, labels, sample.types, prediction, voted)
         checks[image_id] = quality.assess(image, prediction, stain_estimate=_decision(segmenter))
         quality.warn(image_id, checks[image_id])
         if keep is not None:
@@ -520,6 +541,8 @@ def evaluate(
     if not seconds:
         raise ValueError("no samples to evaluate")
     result = evaluator.evaluate()
+    if typed is not None:
+        result["types"] = typed.evaluate()
     result["seconds_per_image"] = float(np.mean(seconds))
     result["quality"] = checks
     result["quality_warnings"] = sum(len(c["warnings"]) for c in checks.values())
