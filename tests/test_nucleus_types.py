@@ -180,3 +180,24 @@ def test_evaluate_reports_type_scores_when_the_model_types(typed_folder, data_ro
     json.dumps(result["types"])  # JSON-ready
     untyped = Sample("crop", sample.image, labels, "colorectal", "consep", 0.25, None)
     assert "types" not in evaluate(segmenter, [untyped], progress=False)
+
+
+def test_score_types_script_on_training_tiles(typed_folder, data_root, tmp_path, capsys):
+    import importlib.util
+    from pathlib import Path
+
+    script = Path(__file__).resolve().parents[1] / "benchmarks" / "score_types.py"
+    spec = importlib.util.spec_from_file_location("score_types", script)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    args = [str(typed_folder), "--dataset", "consep-train", "--limit", "1", "--crop", "192",
+            "--out-dir", str(tmp_path), "--name", "tiny"]  # fmt: skip
+    assert module.main(args) == 0
+    record = json.loads((tmp_path / "tiny.json").read_text())
+    assert record["images"] == ["consep_train_01"] and record["crop"] == 192
+    assert record["provenance"]["models"][str(typed_folder)]["model.safetensors"]
+    confusion = np.array(record["types"]["confusion"])
+    assert confusion.sum() == record["types"]["detection"]["tp"]
+    assert (tmp_path / "tiny_confusion.png").read_bytes()[:4] == b"\x89PNG"
+    assert module.main(args) == 2  # nothing overwritten without --overwrite
+    assert "exists; give --overwrite" in capsys.readouterr().err
