@@ -137,6 +137,22 @@ def test_slide_outputs_and_report_carry_types(typed_folder, crop, tmp_path):
     assert int(row["n_inflammatory"]) == counts["inflammatory"]
     cohort = pd.read_parquet(out / "cohort.parquet")
     assert cohort["type"].tolist() == table["type"].tolist()
+    # the Dask path (one local worker) gives the same typed nuclei, report and slides.csv row
+    dask_args = [*args[:5], str(tmp_path / "dask"), *args[6:], "--chunk", "256", "--workers", "1"]
+    assert main(dask_args) == 0
+    order = ["centroid_y", "centroid_x"]
+    dask_table = pd.read_parquet(tmp_path / "dask" / "s" / "nuclei.parquet")
+    pd.testing.assert_frame_equal(
+        dask_table.sort_values(order).reset_index(drop=True),
+        table.sort_values(order).reset_index(drop=True),
+    )
+    dask_report = json.loads((tmp_path / "dask" / "s" / "report.json").read_text())
+    assert dask_report["distributed"] and dask_report["types"] == report["types"]
+    with open(tmp_path / "dask" / "slides.csv") as fh:
+        (dask_row,) = list(csv.DictReader(fh))
+    assert {k: dask_row[k] for k in row if k.startswith("n_")} == {
+        k: row[k] for k in row if k.startswith("n_")
+    }
 
 
 def test_densities_and_tumour_region_hand_worked():
