@@ -85,6 +85,11 @@ def _segment(folder, image, out, tmp_path):
 def test_segment_outputs_carry_types(typed_folder, crop, tmp_path):
     rows, features = _segment(typed_folder, crop, tmp_path / "out", tmp_path)
     assert rows and all(r["type"] in TYPE_NAMES for r in rows)
+    from nucseg.pipeline import make_segmenter, segment_files
+
+    (record,) = segment_files([tmp_path / "tile.png"], make_segmenter(model=str(typed_folder)),
+                              tmp_path / "again", progress=False)  # fmt: skip
+    assert record["types"] == {n: sum(r["type"] == n for r in rows) for n in TYPE_NAMES}
     for r in rows:
         assert sum(float(r[c]) for c in PROBS) == pytest.approx(1.0, abs=1e-5)
         assert max(PROBS, key=lambda c: float(r[c])) == f"type_prob_{r['type']}"
@@ -194,6 +199,11 @@ def test_evaluate_reports_type_scores_when_the_model_types(typed_folder, data_ro
     assert result["types"] == direct.evaluate()
     assert result["types"]["detection"]["tp"] + result["types"]["detection"]["fn"] == len(kinds)
     json.dumps(result["types"])  # JSON-ready
+    from nucseg.report import type_table
+
+    table = type_table(result)
+    d = result["types"]["detection"]
+    assert f"| detection | {d['precision']:.4f} | {d['recall']:.4f} | {d['f1']:.4f} |" in table
     untyped = Sample("crop", sample.image, labels, "colorectal", "consep", 0.25, None)
     assert "types" not in evaluate(segmenter, [untyped], progress=False)
 

@@ -446,7 +446,18 @@ def _write_one(
         **{k: str(v) for k, v in out.items()},
         "mpp": mpp,
         "quality": figures,
+        **_type_counts(table),
     }
+
+
+def _type_counts(table: dict[str, Any]) -> dict[str, Any]:
+    """``{"types": {name: count}}`` for typed nuclei (every type named), else nothing."""
+    if "type" not in table:
+        return {}
+    from nucseg.nucleus_types import TYPE_NAMES
+
+    kinds = np.asarray(table["type"])
+    return {"types": {name: int(np.count_nonzero(kinds == name)) for name in TYPE_NAMES}}
 
 
 def _decision(segmenter: Segmenter) -> dict[str, Any] | None:
