@@ -227,3 +227,14 @@ def test_score_types_script_on_training_tiles(typed_folder, data_root, tmp_path,
     assert (tmp_path / "tiny_confusion.png").read_bytes()[:4] == b"\x89PNG"
     assert module.main(args) == 2  # nothing overwritten without --overwrite
     assert "exists; give --overwrite" in capsys.readouterr().err
+
+
+def test_chunk_without_tissue_gives_typed_empty_result(typed_folder):
+    from nucseg.slide.engine import ChunkSegmenter, segment_typed
+
+    segmenter = ChunkSegmenter(Predictor.load(typed_folder), None)
+    glass = np.full((64, 80, 3), 245, np.uint8)
+    labels, types = segment_typed(segmenter, glass)
+    assert labels.shape == (64, 80) and labels.max() == 0
+    assert types.names == TYPE_NAMES and types.labels.size == 0 and types.probs.shape == (0, 4)
+    assert set(types.columns(np.zeros(0, np.int64))) == {"type", *PROBS}
