@@ -176,6 +176,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         [
             f"## {result['method']} on {args.dataset} ({result['n_images']} images)",
             report.summary_table(result, name=result["method"]),
+            *([report.type_table(result)] if "types" in result else []),
             report.per_image_table(result),
         ]
     )

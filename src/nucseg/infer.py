@@ -137,6 +137,7 @@ def predict_maps(
     device: torch.device | None = None,
     precision: str = "auto",
     softmax: bool = True,
+    type_channels: int = 0,
 ) -> np.ndarray:
     """Predict per-pixel maps for a whole image from overlapping tiles.
 
@@ -162,12 +163,15 @@ def predict_maps(
     softmax : bool, optional
         Turn the class logits into probabilities (default); False keeps the logits (the
         pre-softmax maps that GB U-Net stacks).
+    type_channels : int, optional
+        The last ``type_channels`` channels are a type head's logits, also turned into
+        probabilities (their own softmax) when ``softmax``.
 
     Returns
     -------
     (H, W, C) float32 array
         Class probabilities (summing to 1 over the first ``num_classes`` channels), then the raw
-        regression channels, blended over tiles with a Hann window.
+        regression channels, then any type probabilities, blended over tiles with a Hann window.
     """
     image = check_image(image)
     device = default_device() if device is None else device
@@ -182,6 +186,8 @@ def predict_maps(
             out = forward_tta(model, x, tta=tta)
             if softmax:
                 out[:, :num_classes] = torch.softmax(out[:, :num_classes], dim=1)
+                if type_channels:
+                    out[:, -type_channels:] = torch.softmax(out[:, -type_channels:], dim=1)
             maps = out.permute(0, 2, 3, 1).cpu().numpy()
             for tile_map, slices in zip(maps, batch, strict=True):
                 stitcher.add(tile_map, slices)
@@ -209,6 +215,9 @@ class Predictor:
         Fold the network's batch norms into its convolutions
         (:func:`nucseg.models.fuse.fold_batchnorm`): the same maps, about a fifth faster on a
         CPU.
+    type_channels : int, optional
+        Channels of the network's type head (0: none), the last of its output; see
+        :mod:`nucseg.nucleus_types`.
     """
 
     def __init__(
@@ -226,6 +235,7 @@ class Predictor:
         device: torch.device | None = None,
         precision: str = "auto",
         fold_bn: bool = True,
+        type_channels: int = 0,
     ) -> None:
         from nucseg.models.fuse import fold_batchnorm
 
@@ -235,6 +245,7 @@ class Predictor:
             model = fold_batchnorm(model)
         self.model = model.to(memory_format=torch.channels_last).eval()
         self.num_classes = num_classes
+        self.type_channels = int(type_channels)
         self.normaliser = normaliser
         self.postprocess = postprocess
         self.postprocess_params = dict(postprocess_params or {})
@@ -258,6 +269,7 @@ class Predictor:
             num_classes=self.num_classes,
             device=self.device,
             softmax=softmax,
+            type_channels=self.type_channels,
             **self.options,
         )
 
@@ -266,9 +278,20 @@ class Predictor:
         from nucseg.postprocess import rule_inputs, to_instances
         from nucseg.quality import drop_oversized
 
+        if self.type_channels:  # the rules read channels after the classes as distances
+            maps = maps[..., : maps.shape[-1] - self.type_channels]
         inputs = rule_inputs(maps, num_classes=self.num_classes, method=self.postprocess)
         labels = to_instances(inputs, method=self.postprocess, **self.postprocess_params)
         return drop_oversized(labels)
+
+    def maps_to_types(self, maps: np.ndarray, labels: np.ndarray) -> Any:
+        """Each nucleus's voted type (:func:`nucseg.nucleus_types.vote_types`) from the type
+        channels of ``maps``; None for a model without a type head."""
+        if not self.type_channels:
+            return None
+        from nucseg.nucleus_types import vote_types
+
+        return vote_types(labels, maps[..., maps.shape[-1] - self.type_channels :])
 
     def __call__(self, image: np.ndarray) -> np.ndarray:
         """Segment ``image``: ``(H, W, 3) uint8`` -> ``(H, W) int32`` instance labels."""
@@ -300,5 +323,6 @@ class Predictor:
             normaliser=normaliser,
             postprocess=post["method"],
             postprocess_params=post["params"],
+            type_channels=int(meta.get("type_channels") or 0),
             **settings,
         )

@@ -22,6 +22,7 @@ import os
 import uuid
 from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
 
 import cv2
 import numpy as np
@@ -339,6 +340,7 @@ def export_geojson(
     classification: str = "Nucleus",
     color: tuple[int, int, int] = (0, 255, 0),
     overwrite: bool = False,
+    types: Mapping[int, tuple[str, tuple[int, int, int]]] | None = None,
 ) -> int:
     """Write every object as a QuPath detection in a GeoJSON FeatureCollection.
 
@@ -374,6 +376,9 @@ def export_geojson(
         RGB colour of the class.
     overwrite : bool, optional
         Replace an existing file.
+    types : mapping of int to (str, RGB), optional
+        Per label, the class name and colour that replace ``classification`` and ``color``
+        (e.g. nucleus types, so that QuPath colours them on import).
 
     Returns
     -------
@@ -381,6 +386,7 @@ def export_geojson(
         Number of features written.
     """
     labels = check_labels(labels)
+    types = types or {}
     if mpp is not None and not (math.isfinite(mpp) and mpp > 0):
         raise ValueError(f"mpp must be a positive number of micrometres per pixel, got {mpp}")
     rows = _rows_by_label(measurements) if measurements is not None else {}
@@ -397,7 +403,7 @@ def export_geojson(
         head = {"type": "Feature", "id": str(uuid.uuid5(_UUID_NAMESPACE, f"{name}:{label}"))}
         properties = {
             "objectType": "detection",
-            "classification": {"name": classification, "color": [int(c) for c in color]},
+            "classification": _classification(*types.get(label, (classification, color))),
             "measurements": values,
         }
         features.append(
@@ -410,6 +416,11 @@ def export_geojson(
     with atomic_write(path, overwrite=overwrite) as tmp:
         tmp.write_text(text + "\n")
     return len(features)
+
+
+def _classification(name: str, color: tuple[int, int, int]) -> dict[str, Any]:
+    """QuPath's ``classification`` of a GeoJSON feature: its name and RGB colour."""
+    return {"name": name, "color": [int(c) for c in color]}
 
 
 def _rows_by_label(table: Mapping[str, ArrayLike]) -> dict[int, dict[str, float]]:

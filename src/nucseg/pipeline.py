@@ -377,9 +377,37 @@ def _read_and_segment(path: Path, segmenter: Segmenter) -> dict[str, Any]:
 
     image = io.read_image(path)
     start = time.perf_counter()
-    labels = segmenter(image)
+    labels, types = segment_typed(segmenter, image)
     seconds = time.perf_counter() - start
-    return {"image": image, "labels": labels, "seconds": seconds, "estimate": _decision(segmenter)}
+    return {
+        "image": image,
+        "labels": labels,
+        "types": types,
+        "seconds": seconds,
+        "estimate": _decision(segmenter),
+    }
+
+
+def segment_typed(segmenter: Segmenter, image: np.ndarray) -> tuple[np.ndarray, Any]:
+    """``segmenter(image)`` and, for a model with a type head, the nuclei's voted types
+    (:class:`nucseg.nucleus_types.NucleusTypes`; None otherwise)."""
+    typed = getattr(segmenter, "typed", None)
+    return typed(image) if typed is not None else (segmenter(image), None)
+
+
+def typed_table(table: dict[str, Any], types: Any) -> tuple[dict[str, Any], dict | None]:
+    """The measurements with ``type`` and ``type_prob_<name>`` added (unchanged without
+    types), and each label's QuPath class and colour for the GeoJSON (None without types)."""
+    if types is None:
+        return table, None
+    from nucseg.nucleus_types import TYPE_COLOURS
+
+    columns = types.columns(table["label"])
+    classes = {
+        int(label): (name, TYPE_COLOURS[name])
+        for label, name in zip(np.asarray(table["label"]).tolist(), columns["type"], strict=True)
+    }
+    return {**table, **columns}, classes
 
 
 def _write_one(
@@ -402,12 +430,12 @@ def _write_one(
     figures = quality.assess(image, labels, stain_estimate=segmented["estimate"], mpp=mpp)
     quality.warn(str(path), figures)
     out = output_paths(path, out_dir)
-    table = io.measure_nuclei(image, labels)
+    table, classes = typed_table(io.measure_nuclei(image, labels), segmented.get("types"))
     with atomic_group(out, overwrite=overwrite) as tmp:
         io.write_labels(tmp["labels"], labels)
         io.write_png(tmp["overlay"], io.overlay(image, labels))
         io.write_csv(tmp["csv"], table)
-        io.export_geojson(tmp["geojson"], labels, measurements=table, mpp=mpp)
+        io.export_geojson(tmp["geojson"], labels, measurements=table, mpp=mpp, types=classes)
     n = int(labels.max())
     log.info("%s: %d nuclei in %.2f s", path, n, seconds)
     return {
@@ -418,7 +446,18 @@ def _write_one(
         **{k: str(v) for k, v in out.items()},
         "mpp": mpp,
         "quality": figures,
+        **_type_counts(table),
     }
+
+
+def _type_counts(table: dict[str, Any]) -> dict[str, Any]:
+    """``{"types": {name: count}}`` for typed nuclei (every type named), else nothing."""
+    if "type" not in table:
+        return {}
+    from nucseg.nucleus_types import TYPE_NAMES
+
+    kinds = np.asarray(table["type"])
+    return {"types": {name: int(np.count_nonzero(kinds == name)) for name in TYPE_NAMES}}
 
 
 def _decision(segmenter: Segmenter) -> dict[str, Any] | None:
@@ -428,15 +467,28 @@ def _decision(segmenter: Segmenter) -> dict[str, Any] | None:
 
 def _segment_at_scale(
     segmenter: Segmenter, image: np.ndarray, mpp: float | None, model_mpp: float
-) -> np.ndarray:
-    """``segmenter(image)`` at the model's resolution, returned at the image's pixels."""
+) -> tuple[np.ndarray, Any]:
+    """:func:`segment_typed` at the model's resolution, the labels at the image's pixels (the
+    types are by label, which resampling keeps)."""
     from nucseg.scale import resize_image, resize_labels, scale_factor, scaled_shape
 
     factor = scale_factor(mpp, model_mpp)
     if factor == 1.0:
-        return segmenter(image)
-    prediction = segmenter(resize_image(image, scaled_shape(image.shape, factor)))
-    return resize_labels(prediction, image.shape[:2])
+        return segment_typed(segmenter, image)
+    prediction, types = segment_typed(
+        segmenter, resize_image(image, scaled_shape(image.shape, factor))
+    )
+    return resize_labels(prediction, image.shape[:2]), types
+
+
+def _type_evaluator(mpp: float | None) -> Any:
+    """HoVer-Net's typed scores over CoNSeP's classes, pairing within 12 px at 40x (scaled to
+    the sample's pixels when it states another resolution)."""
+    from nucseg.datasets.labelled import CONSEP_TYPES
+    from nucseg.type_metrics import HOVERNET_RADIUS, TypeEvaluator
+
+    radius = HOVERNET_RADIUS * 0.25 / mpp if mpp else HOVERNET_RADIUS
+    return TypeEvaluator(CONSEP_TYPES, radius=radius)
 
 
 def evaluate(
@@ -472,19 +524,27 @@ def evaluate(
     dict
         The dataset scores of :class:`nucseg.metrics.Evaluator` (mean over images, pooled
         variants, ``per_image``) plus ``seconds_per_image``, and per image the sanity figures
-        of :func:`nucseg.quality.assess` (``quality``; their warnings are logged).
+        of :func:`nucseg.quality.assess` (``quality``; their warnings are logged). When the
+        segmenter types nuclei and the samples carry ``types`` (CoNSeP), ``types`` holds
+        :class:`nucseg.type_metrics.TypeEvaluator`'s scores (detection F1, per-type P/R/F1,
+        mPQ+).
     """
     from nucseg.metrics import Evaluator
 
-    evaluator = Evaluator()
+    evaluator, typed = Evaluator(), None
     seconds, checks = [], {}
     bar = tqdm(samples, total=total, desc="evaluate", unit="image", disable=not progress)
     for sample in bar:
         image_id, image, labels = sample
         start = time.perf_counter()
-        prediction = _segment_at_scale(segmenter, image, getattr(sample, "mpp", None), model_mpp)
+        mpp = getattr(sample, "mpp", None)
+        prediction, types = _segment_at_scale(segmenter, image, mpp, model_mpp)
         seconds.append(time.perf_counter() - start)
         evaluator.process(image_id, labels, prediction)
+        if types is not None and getattr(sample, "types", None) is not None:
+            typed = typed or _type_evaluator(mpp)
+            voted = dict(zip(types.labels.tolist(), (types.index + 1).tolist(), strict=True))
+            typed.process(image_id, labels, sample.types, prediction, voted)
         checks[image_id] = quality.assess(image, prediction, stain_estimate=_decision(segmenter))
         quality.warn(image_id, checks[image_id])
         if keep is not None:
@@ -492,6 +552,8 @@ def evaluate(
     if not seconds:
         raise ValueError("no samples to evaluate")
     result = evaluator.evaluate()
+    if typed is not None:
+        result["types"] = typed.evaluate()
     result["seconds_per_image"] = float(np.mean(seconds))
     result["quality"] = checks
     result["quality_warnings"] = sum(len(c["warnings"]) for c in checks.values())

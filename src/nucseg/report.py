@@ -52,6 +52,19 @@ def summary_table(result: Mapping[str, Any], *, name: str) -> str:
     )
 
 
+def type_table(result: Mapping[str, Any]) -> str:
+    """Markdown table of the typed scores (:mod:`nucseg.type_metrics`): detection, each type's
+    precision, recall and F1 (HoVer-Net's), and the PQ+ of each type with their mean mPQ+."""
+    types = result["types"]
+    d = types["detection"]
+    rows = [["detection", d["precision"], d["recall"], d["f1"], None, d["tp"] + d["fn"]]]
+    for name, s in types["types"].items():
+        pq = types["pq_plus_per_type"].get(name)
+        rows.append([name, s["precision"], s["recall"], s["f1"], pq, s["n_true"]])
+    rows.append(["mPQ+", None, None, None, types["mpq_plus"], None])
+    return markdown_table(["Type", "Precision", "Recall", "F1", "PQ+", "true nuclei"], rows)
+
+
 def per_image_table(result: Mapping[str, Any]) -> str:
     """Markdown table of each image's AJI, mAP, F1(0.5) and counts (as the paper's Table 3)."""
     rows = [

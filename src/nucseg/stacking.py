@@ -61,7 +61,7 @@ class EnsembleSegmenter:
 
     def foreground(self, image: np.ndarray) -> np.ndarray:
         """Mean foreground probability, ``(H, W)`` float32."""
-        maps = [p.predict_maps(image)[..., 1:].sum(axis=-1) for p in self.predictors]
+        maps = [p.predict_maps(image)[..., 1 : p.num_classes].sum(axis=-1) for p in self.predictors]
         return np.mean(maps, axis=0).astype(np.float32)
 
     def tune(self, samples: list[tuple[str, np.ndarray, np.ndarray]]) -> dict[str, Any]:

@@ -52,6 +52,7 @@ class ChunkInfo:
     shape: tuple[int, int]
     cut: int
     quality: dict[str, Any] | None = None  # nucseg.quality figures of the chunk's tissue box
+    types: tuple[str, ...] | None = None  # names of the nucleus types (None: no type head)
 
 
 def _atomic(path: Path) -> Path:
@@ -59,11 +60,19 @@ def _atomic(path: Path) -> Path:
 
 
 def write_chunk(
-    plan: Any, index: tuple[int, int], pixels: np.ndarray, labels: np.ndarray, chunk_dir: Path
+    plan: Any,
+    index: tuple[int, int],
+    pixels: np.ndarray,
+    labels: np.ndarray,
+    chunk_dir: Path,
+    *,
+    types: Any = None,
 ) -> dict[str, Any]:
     """Keep the nuclei of ``labels`` whose centroid is in the chunk's core; write their files.
 
     ``pixels`` and ``labels`` cover the chunk's window (core and halo), at work resolution.
+    ``types`` (:class:`nucseg.nucleus_types.NucleusTypes` of ``labels``) adds the columns
+    ``type`` and ``type_prob_<name>``.
     """
     import shapely
     from shapely import wkt
@@ -137,6 +146,10 @@ def write_chunk(
         "chunk_col": np.full(kept.size, index[1], dtype=np.int32),
         "geometry": pa.array(geometries, type=pa.string()),
     }
+    if types is not None:
+        typed = types.columns(kept)
+        columns["type"] = pa.array(typed.pop("type").tolist(), type=pa.string())
+        columns.update(typed)
     meta = {
         "chunk": name,
         "n": int(kept.size),
@@ -144,6 +157,7 @@ def write_chunk(
         "shape": list(crop.shape),
         "cut": int(cut),
         "quality": figures,
+        "types": None if types is None else list(types.names),
     }
     chunk_dir.mkdir(parents=True, exist_ok=True)
     npy = chunk_dir / f"{name}.npy"
@@ -190,4 +204,5 @@ def read_chunk_info(chunk_dir: Path, name: str) -> ChunkInfo:
         shape=tuple(meta["shape"]),
         cut=int(meta["cut"]),
         quality=meta.get("quality"),
+        types=None if meta.get("types") is None else tuple(meta["types"]),
     )

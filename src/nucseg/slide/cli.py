@@ -76,6 +76,7 @@ def cmd_slide(args: argparse.Namespace) -> int:
     # A value set by the user wins.
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     from nucseg.slide.run import segment_slide, slide_stem
+    from nucseg.slide.type_report import summary_row
 
     if args.model is not None and args.method is not None:
         raise ValueError("give either --model or --method, not both")
@@ -135,6 +136,7 @@ def cmd_slide(args: argparse.Namespace) -> int:
                 nuclei_per_mm2=round(report["nuclei_per_mm2"] or 0.0, 1),
                 minutes=round(report["seconds"] / 60, 2),
                 chunk_seconds=round(report["times"]["chunks_s"], 2),
+                **summary_row(report),
             )
             from nucseg.slide.cohort import write_partition  # OUT/cohort.parquet, as with Dask
 
@@ -165,13 +167,15 @@ def _table(rows: list[dict[str, Any]]) -> str:
 def _write_summary(path: Path, rows: list[dict[str, Any]]) -> None:
     """Update ``slides.csv``: this run's rows replace earlier rows of the same slides."""
     from nucseg.io import atomic_write
+    from nucseg.slide.type_report import summary_columns
 
     old = []
     if path.is_file():
         with open(path, newline="") as fh:
             old = [r for r in csv.DictReader(fh) if r["slide"] not in {x["slide"] for x in rows}]
     buffer = io.StringIO()
-    writer = csv.DictWriter(buffer, fieldnames=SUMMARY_COLUMNS, extrasaction="ignore")
+    fields = summary_columns(SUMMARY_COLUMNS, old + rows)
+    writer = csv.DictWriter(buffer, fieldnames=fields, extrasaction="ignore")
     writer.writeheader()
     writer.writerows(old + rows)
     path.parent.mkdir(parents=True, exist_ok=True)

@@ -30,6 +30,7 @@ from distributed import WorkerPlugin
 
 from nucseg.slide import engine, run, tissue
 from nucseg.slide.reader import open_slide
+from nucseg.slide.type_report import summary_row
 
 log = logging.getLogger(__name__)
 
@@ -192,6 +193,7 @@ def finish_slide(
                           for c in plan.chunks),
         "tissue_mm2": area, "roi": plan.roi_wkt, "nuclei": n,
         "nuclei_per_mm2": n / area if area > 0 else None,
+        **run._types_entry(outputs["parquet"], area),
         "chunk_seconds": sum(r["seconds"] for r in done),
         "seconds": time.time() - job["started"], "times": times,
         "outputs": {k: str(v) for k, v in outputs.items()}, "distributed": True, **provenance,
@@ -345,6 +347,7 @@ def run_cohort(
                 nuclei_per_mm2=round(report["nuclei_per_mm2"] or 0.0, 1),
                 minutes=round(report["seconds"] / 60, 2),
                 chunk_seconds=round(report["chunk_seconds"], 2),
+                **summary_row(report),
             )
         top_up()
     return rows

@@ -315,11 +315,25 @@ class ChunkSegmenter:
         self, shape: tuple[int, int], predicted: tuple[tuple[slice, slice], np.ndarray] | None
     ) -> np.ndarray:
         """The post-processing part: ``(rows, cols)`` labels from :meth:`predict`'s output."""
+        return self.typed_labels(shape, predicted)[0]
+
+    def typed_labels(
+        self, shape: tuple[int, int], predicted: tuple[tuple[slice, slice], np.ndarray] | None
+    ) -> tuple[np.ndarray, Any]:
+        """:meth:`labels` and each nucleus's voted type (:class:`nucseg.nucleus_types.
+        NucleusTypes`; None for a model without a type head)."""
         labels = np.zeros(shape, dtype=np.int32)
+        types = None
         if predicted is not None:
             box, maps = predicted
             labels[box] = self.predictor.maps_to_labels(maps)
-        return labels
+            types = self.predictor.maps_to_types(maps, labels[box])
+        elif getattr(self.predictor, "type_channels", 0):  # no tissue: no nucleus, typed
+            channels = _output_channels(self.predictor, 1)
+            types = self.predictor.maps_to_types(
+                np.zeros((1, 1, channels), np.float32), np.zeros((1, 1), np.int32)
+            )
+        return labels, types
 
 
 class ImageSegmenter:
@@ -336,6 +350,10 @@ class ImageSegmenter:
         self.normaliser = predictor.normaliser
 
     def __call__(self, image: np.ndarray) -> np.ndarray:
+        return self.typed(image)[0]
+
+    def typed(self, image: np.ndarray) -> tuple[np.ndarray, Any]:
+        """Labels of ``image`` and their voted types (None for a model without a type head)."""
         from nucseg._checks import check_image
 
         image = check_image(image)
@@ -348,7 +366,8 @@ class ImageSegmenter:
             }
             if source.get("identity"):
                 source = None
-        return ChunkSegmenter(self.predictor, source)(image)
+        chunk = ChunkSegmenter(self.predictor, source)
+        return chunk.typed_labels(image.shape[:2], chunk.predict(image))
 
 
 #: Tissue, in megapixels at work resolution, from which a slide's chunks are normalised through a
@@ -419,7 +438,7 @@ def predict_tissue_maps(predictor: Any, image: np.ndarray, *, tissue: np.ndarray
     tissue_pixels = [int(np.count_nonzero(dark[s])) for s in grid]
     stitcher = MapStitcher(padded.shape[:2])
     mean, std = input_stats(predictor.model)
-    num_classes = predictor.num_classes
+    num_classes, types = predictor.num_classes, getattr(predictor, "type_channels", 0)
     run = [s for s, n in zip(grid, tissue_pixels, strict=True) if n >= MIN_TILE_TISSUE]
     channels = None
     with torch.inference_mode(), autocast(predictor.device, options["precision"]):
@@ -430,6 +449,8 @@ def predict_tissue_maps(predictor: Any, image: np.ndarray, *, tissue: np.ndarray
             )
             out = forward_tta(predictor.model, x, tta=options["tta"])
             out[:, :num_classes] = torch.softmax(out[:, :num_classes], dim=1)
+            if types:
+                out[:, -types:] = torch.softmax(out[:, -types:], dim=1)
             maps = out.permute(0, 2, 3, 1).cpu().numpy()
             channels = maps.shape[-1]
             for tile_map, slices in zip(maps, batch, strict=True):
@@ -440,6 +461,8 @@ def predict_tissue_maps(predictor: Any, image: np.ndarray, *, tissue: np.ndarray
             channels = _output_channels(predictor, tile)
         background = np.zeros((tile, tile, channels), dtype=np.float32)
         background[..., 0] = 1.0
+        if types:  # no type: the type head's background channel
+            background[..., channels - types] = 1.0
         for slices in skipped:
             stitcher.add(background, slices)
     return np.ascontiguousarray(stitcher.result()[crop], dtype=np.float32)
@@ -469,7 +492,7 @@ def stained(image: np.ndarray) -> np.ndarray:
 def _output_channels(predictor: Any, tile: int) -> int:
     config = getattr(predictor.model, "nucseg_config", None)
     if config is not None:
-        return int(config.num_classes + (config.distance_channels or 0))
+        return int(config.out_channels)
     return int(predictor.num_classes)
 
 
@@ -555,9 +578,9 @@ def run_chunk(
             if own:
                 reader.close()
     read_s = time.perf_counter() - start
-    labels = np.asarray(segmenter(pixels), dtype=np.int32)
+    labels, types = segment_typed(segmenter, pixels)
     segment_s = time.perf_counter() - start - read_s
-    info = write_chunk(plan, index, pixels, labels, Path(chunk_dir))
+    info = write_chunk(plan, index, pixels, labels, Path(chunk_dir), types=types)
     r0, c0, r1, c1 = plan.core(index)
     return {
         **info,
@@ -566,6 +589,14 @@ def run_chunk(
         "segment_s": segment_s,
         "seconds": time.perf_counter() - start,
     }
+
+
+def segment_typed(segmenter: Segmenter, pixels: np.ndarray) -> tuple[np.ndarray, Any]:
+    """``segmenter(pixels)`` as int32 labels, with the nuclei's types where it gives them."""
+    if hasattr(segmenter, "typed_labels") and hasattr(segmenter, "predict"):
+        labels, types = segmenter.typed_labels(pixels.shape[:2], segmenter.predict(pixels))
+        return np.asarray(labels, dtype=np.int32), types
+    return np.asarray(segmenter(pixels), dtype=np.int32), None
 
 
 def chunk_task(

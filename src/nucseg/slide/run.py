@@ -298,6 +298,7 @@ def segment_slide(
         "roi": plan.roi_wkt,
         "nuclei": n,
         "nuclei_per_mm2": n / tissue_mm2 if tissue_mm2 > 0 else None,
+        **_types_entry(outputs["parquet"], tissue_mm2),
         "tissue_mpx": tissue_mm2 * 1e6 / slide_mpp**2 / 1e6,
         "chunk_mpx": chunk_stats["pixels"] * plan.scale**2 / 1e6,
         "seconds": time.perf_counter() - started,
@@ -312,6 +313,14 @@ def segment_slide(
     if not keep_chunks:
         shutil.rmtree(chunk_dir)
     return report
+
+
+def _types_entry(parquet: Path, tissue_mm2: float) -> dict[str, Any]:
+    """The report's ``types`` (per-type counts and densities), absent for an untyped model."""
+    from nucseg.slide.type_report import slide_types
+
+    types = slide_types(parquet, tissue_mm2=tissue_mm2)
+    return {} if types is None else {"types": types}
 
 
 def _atomic_json(path: Path, overwrite: bool):
@@ -467,8 +476,13 @@ def _run_chunks(
 
     def finish(index: tuple[int, int], pixels: np.ndarray, predicted: Any) -> float:
         t = time.perf_counter()
-        labels = segment.labels(pixels.shape[:2], predicted) if staged else predicted
-        write_chunk(plan, index, pixels, np.asarray(labels, dtype=np.int32), chunk_dir)
+        labels, types = predicted, None
+        if staged and hasattr(segment, "typed_labels"):
+            labels, types = segment.typed_labels(pixels.shape[:2], predicted)
+        elif staged:
+            labels = segment.labels(pixels.shape[:2], predicted)
+        labels = np.asarray(labels, dtype=np.int32)
+        write_chunk(plan, index, pixels, labels, chunk_dir, types=types)
         return time.perf_counter() - t
 
     def account(job: Any, index: tuple[int, int]) -> None:

@@ -39,12 +39,25 @@ def _offsets(chunks: Sequence[ChunkInfo]) -> list[int]:
     return offsets
 
 
+def _type_columns(chunks: Sequence[ChunkInfo]) -> list[str]:
+    """``type`` and ``type_prob_<name>`` when the chunks' nuclei were typed, else nothing."""
+    from nucseg.nucleus_types import prob_column
+
+    names = chunks[0].types if chunks else None
+    if any(chunk.types != names for chunk in chunks):
+        raise ValueError("the chunks of one slide disagree on the nucleus types they hold")
+    return [] if names is None else ["type"] + [prob_column(n) for n in names]
+
+
 def write_parquet(path: Path, chunks: Sequence[ChunkInfo], *, overwrite: bool = False) -> int:
-    """Write ``nuclei.parquet``: id, the :data:`COLUMNS`, chunk; one row group per chunk."""
+    """Write ``nuclei.parquet``: id, the :data:`COLUMNS`, chunk, and with a type head ``type``
+    and ``type_prob_<name>`` per type; one row group per chunk."""
+    typed = _type_columns(chunks)
     schema = pa.schema(
         [("id", pa.int64())]
         + [(c, pa.float64()) for c in COLUMNS]
         + [("chunk_row", pa.int32()), ("chunk_col", pa.int32())]
+        + [(c, pa.string() if c == "type" else pa.float32()) for c in typed]
     )
     total = 0
     with atomic_write(path, overwrite=overwrite) as tmp:
@@ -56,6 +69,9 @@ def write_parquet(path: Path, chunks: Sequence[ChunkInfo], *, overwrite: bool = 
                 columns = [ids] + [table[c].cast(pa.float64()) for c in COLUMNS]
                 rc = pq.read_table(chunk.parquet, columns=["chunk_row", "chunk_col"])
                 columns += [rc["chunk_row"], rc["chunk_col"]]
+                if typed:
+                    kinds = pq.read_table(chunk.parquet, columns=typed)
+                    columns += [kinds[c].cast(schema.field(c).type) for c in typed]
                 writer.write_table(pa.Table.from_arrays(columns, schema=schema))
                 total += index
     return total
@@ -67,8 +83,13 @@ def write_geojson(
     """Write every nucleus as a QuPath detection (gzip-compressed if ``path`` ends in ``.gz``).
 
     Each feature's ``measurements`` hold its id and the :data:`COLUMNS`; its ``id`` is a
-    version-5 UUID of the slide stem and the nucleus id.
+    version-5 UUID of the slide stem and the nucleus id. Typed nuclei are classified by their
+    type with its colour (:data:`nucseg.nucleus_types.TYPE_COLOURS`), so QuPath colours them on
+    import, and their ``type_prob_<name>`` join the measurements; others are "Nucleus".
     """
+    from nucseg.nucleus_types import TYPE_COLOURS
+
+    typed = _type_columns(chunks)
     opener = gzip.open if path.suffix == ".gz" else open
     total = 0
     with atomic_write(path, overwrite=overwrite) as tmp:
@@ -81,13 +102,16 @@ def write_geojson(
                     nucleus = offset + local
                     measurements = {"id": nucleus}
                     measurements.update({c: table[c][i] for c in COLUMNS})
+                    measurements.update({c: table[c][i] for c in typed[1:]})
+                    kind = table["type"][i] if typed else "Nucleus"
+                    colour = list(TYPE_COLOURS.get(kind, (0, 255, 0)))
                     feature = {
                         "type": "Feature",
                         "id": str(uuid.uuid5(_UUID_NAMESPACE, f"{stem}:{nucleus}")),
                         "geometry": "GEOMETRY",
                         "properties": {
                             "objectType": "detection",
-                            "classification": {"name": "Nucleus", "color": [0, 255, 0]},
+                            "classification": {"name": kind, "color": colour},
                             "measurements": measurements,
                         },
                     }
