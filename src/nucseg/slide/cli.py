@@ -65,6 +65,10 @@ def add_parser(sub: Any) -> None:
     p.add_argument("--workers", type=int, metavar="N", help="Dask LocalCluster of N processes")
     p.add_argument("--scheduler", metavar="tcp://HOST:PORT", help="existing Dask scheduler")
     p.add_argument("--scheduler-file", type=Path, metavar="FILE", help="Dask scheduler file")
+    p.add_argument(
+        "--connect-timeout", type=float, default=120.0, metavar="SECONDS",
+        help="give up connecting to --scheduler or --scheduler-file after this long (default 120)",
+    )  # fmt: skip
     p.set_defaults(func=cmd_slide)
 
 
