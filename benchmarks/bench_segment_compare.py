@@ -33,13 +33,19 @@ from nucseg.pipeline import provenance, resolve_model
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def imported_from(src: Path | None) -> str:
+def imported_from(src: Path | None, label: str) -> str:
+    """Which nucseg a side runs, without a machine path: ``label:`` and the imported package's
+    ``__init__.py`` relative to its checkout (``src`` is None for this one)."""
     env = dict(os.environ)
     if src is not None:
         env["PYTHONPATH"] = str(src)
     code = "import nucseg; print(nucseg.__file__)"
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env)
-    return done.stdout.strip()
+    checkout = ROOT if src is None else src.parent
+    path = Path(done.stdout.strip()).resolve()
+    if not path.is_relative_to(checkout.resolve()):
+        raise RuntimeError(f"{label} imports nucseg from {path}, outside {checkout}")
+    return f"{label}:{path.relative_to(checkout.resolve()).as_posix()}"
 
 
 def main() -> None:
@@ -72,7 +78,11 @@ def main() -> None:
             base_src = tree / "src"
         try:
             sides = {"new": (None, args.model), "baseline": (base_src, base_model)}
-            where = {name: imported_from(src) for name, (src, _) in sides.items()}
+            labels = {
+                "new": "this checkout",
+                "baseline": f"commit {args.baseline}" if args.baseline else "this checkout",
+            }
+            where = {name: imported_from(src, labels[name]) for name, (src, _) in sides.items()}
             print(where, flush=True)
             times = {name: {"t1": [], "tN": []} for name in sides}
             for repeat in range(args.repeats):
