@@ -21,9 +21,11 @@ The convention, kept simple so the docs stay plain prose:
   and a result of a model must carry its weights' SHA-256; a result of the bundled default model
   must carry the current bundled weights' SHA-256 (a new model makes its figures stale here).
 
-``docs/figures.json``'s ``known_stale`` lists quoted files that break the last rule and are
-waiting for ``python benchmarks/regenerate.py`` (see its ``--list``): each is reported as a
-warning, and listing a file that is not stale is itself an error, so the list only shrinks.
+``docs/figures.json``'s ``known_stale`` lists quoted files whose figures are out of date and are
+waiting for ``python benchmarks/regenerate.py`` (see its ``--list``): made with other weights
+(an error unless listed), or before ``since``, the commit that changed what they measure. Each
+is reported as a warning; an entry whose file is no longer stale (current weights, or regenerated
+at or after ``since``) is an error, so the list only shrinks.
 """
 
 from __future__ import annotations
@@ -261,18 +263,41 @@ def check(root: Path = ROOT) -> tuple[list[str], list[str]]:
         errors += problems
         if stale:
             stale_files.add(str(file))
-    known = set(registry.get("known_stale", {}))
-    warnings = [f"{f}: stale, made with other weights than the bundled model's; "
-                f"{registry['known_stale'][f]}" for f in sorted(stale_files & known)]  # fmt: skip
+    known = registry.get("known_stale", {})
     errors += [f"{f}: made with other weights than the bundled model's (regenerate it)"
-               for f in sorted(stale_files - known)]  # fmt: skip
-    errors += [f"{REGISTRY}: known_stale lists {f}, which is not stale: remove it"
-               for f in sorted(known - stale_files)]  # fmt: skip
+               for f in sorted(stale_files - set(known))]  # fmt: skip
+    warnings = []
+    for file, entry in sorted(known.items()):
+        since = entry.get("since")
+        commit = (
+            (provenance_of(load(Path(file))) or {}).get("commit")
+            if (root / file).is_file()
+            else None
+        )
+        if since is None and file not in stale_files:
+            errors.append(f"{REGISTRY}: known_stale lists {file}, which is not stale: remove it")
+        elif since is not None and commit and _descends(root, since, commit):
+            errors.append(f"{REGISTRY}: {file} was regenerated at or after {since}: remove it "
+                          "from known_stale")  # fmt: skip
+        else:
+            warnings.append(f"{file}: stale: {entry['reason']}")
     for i, entry in enumerate(registry.get("derived", []) + registry.get("not_results", [])):
         if i not in used:
             errors.append(f"{REGISTRY}: {entry['doc']}: {entry['figure']} ({entry['context']!r}) "
                           "is no longer quoted: remove it")  # fmt: skip
     return errors, warnings
+
+
+def _descends(root: Path, ancestor: str, commit: str) -> bool:
+    """Whether ``commit`` is ``ancestor`` or comes after it (False without git or the commits)."""
+    import subprocess
+
+    try:
+        done = subprocess.run(["git", "merge-base", "--is-ancestor", ancestor, commit], cwd=root,
+                              capture_output=True)  # fmt: skip
+    except OSError:
+        return False
+    return done.returncode == 0
 
 
 def _registered(

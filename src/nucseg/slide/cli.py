@@ -53,7 +53,10 @@ def add_parser(sub: Any) -> None:
     p.add_argument("--halo", type=int, default=128, help="chunk halo, model pixels")
     p.add_argument("--tile", type=int, default=None, help="network tile side (default: model's)")
     p.add_argument(
-        "--overlap", type=float, default=None, help="network tile overlap (default 16 pixels)"
+        "--overlap",
+        type=float,
+        default=None,
+        help="network tile overlap, a fraction of the tile (default: the model's; 0.25 bundled)",
     )
     p.add_argument("--batch-size", type=int, default=None, help="network tiles per batch")
     p.add_argument("--no-labels", action="store_true", help="do not write labels.ome.tif")
