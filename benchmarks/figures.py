@@ -274,7 +274,9 @@ def check(root: Path = ROOT) -> tuple[list[str], list[str]]:
             if (root / file).is_file()
             else None
         )
-        if since is None and file not in stale_files:
+        if since is not None and not _descends(root, since, since):
+            errors.append(f"{REGISTRY}: {file}: since {since} is not a commit of this repository")
+        elif since is None and file not in stale_files:
             errors.append(f"{REGISTRY}: known_stale lists {file}, which is not stale: remove it")
         elif since is not None and commit and _descends(root, since, commit):
             errors.append(f"{REGISTRY}: {file} was regenerated at or after {since}: remove it "
@@ -289,11 +291,12 @@ def check(root: Path = ROOT) -> tuple[list[str], list[str]]:
 
 
 def _descends(root: Path, ancestor: str, commit: str) -> bool:
-    """Whether ``commit`` is ``ancestor`` or comes after it (False without git or the commits)."""
+    """Whether ``commit`` is ``ancestor`` or comes after it in this repository's history (False
+    without git or the commits; ``root`` may be a copy of the docs, so git runs in :data:`ROOT`)."""
     import subprocess
 
     try:
-        done = subprocess.run(["git", "merge-base", "--is-ancestor", ancestor, commit], cwd=root,
+        done = subprocess.run(["git", "merge-base", "--is-ancestor", ancestor, commit], cwd=ROOT,
                               capture_output=True)  # fmt: skip
     except OSError:
         return False
