@@ -219,6 +219,8 @@ def quoted_results(root: Path = ROOT) -> set[Path]:
 
 def check(root: Path = ROOT) -> tuple[list[str], list[str]]:
     """``(errors, warnings)`` of the figures of README.md and docs/*.md."""
+    from nucseg.provenance import file_sha256
+
     registry = json.loads((root / REGISTRY).read_text())
     cache: dict[Path, Any] = {}
 
@@ -227,26 +229,43 @@ def check(root: Path = ROOT) -> tuple[list[str], list[str]]:
             cache[file] = json.loads((root / file).read_text())
         return cache[file]
 
+    used: set[int] = set()
+    errors, quoted = _check_figures(root, registry, load, used)
     weights = root / BUNDLED / "model.safetensors"
-    from nucseg.provenance import file_sha256
-
     bundled_sha = file_sha256(weights) if weights.is_file() else None
+    stale_files = set()
+    for file in sorted(quoted):
+        problems, stale = source_problems(file, load(file), bundled_sha)
+        errors += problems
+        if stale:
+            stale_files.add(str(file))
+    stale_errors, warnings = _check_stale(root, registry, stale_files, load)
+    errors += stale_errors
+    for i, entry in enumerate(registry.get("derived", []) + registry.get("not_results", [])):
+        if i not in used:
+            errors.append(f"{REGISTRY}: {entry['doc']}: {entry['figure']} ({entry['context']!r}) "
+                          "is no longer quoted: remove it")  # fmt: skip
+    return errors, warnings
+
+
+def _check_figures(
+    root: Path, registry: dict[str, Any], load: Any, used: set[int]
+) -> tuple[list[str], set[Path]]:
+    """Errors of every decimal number in a paragraph that quotes results; the files quoted."""
     errors: list[str] = []
     quoted: set[Path] = set()
-    used: set[int] = set()
     for doc in docs(root):
         for line, text in paragraphs((root / doc).read_text()):
-            files = quoted_files(text, root)
-            if not files:
-                continue
-            files = [f for f in files if not f.is_relative_to(ARCHIVE)]  # links, never sources
+            named = quoted_files(text, root)
+            if not named:
+                continue  # names no results JSON: not checked
+            files = [f for f in named if not f.is_relative_to(ARCHIVE)]  # the archive: no source
             missing = [f for f in files if not (root / f).is_file()]
             errors += [f"{doc}:{line}: {f}: no such results file" for f in missing]
             files = [f for f in files if f not in missing]
             quoted.update(files)
             pool = [v for f in files for v in numbers_of(load(f))]
             for figure in NUMBER.findall(text):
-                figure = figure.lstrip("-") if not figure.startswith("-") else figure
                 entry = _registered(registry, doc, figure, text, used)
                 if entry is not None and "paths" in entry:  # derived: its own value must match
                     value = derived_value(entry, load)
@@ -257,36 +276,29 @@ def check(root: Path = ROOT) -> tuple[list[str], list[str]]:
                         f"{doc}:{line}: {figure} matches no value of "
                         f"{', '.join(map(str, files))} and is not in {REGISTRY}"
                     )
-    stale_files = set()
-    for file in sorted(quoted):
-        problems, stale = source_problems(file, load(file), bundled_sha)
-        errors += problems
-        if stale:
-            stale_files.add(str(file))
+    return errors, quoted
+
+
+def _check_stale(
+    root: Path, registry: dict[str, Any], stale_files: set[str], load: Any
+) -> tuple[list[str], list[str]]:
+    """Errors and warnings of ``known_stale`` against the files stale by their weights."""
     known = registry.get("known_stale", {})
-    errors += [f"{f}: made with other weights than the bundled model's (regenerate it)"
-               for f in sorted(stale_files - set(known))]  # fmt: skip
+    errors = [f"{f}: made with other weights than the bundled model's (regenerate it)"
+              for f in sorted(stale_files - set(known))]  # fmt: skip
     warnings = []
     for file, entry in sorted(known.items()):
         since = entry.get("since")
-        commit = (
-            (provenance_of(load(Path(file))) or {}).get("commit")
-            if (root / file).is_file()
-            else None
-        )
+        made = (root / file).is_file() and (provenance_of(load(Path(file))) or {}).get("commit")
         if since is not None and not _descends(root, since, since):
             errors.append(f"{REGISTRY}: {file}: since {since} is not a commit of this repository")
         elif since is None and file not in stale_files:
             errors.append(f"{REGISTRY}: known_stale lists {file}, which is not stale: remove it")
-        elif since is not None and commit and _descends(root, since, commit):
+        elif since is not None and made and _descends(root, since, made):
             errors.append(f"{REGISTRY}: {file} was regenerated at or after {since}: remove it "
                           "from known_stale")  # fmt: skip
         else:
             warnings.append(f"{file}: stale: {entry['reason']}")
-    for i, entry in enumerate(registry.get("derived", []) + registry.get("not_results", [])):
-        if i not in used:
-            errors.append(f"{REGISTRY}: {entry['doc']}: {entry['figure']} ({entry['context']!r}) "
-                          "is no longer quoted: remove it")  # fmt: skip
     return errors, warnings
 
 
