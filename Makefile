@@ -1,10 +1,10 @@
-# Two entry points: `make run` (the main job on the bundled example) and `make test`.
+# Entry points: `make run` (the main job on the bundled example), `make test`, `make results`.
 PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 EXAMPLE := examples/monuseg-breast-crop
 
-.PHONY: install run test lint clean
+.PHONY: install run test lint clean results
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -20,6 +20,10 @@ run: install
 
 test: install
 	$(BIN)/pytest -q
+
+# every results file the README and docs quote, from a clean tree (hours; see --list, --only)
+results: install
+	$(BIN)/python benchmarks/regenerate.py
 
 lint: install
 	$(BIN)/ruff check .

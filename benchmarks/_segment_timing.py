@@ -24,3 +24,23 @@ def run_segment(
         start = time.perf_counter()
         subprocess.run(command + extra, check=True, capture_output=True, env=env)
         return time.perf_counter() - start
+
+
+MIN_REPEATS = 3
+
+
+def ratio_spread(numerators: list[float], denominators: list[float]) -> dict[str, object]:
+    """A speed ratio as it may be quoted: one ratio per repeat (``numerators[k] /
+    denominators[k]``, both sides timed back to back in repeat ``k``), their median and their
+    range. Refuses fewer than :data:`MIN_REPEATS` repeats: a single pair overstates precision.
+
+    >>> ratio_spread([2.0, 3.0, 2.2], [1.0, 1.0, 1.0])["median"]
+    2.2
+    """
+    if len(numerators) != len(denominators) or len(numerators) < MIN_REPEATS:
+        raise ValueError(f"a ratio needs at least {MIN_REPEATS} interleaved repeats of both sides")
+    ratios = [a / b for a, b in zip(numerators, denominators, strict=True)]
+    import statistics
+
+    return {"per_repeat": ratios, "median": statistics.median(ratios), "min": min(ratios),
+            "max": max(ratios), "repeats": len(ratios)}  # fmt: skip

@@ -24,7 +24,7 @@ import subprocess
 import tempfile
 from pathlib import Path
 
-from _segment_timing import run_segment
+from _segment_timing import MIN_REPEATS, ratio_spread, run_segment
 
 from nucseg import datasets
 from nucseg.atomic import write_json
@@ -58,6 +58,8 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=Path("results/unet/speed.json"))
     parser.add_argument("--baseline-commit", help="also time the bundled model of this commit")
     args = parser.parse_args()
+    if args.baseline_commit and args.repeats < MIN_REPEATS:
+        parser.error(f"--repeats must be at least {MIN_REPEATS} to compare with a baseline")
     extra = [f"--param={p}" for p in args.param]
     extra += ["--model", args.model] if args.model else []
     extra += ["--method", args.method] if args.method else []
@@ -88,6 +90,7 @@ def main() -> None:
         "t1_s": t1,
         "t5_s": t5,
         "per_image_s": per_image,
+        "runs": figures["model"]["runs"],
         "target_s": 1.5,
         "images": [p.name for p in images],
         "options": extra,
@@ -99,7 +102,15 @@ def main() -> None:
         base = figures["baseline"]
         record["baseline"] = {"commit": args.baseline_commit, "sha256": baseline_sha256, **base}
         record["ratio_to_baseline"] = per_image / base["per_image_s"]
-        print(f"this model / the baseline's, per image: {record['ratio_to_baseline']:.3f}")
+        spread = ratio_spread(  # per repeat: this model's seconds per image / the baseline's
+            [(a - b) / 4 for a, b in zip(times["model"][5], times["model"][1], strict=True)],
+            [(a - b) / 4 for a, b in zip(times["baseline"][5], times["baseline"][1], strict=True)],
+        )
+        record["ratio_to_baseline_spread"] = spread
+        print(
+            f"this model / the baseline's, per image: median {spread['median']:.3f} "
+            f"({spread['min']:.3f}-{spread['max']:.3f} over {spread['repeats']} repeats)"
+        )
     args.out.parent.mkdir(parents=True, exist_ok=True)
     write_json(args.out, record, overwrite=True)
 

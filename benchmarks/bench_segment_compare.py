@@ -24,7 +24,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from _segment_timing import run_segment
+from _segment_timing import MIN_REPEATS, ratio_spread, run_segment
 
 from nucseg import datasets
 from nucseg.atomic import write_json
@@ -33,13 +33,19 @@ from nucseg.pipeline import provenance, resolve_model
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def imported_from(src: Path | None) -> str:
+def imported_from(src: Path | None, label: str) -> str:
+    """Which nucseg a side runs, without a machine path: ``label:`` and the imported package's
+    ``__init__.py`` relative to its checkout (``src`` is None for this one)."""
     env = dict(os.environ)
     if src is not None:
         env["PYTHONPATH"] = str(src)
     code = "import nucseg; print(nucseg.__file__)"
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env)
-    return done.stdout.strip()
+    checkout = ROOT if src is None else src.parent
+    path = Path(done.stdout.strip()).resolve()
+    if not path.is_relative_to(checkout.resolve()):
+        raise RuntimeError(f"{label} imports nucseg from {path}, outside {checkout}")
+    return f"{label}:{path.relative_to(checkout.resolve()).as_posix()}"
 
 
 def main() -> None:
@@ -51,6 +57,8 @@ def main() -> None:
     parser.add_argument("--images", type=int, default=13, help="images of the long runs")
     parser.add_argument("--out", type=Path, required=True)
     args = parser.parse_args()
+    if args.repeats < MIN_REPEATS:
+        parser.error(f"--repeats must be at least {MIN_REPEATS}: a ratio is quoted with its spread")
     root = datasets.data_root() / "monuseg" / "images"
     # the 8 breast test images, then non-breast ones: 1000 x 1000 H&E, for timing only
     ids = datasets.ids("monuseg", split="test") + datasets.ids("monuseg", split="nonbreast")
@@ -72,7 +80,11 @@ def main() -> None:
             base_src = tree / "src"
         try:
             sides = {"new": (None, args.model), "baseline": (base_src, base_model)}
-            where = {name: imported_from(src) for name, (src, _) in sides.items()}
+            labels = {
+                "new": "this checkout",
+                "baseline": f"commit {args.baseline}" if args.baseline else "this checkout",
+            }
+            where = {name: imported_from(src, labels[name]) for name, (src, _) in sides.items()}
             print(where, flush=True)
             times = {name: {"t1": [], "tN": []} for name in sides}
             for repeat in range(args.repeats):
@@ -103,15 +115,15 @@ def main() -> None:
     speedup = result["baseline"]["per_image_s"] / result["new"]["per_image_s"]
     # the same ratio repeat by repeat (each repeat runs both sides back to back), whose median
     # is steadier than the ratio of medians when the machine's speed drifts between repeats
-    per_repeat = [
-        (times["baseline"]["tN"][k] - times["baseline"]["t1"][k])
-        / (times["new"]["tN"][k] - times["new"]["t1"][k])
-        for k in range(args.repeats)
-    ]
+    spread = ratio_spread(
+        [times["baseline"]["tN"][k] - times["baseline"]["t1"][k] for k in range(args.repeats)],
+        [times["new"]["tN"][k] - times["new"]["t1"][k] for k in range(args.repeats)],
+    )
+    per_repeat = spread["per_repeat"]
     print(
         f"per image: new {result['new']['per_image_s']:.3f} s, baseline "
-        f"{result['baseline']['per_image_s']:.3f} s -> {speedup:.2f}x faster (median of the "
-        f"per-repeat ratios: {statistics.median(per_repeat):.2f}x)"
+        f"{result['baseline']['per_image_s']:.3f} s -> {spread['median']:.2f}x faster (median of "
+        f"{spread['repeats']} interleaved repeats, {spread['min']:.2f}-{spread['max']:.2f})"
     )
     record = {
         "benchmark": "nucseg segment per 1000x1000 image, this checkout against a baseline",
@@ -122,7 +134,9 @@ def main() -> None:
         **result,
         "speedup": speedup,
         "speedup_per_repeat": per_repeat,
-        "speedup_median_per_repeat": statistics.median(per_repeat),
+        "speedup_median_per_repeat": spread["median"],
+        "speedup_min_per_repeat": spread["min"],
+        "speedup_max_per_repeat": spread["max"],
         "load_before": load_before,
         "load_after": [round(v, 2) for v in os.getloadavg()],
         "cpus": os.cpu_count(),

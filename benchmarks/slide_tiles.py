@@ -24,6 +24,7 @@ import numpy as np
 from nucseg import datasets, metrics
 from nucseg.infer import Predictor
 from nucseg.pipeline import provenance, resolve_model
+from nucseg.provenance import portable_path
 
 SETTINGS = [(256, 0.25), (256, 0.125), (256, 0.0625), (512, 0.125), (512, 0.25), (1024, 0.0625)]
 
@@ -65,7 +66,7 @@ def main() -> None:
         rows.append(row)
     record = {
         "benchmark": "validation AJI and network time per prediction tile setting",
-        "model": str(folder),
+        "model": portable_path(folder),
         "postprocess": thresholds["params"],
         "settings": rows,
         "load_average": [round(v, 2) for v in os.getloadavg()],

@@ -108,6 +108,14 @@ def test_local_cluster_matches_single_process_and_reports_a_bad_slide(cohort, tm
         (["--workers", "0"], "--workers must be a positive"),
         (["--workers", "2", "--scheduler", "tcp://127.0.0.1:1"], "give exactly one of --workers"),
         (["--scheduler-file", "missing.json"], "--scheduler-file missing.json: no such file"),
+        (
+            ["--scheduler", "tcp://127.0.0.1:1", "--connect-timeout", "0"],
+            "--connect-timeout must be a positive",
+        ),
+        (
+            ["--scheduler", "tcp://127.0.0.1:1", "--connect-timeout", "1"],
+            "Timed out trying to connect to tcp://127.0.0.1:1 after 1",
+        ),
     ],
 )
 def test_cluster_options_are_checked_before_any_work(tmp_path, capsys, option, message):
@@ -219,24 +227,43 @@ def test_resume_on_the_cluster_redoes_only_missing_chunks(cohort, external_clust
 
 
 def test_a_worker_killed_mid_run_changes_nothing(cohort, external_cluster, tmp_path):
-    """Run last in this file: it kills one of the fixture's two workers."""
+    """Run last in this file: it kills one of the fixture's two workers.
+
+    No race with the machine's speed: the victim is stopped (SIGSTOP) before the run, so the
+    tasks the scheduler gives it cannot finish; it is killed once the scheduler shows it holding
+    one and the other worker has written a chunk file, whatever the load.
+    """
+    from distributed import Client
+
     slides, reference = cohort
     address, workers = external_cluster
-    out = tmp_path / "out"
-    command = [sys.executable, "-m", "nucseg.cli", "slide", *map(str, slides), "--out",
-               str(out), *OPTIONS, "--scheduler", address]  # fmt: skip
-    run = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    try:
-        deadline = time.monotonic() + 300
-        while not list(out.glob("*/chunks/r*.parquet")) and time.monotonic() < deadline:
-            time.sleep(0.02)
-        finished = [p for p in out.glob("*/nuclei.parquet")]
-        os.kill(workers[0].pid, signal.SIGKILL)
-        stdout, stderr = run.communicate(timeout=600)
-    finally:
-        if run.poll() is None:
-            run.kill()
+    with Client(address, timeout="120s") as watcher:
+        by_pid = {pid: a for a, pid in watcher.run(os.getpid).items()}
+        victim = by_pid[workers[0].pid]
+        out = tmp_path / "out"
+        command = [sys.executable, "-m", "nucseg.cli", "slide", *map(str, slides), "--out",
+                   str(out), *OPTIONS, "--scheduler", address]  # fmt: skip
+        os.kill(workers[0].pid, signal.SIGSTOP)
+        run = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        try:
+            held = _wait_for(lambda: watcher.processing([victim]).get(victim))
+            _wait_for(lambda: list(out.glob("*/chunks/r*.parquet")))
+            finished = list(out.glob("*/nuclei.parquet"))
+            os.kill(workers[0].pid, signal.SIGKILL)
+            stdout, stderr = run.communicate(timeout=600)
+        finally:
+            if run.poll() is None:
+                run.kill()
     assert workers[0].wait(timeout=30) == -signal.SIGKILL
-    assert len(finished) < len(slides)  # killed while slides were still being segmented
+    assert held and len(finished) < len(slides)  # the victim held tasks of unfinished slides
     assert run.returncode == 0, stderr
     assert_same_outputs(out, reference, ["s0", "s1", "s2"])
+
+
+def _wait_for(condition, timeout: float = 300.0):
+    """Poll ``condition`` until it returns something true; fail after ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    while not (value := condition()):
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.05)
+    return value

@@ -484,27 +484,48 @@ def _batch(tmp: Path, n: int) -> Path:
     return tmp / "in"
 
 
+# The second image's read waits until the test has sent its signal (bounded), so the signal
+# always lands while work remains, however fast or loaded the machine.
+GATED_SEGMENT = """
+import os, sys, time
+from pathlib import Path
+from nucseg import io
+from nucseg.cli import main
+read = io.read_image
+def gated(path, *args, **kwargs):
+    if Path(path).name == "img1.png":
+        deadline = time.monotonic() + 300
+        while not Path(os.environ["NUCSEG_TEST_GATE"]).exists() and time.monotonic() < deadline:
+            time.sleep(0.01)
+    return read(path, *args, **kwargs)
+io.read_image = gated
+sys.exit(main())
+"""
+
+
 @pytest.mark.parametrize(
     ("sig", "code", "word"),
     [(signal.SIGINT, 130, "interrupted"), (signal.SIGTERM, 143, "terminated")],
 )
 def test_a_signal_leaves_complete_images_only(tmp_path, sig, code, word):
     images = _batch(tmp_path, 12)
-    out = tmp_path / "out"
-    command = [sys.executable, "-m", "nucseg", "segment", str(images), "--out", str(out),
+    out, gate = tmp_path / "out", tmp_path / "signalled"
+    command = [sys.executable, "-c", GATED_SEGMENT, "segment", str(images), "--out", str(out),
                "--method", "fiji"]  # fmt: skip
     process = subprocess.Popen(
         command,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
+        env={**os.environ, "NUCSEG_TEST_GATE": str(gate)},
         # a suite started in the background (`pytest &`) inherits SIGINT ignored, and so would
         # the command: give it the default action, as in a terminal
         preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
     )
     first = process.stdout.readline()  # one image done: the work is under way
-    assert "nuclei" in first
+    assert "img0.png" in first and "nuclei" in first
     process.send_signal(sig)
+    gate.touch()
     out_text, err = process.communicate(timeout=120)
     assert process.returncode == code, err
     assert "Traceback" not in err
@@ -516,7 +537,7 @@ def test_a_signal_leaves_complete_images_only(tmp_path, sig, code, word):
     for path in out.iterdir():
         stems.setdefault(path.name.split("_")[0], []).append(path)
     assert stems and all(len(files) == 4 for files in stems.values()), stems
-    assert len(stems) < 12  # it did stop
+    assert set(stems) == {"img0"}  # it stopped before writing the image it was waiting for
 
 
 def test_stale_temporaries_are_removed_and_complete_images_skipped(tmp_path):

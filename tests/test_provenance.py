@@ -38,9 +38,10 @@ def test_model_hashes_and_manifest(tmp_path):
     (tmp_path / "model.safetensors").write_bytes(b"weights")
     (tmp_path / "thresholds.json").write_text("{}")
     record = provenance.provenance(["nucseg", "evaluate"], models=[tmp_path])
-    hashes = record["models"][str(tmp_path)]
+    weights = provenance.file_sha256(tmp_path / "model.safetensors")
+    hashes = record["models"][f"sha256:{weights}"]  # outside the repository: named by its hash
     assert set(hashes) == {"model.safetensors", "thresholds.json"}
-    assert hashes["model.safetensors"] == provenance.file_sha256(tmp_path / "model.safetensors")
+    assert hashes["model.safetensors"] == weights
     assert record["command"] == "nucseg evaluate"
     provenance.write_manifest(tmp_path)
     assert provenance.check_manifest(tmp_path) == []
@@ -64,3 +65,36 @@ def test_reproduce_refuses_scores_of_another_commit(tmp_path):
     with pytest.raises(ValueError, match="commit 0000000000 .*--allow-code-change"):
         run.check_code()
     Reproduction(ReproduceConfig(), tmp_path, allow_code_change=True).check_code()
+
+
+def test_no_machine_path_is_recorded(tmp_path, monkeypatch):
+    """Folders in the package, the repository or $NUCSEG_DATA are named relative to them; a
+    model elsewhere by its weights' hash; absolute paths in the command likewise."""
+    package = provenance._SOURCE
+    bundled = package / "data" / "models" / "default"
+    assert provenance.portable_path(bundled) == "nucseg/data/models/default"
+    assert provenance.portable_path(package) == "nucseg"
+    if provenance._REPOSITORY is not None:
+        script = provenance._REPOSITORY / "benchmarks" / "bench_slide.py"
+        assert provenance.portable_path(script) == "benchmarks/bench_slide.py"
+    monkeypatch.setenv("NUCSEG_DATA", str(tmp_path / "data"))
+    image = tmp_path / "data" / "monuseg" / "a.tif"
+    assert provenance.portable_path(image) == "$NUCSEG_DATA/monuseg/a.tif"
+    assert provenance.portable_path("runs/x") == "runs/x"  # relative: kept
+    command = provenance.portable_command(
+        ["/opt/venv/bin/nucseg", "evaluate", str(image), "--model", str(bundled)]
+    )
+    assert (
+        command == "nucseg evaluate $NUCSEG_DATA/monuseg/a.tif --model nucseg/data/models/default"
+    )
+    with pytest.raises(FileNotFoundError, match="no model weights"):
+        provenance.model_key(tmp_path)
+    (tmp_path / "model.pt").write_bytes(b"w")
+    assert (
+        provenance.model_key(tmp_path) == f"sha256:{provenance.file_sha256(tmp_path / 'model.pt')}"
+    )
+    if bundled.is_dir():
+        record = provenance.provenance(["python", "x.py"], models=[bundled, tmp_path])
+        text = json.dumps({k: v for k, v in record.items() if k != "date"})
+        assert str(tmp_path) not in text and str(package) not in text
+        assert "nucseg/data/models/default" in record["models"]

@@ -252,6 +252,8 @@ def test_slide_without_tissue_gives_empty_outputs(tmp_path):
 
 
 def test_resume_after_kill_gives_the_same_outputs(seam_slide, tmp_path):
+    from nucseg.slide.run import finish_workers
+
     path, _, chunk = seam_slide
     options = dict(chunk=chunk // 2, halo=32)
     _run(path, tmp_path / "full", **options)
@@ -273,7 +275,9 @@ def test_resume_after_kill_gives_the_same_outputs(seam_slide, tmp_path):
     assert done.returncode == -9, done.stderr
     folder = tmp_path / "killed" / "seams"
     done_chunks = len(list((folder / "chunks").glob("*.parquet")))
-    assert done_chunks in (10, 11)  # the 11th may still have been finishing in its thread
+    # killed while segmenting the 12th chunk: of the 11 before, the last finish_workers() may
+    # still have been post-processed in their threads (1 on up to 7 cores, up to 4 on more)
+    assert 11 - finish_workers() <= done_chunks <= 11
     assert not (folder / "nuclei.parquet").exists()
     with pytest.raises(FileExistsError, match="--resume"):
         _run(path, tmp_path / "killed", **options)

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import time
 
 import numpy as np
 import pytest
@@ -48,11 +47,20 @@ def test_config_turns_json_lists_into_tuples():
 def test_budgeted_steps_stop_at_the_step_count_or_the_time_budget():
     assert [s for s, _, _ in budgeted_steps(3, None, desc="t", progress=False)] == [0, 1, 2]
     assert list(budgeted_steps(None, 0.0, desc="t", progress=False)) == []
+    now = [100.0]  # a fake clock: each step takes exactly 0.02 s, whatever the machine's load
     seen = []
-    for _, elapsed, _ in budgeted_steps(None, 0.05, desc="t", progress=False):
+    for _, elapsed, _ in budgeted_steps(None, 0.05, desc="t", progress=False, clock=lambda: now[0]):
         seen.append(elapsed)
-        time.sleep(0.02)
-    assert 2 <= len(seen) <= 4 and seen[-1] < 0.05 and seen == sorted(seen)
+        now[0] += 0.02
+    assert seen == pytest.approx([0.0, 0.02, 0.04])  # the step at 0.06 s is past the budget
+    resumed = []  # a resumed run continues the step count and the budget
+    for step, elapsed, _ in budgeted_steps(None, 0.05, desc="t", progress=False, start_step=3,
+                                           elapsed_before=0.02, clock=lambda: now[0]):  # fmt: skip
+        resumed.append((step, elapsed))
+        now[0] += 0.02
+    assert [s for s, _ in resumed] == [3, 4] and [e for _, e in resumed] == pytest.approx(
+        [0.02, 0.04]
+    )
     with pytest.raises(ValueError, match="exactly one"):
         next(budgeted_steps(3, 10.0, desc="t"))
 

@@ -62,7 +62,9 @@ def _segmenter(args: argparse.Namespace):
     from nucseg.pipeline import make_segmenter
 
     _choose(args)
-    return make_segmenter(args.method, model=args.model, **dict(args.param))
+    return make_segmenter(
+        args.method, model=args.model, mpp=getattr(args, "mpp", None), **dict(args.param)
+    )
 
 
 def _method_name(args: argparse.Namespace) -> str:
@@ -99,8 +101,9 @@ def cmd_segment(args: argparse.Namespace) -> int:
     segmenter = _segmenter(args)
     from nucseg.slide.cli import scale_warnings
 
-    for line in scale_warnings(images, mpp=args.mpp, model=args.model):
-        print(line, file=sys.stderr)
+    if args.mpp is None:  # with --mpp the images are resampled to the model's scale
+        for line in scale_warnings(images, mpp=None, model=args.model):
+            print(line, file=sys.stderr)
 
     def show(record: dict) -> None:  # as each image finishes, above the progress bar
         from tqdm.auto import tqdm
@@ -362,8 +365,9 @@ def build_parser() -> argparse.ArgumentParser:
         "--mpp",
         type=float,
         default=None,
-        help="microns per pixel of the images (default: each file's own, if it records one); "
-        "a warning when it differs from the model's by more than 25 %%",
+        help="microns per pixel of the images: they are resampled to the model's and the labels "
+        "back, as nucseg slide does (default: not resampled, each file's own for the "
+        "measurements in um; a warning when it differs from the model's by more than 25 %%)",
     )
     method_options(p)
     p.set_defaults(func=cmd_segment)

@@ -136,7 +136,11 @@ def check_segmenter(
 
 
 def make_segmenter(
-    method: str | None = None, *, model: str | None = None, **params: Any
+    method: str | None = None,
+    *,
+    model: str | None = None,
+    mpp: float | None = None,
+    **params: Any,
 ) -> Segmenter:
     """Return ``image -> labels`` for a classical ``method`` or a trained ``model``.
 
@@ -146,8 +150,12 @@ def make_segmenter(
         A registered classical method (``otsu``, ``watershed``, ``fiji``).
     model : str, optional
         A run folder or bundled model name (see :func:`resolve_model`), run through the slide
-        engine (:class:`nucseg.slide.engine.ImageSegmenter`); ``params`` then override its
-        prediction settings (``tile``, ``overlap``, ``batch_size``, ``tta``, ``precision``).
+        engine with the folder's tile, overlap, thresholds and normaliser
+        (:class:`nucseg.slide.images.ImageSegmenter`); ``params`` then override its prediction
+        settings (``tile``, ``overlap``, ``batch_size``, ``tta``, ``precision``).
+    mpp : float, optional
+        Microns per pixel of the images: they are resampled to the model's (a method's: 40x)
+        and the labels back, as ``nucseg slide`` does. None: taken to be the model's.
     **params
         Keyword parameters of the method.
 
@@ -158,13 +166,16 @@ def make_segmenter(
         naming it.
     """
     folder = check_segmenter(method, model=model, **params)
-    if folder is not None:
-        from nucseg.slide.engine import ImageSegmenter, engine_predictor
+    if mpp is not None and not mpp > 0:
+        raise ValueError(f"mpp must be a positive number of microns per pixel, got {mpp}")
+    from nucseg.slide.images import ImageSegmenter
 
-        return ImageSegmenter(engine_predictor(folder, **params))
+    if folder is not None:
+        return ImageSegmenter.from_model(folder, mpp=mpp, **params)
     from nucseg.classical import get_method
 
-    return functools.partial(get_method(method), **params)
+    segment = functools.partial(get_method(method), **params)
+    return segment if mpp is None else ImageSegmenter.from_method(segment, mpp=mpp)
 
 
 #: Suffixes of the image files read (TIFF with tifffile, the others with Pillow).

@@ -1,6 +1,9 @@
 """What produced a result: the command, the code (commit, modified and untracked files), the
 machine and the SHA-256 of every model file. Every result JSON (``nucseg evaluate``,
-``nucseg reproduce``, the benchmark scripts) records :func:`provenance`.
+``nucseg reproduce``, the benchmark scripts) records :func:`provenance`. No path of the machine
+that ran it is recorded: files are named relative to the package, the repository or
+``$NUCSEG_DATA`` (:func:`portable_path`), and a model folder elsewhere by its weights' SHA-256
+(:func:`model_key`).
 
 A model folder's own manifest, ``SHA256SUMS`` (the format of ``sha256sum``, so
 ``sha256sum -c SHA256SUMS`` checks it in the folder), is written by :func:`write_manifest` and
@@ -33,6 +36,8 @@ MODEL_FILES = (
 )
 MANIFEST = "SHA256SUMS"
 _SOURCE = Path(__file__).resolve().parent
+#: The repository holding the package (a source checkout), or None (an installed package).
+_REPOSITORY = _SOURCE.parents[1] if (_SOURCE.parents[1] / "pyproject.toml").is_file() else None
 
 
 def file_sha256(path: str | os.PathLike, *, chunk: int = 1 << 20) -> str:
@@ -48,6 +53,53 @@ def model_sha256(folder: str | os.PathLike) -> dict[str, str]:
     """``file name -> SHA-256`` of the :data:`MODEL_FILES` present in a model folder."""
     folder = Path(folder)
     return {name: file_sha256(folder / name) for name in MODEL_FILES if (folder / name).is_file()}
+
+
+def portable_path(path: str | os.PathLike) -> str:
+    """A name of ``path`` that holds on any machine: ``nucseg/...`` inside the package (the
+    bundled models), relative inside the repository (``runs/base32``), ``$NUCSEG_DATA/...``
+    inside the datasets' folder; any other path as given.
+
+    Examples
+    --------
+    >>> portable_path(_SOURCE / "data" / "models" / "default")
+    'nucseg/data/models/default'
+    """
+    path = Path(path)
+    if not path.is_absolute():
+        return str(path)
+    resolved = path.resolve()
+    data = os.environ.get("NUCSEG_DATA")
+    roots = [(_SOURCE, "nucseg"), (_REPOSITORY, None), (Path(data).resolve() if data else None,
+                                                        "$NUCSEG_DATA")]  # fmt: skip
+    for root, prefix in roots:
+        if root is not None and resolved.is_relative_to(root):
+            relative = resolved.relative_to(root).as_posix()
+            if prefix is None:
+                return relative
+            return prefix if relative == "." else f"{prefix}/{relative}"
+    return str(path)
+
+
+def model_key(folder: str | os.PathLike) -> str:
+    """How a result names a model folder: :func:`portable_path` inside the package, the
+    repository or ``$NUCSEG_DATA``; elsewhere ``sha256:<weights' SHA-256>`` (no machine path)."""
+    name = portable_path(folder)
+    if not Path(name).is_absolute():
+        return name
+    hashes = model_sha256(folder)
+    weights = hashes.get("model.safetensors") or hashes.get("model.pt")
+    if weights is None:
+        raise FileNotFoundError(f"{folder} holds no model weights: not a model folder")
+    return f"sha256:{weights}"
+
+
+def portable_command(argv: Sequence[str]) -> str:
+    """The command as one string, its absolute paths made :func:`portable_path`."""
+    words = [portable_path(w) if w.startswith(os.sep) else w for w in argv]
+    if words and Path(words[0]).name == "nucseg":
+        words[0] = "nucseg"
+    return " ".join(words)
 
 
 def write_manifest(folder: str | os.PathLike) -> Path:
@@ -130,7 +182,8 @@ def provenance(
     argv : sequence of str, optional
         The command (default ``sys.argv``).
     models : iterable of path-like, optional
-        Model folders whose files' SHA-256 are recorded (``models``: folder -> name -> hash).
+        Model folders whose files' SHA-256 are recorded (``models``: :func:`model_key` of the
+        folder -> file name -> hash).
 
     Returns
     -------
@@ -139,13 +192,10 @@ def provenance(
         ``models``, ``nucseg``, ``python``, ``machine``, ``cpus``, ``date``.
     """
     argv = list(sys.argv if argv is None else argv)
-    command = (
-        " ".join(["nucseg", *argv[1:]]) if argv and argv[0].endswith("nucseg") else " ".join(argv)
-    )
     return {
-        "command": command,
+        "command": portable_command(argv),
         **code_state(),
-        "models": {str(folder): model_sha256(folder) for folder in models},
+        "models": {model_key(folder): model_sha256(folder) for folder in models},
         "nucseg": __version__,
         "python": platform.python_version(),
         "machine": f"{platform.machine()} {platform.processor() or ''}".strip(),

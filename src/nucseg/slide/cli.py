@@ -53,7 +53,10 @@ def add_parser(sub: Any) -> None:
     p.add_argument("--halo", type=int, default=128, help="chunk halo, model pixels")
     p.add_argument("--tile", type=int, default=None, help="network tile side (default: model's)")
     p.add_argument(
-        "--overlap", type=float, default=None, help="network tile overlap (default 16 pixels)"
+        "--overlap",
+        type=float,
+        default=None,
+        help="network tile overlap, a fraction of the tile (default: the model's; 0.25 bundled)",
     )
     p.add_argument("--batch-size", type=int, default=None, help="network tiles per batch")
     p.add_argument("--no-labels", action="store_true", help="do not write labels.ome.tif")
@@ -65,6 +68,10 @@ def add_parser(sub: Any) -> None:
     p.add_argument("--workers", type=int, metavar="N", help="Dask LocalCluster of N processes")
     p.add_argument("--scheduler", metavar="tcp://HOST:PORT", help="existing Dask scheduler")
     p.add_argument("--scheduler-file", type=Path, metavar="FILE", help="Dask scheduler file")
+    p.add_argument(
+        "--connect-timeout", type=float, default=120.0, metavar="SECONDS",
+        help="give up connecting to --scheduler or --scheduler-file after this long (default 120)",
+    )  # fmt: skip
     p.set_defaults(func=cmd_slide)
 
 

@@ -229,11 +229,21 @@ def write_partition(
     return target
 
 
+CONNECT_TIMEOUT_S = 120.0
+"""Seconds to wait for an existing scheduler: generous (a loaded machine can take over Dask's 30 s
+default), but bounded, so a wrong address still fails."""
+
+
 def make_client(
-    *, workers: int | None = None, scheduler: str | None = None, scheduler_file: str | None = None
+    *,
+    workers: int | None = None,
+    scheduler: str | None = None,
+    scheduler_file: str | None = None,
+    timeout: float = CONNECT_TIMEOUT_S,
 ) -> Any:
     """A :class:`distributed.Client`: of a new LocalCluster of ``workers`` processes, or of the
-    existing cluster at ``scheduler`` (``tcp://HOST:PORT``) or described by ``scheduler_file``.
+    existing cluster at ``scheduler`` (``tcp://HOST:PORT``) or described by ``scheduler_file``,
+    given up after ``timeout`` seconds.
 
     A local cluster has one thread per worker; a model's torch threads are then set to
     ``cores // workers`` by :class:`ModelLoader`, so the cores are not oversubscribed.
@@ -243,12 +253,14 @@ def make_client(
     given = sum(x is not None for x in (workers, scheduler, scheduler_file))
     if given != 1:
         raise ValueError("give exactly one of --workers, --scheduler and --scheduler-file")
+    if not timeout > 0:
+        raise ValueError(f"--connect-timeout must be a positive number of seconds, got {timeout}")
     if scheduler is not None:
-        return Client(scheduler, timeout="30s")
+        return Client(scheduler, timeout=f"{timeout}s")
     if scheduler_file is not None:
         if not Path(scheduler_file).is_file():
             raise FileNotFoundError(f"--scheduler-file {scheduler_file}: no such file")
-        return Client(scheduler_file=str(scheduler_file), timeout="30s")
+        return Client(scheduler_file=str(scheduler_file), timeout=f"{timeout}s")
     if workers < 1:
         raise ValueError(f"--workers must be a positive number of processes, got {workers}")
     cluster = LocalCluster(
@@ -380,6 +392,7 @@ def cmd_cohort(args: Any, predict: dict[str, Any]) -> int:
         workers=args.workers,
         scheduler=args.scheduler,
         scheduler_file=None if args.scheduler_file is None else str(args.scheduler_file),
+        timeout=args.connect_timeout,
     )
     try:
         print(f"dashboard: {_dashboard(client)}", flush=True)

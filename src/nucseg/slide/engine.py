@@ -33,7 +33,6 @@ log = logging.getLogger(__name__)
 
 __all__ = [
     "ChunkSegmenter",
-    "ImageSegmenter",
     "SlidePlan",
     "chunk_done",
     "chunk_task",
@@ -241,28 +240,18 @@ def read_chunk(reader: SlideReader, plan: SlidePlan, index: tuple[int, int]) -> 
 
 
 def engine_predictor(folder: str | os.PathLike, **predict: Any) -> Any:
-    """The model of ``folder`` with prediction settings ``predict``, for the engine: its tiles
-    overlap by at least :data:`MIN_OVERLAP_PX` pixels unless ``predict`` gives an overlap."""
+    """The model of ``folder`` for the engine: the tile, overlap, thresholds and normaliser of
+    its folder (:meth:`nucseg.infer.Predictor.load`), ``predict`` overriding the settings. Every
+    entry point (``segment``, ``evaluate``, ``slide``, the Python API) loads a model here."""
     from nucseg.infer import Predictor
 
-    predictor = Predictor.load(folder, **predict)
-    if "overlap" not in predict:
-        predictor.options["overlap"] = MIN_OVERLAP_PX / predictor.options["tile"]
-    return predictor
+    return Predictor.load(folder, **predict)
 
 
 @functools.lru_cache(maxsize=2)
 def load_predictor(folder: str, predict_json: str) -> Any:
     """:func:`engine_predictor` loaded once per process (a Dask worker runs many chunks)."""
     return engine_predictor(folder, **json.loads(predict_json))
-
-
-#: Least overlap of neighbouring network tiles, in pixels, unless the settings give one; tiles
-#: are spread evenly (:func:`nucseg.tiling.spread_grid`), so most overlap more. A 1000 x 1000
-#: image takes 16 tiles of 256 pixels, each pixel computed 1.05 times, where the bundled model's
-#: 25 % computes 25 tiles (1.64 times); validation AJI 0.6396 against 0.6413
-#: (results/slide/tiles.json).
-MIN_OVERLAP_PX = 8
 
 
 class ChunkSegmenter:
@@ -334,40 +323,6 @@ class ChunkSegmenter:
                 np.zeros((1, 1, channels), np.float32), np.zeros((1, 1), np.int32)
             )
         return labels, types
-
-
-class ImageSegmenter:
-    """``image -> labels`` for whole images through the chunk engine (``nucseg segment``).
-
-    Each image gets its own stain statistics (:meth:`nucseg.stain.StainNormalizer.estimate`;
-    what was decided is kept in ``normaliser.last_estimate`` for the quality report) and is then
-    segmented as one chunk by :class:`ChunkSegmenter`: glass cropped and skipped, tiles spread
-    with the engine's overlap.
-    """
-
-    def __init__(self, predictor: Any) -> None:
-        self.predictor = predictor
-        self.normaliser = predictor.normaliser
-
-    def __call__(self, image: np.ndarray) -> np.ndarray:
-        return self.typed(image)[0]
-
-    def typed(self, image: np.ndarray) -> tuple[np.ndarray, Any]:
-        """Labels of ``image`` and their voted types (None for a model without a type head)."""
-        from nucseg._checks import check_image
-
-        image = check_image(image)
-        source = None
-        if self.normaliser is not None:
-            source = self.normaliser.estimate(image)
-            self.normaliser.last_estimate = {
-                "accepted": source["accepted"],
-                "reason": source["reason"],
-            }
-            if source.get("identity"):
-                source = None
-        chunk = ChunkSegmenter(self.predictor, source)
-        return chunk.typed_labels(image.shape[:2], chunk.predict(image))
 
 
 #: Tissue, in megapixels at work resolution, from which a slide's chunks are normalised through a

@@ -344,6 +344,7 @@ def _resolve_work(model: str | None, method: str | None, segmenter: Any) -> dict
         return {"kind": "method", "method": method, "mpp": DEFAULT_MODEL_MPP,
                 "describe": {"method": method}}  # fmt: skip
     from nucseg.pipeline import resolve_model
+    from nucseg.provenance import portable_path
 
     folder = resolve_model(model or "default")
     value, source = model_mpp(folder)
@@ -354,7 +355,7 @@ def _resolve_work(model: str | None, method: str | None, segmenter: Any) -> dict
         "mpp": value,
         "describe": {
             "model": str(model or "default"),
-            "folder": str(folder),
+            "folder": portable_path(folder),  # no machine path in reports
             "sha256": _sha256(weights),
             "mpp": value,
             "mpp_source": source,

@@ -7,7 +7,7 @@ import dataclasses
 import logging
 import math
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -350,6 +350,7 @@ def budgeted_steps(
     progress: bool = True,
     start_step: int = 0,
     elapsed_before: float = 0.0,
+    clock: Callable[[], float] = time.monotonic,
 ) -> Iterator[tuple[int, float, Any]]:
     """Count training steps until ``steps`` are done or ``time_budget_s`` seconds have passed.
 
@@ -358,12 +359,13 @@ def budgeted_steps(
     continues its count and its budget; ``bar`` is the tqdm progress bar, for ``set_postfix``);
     the bar advances when the caller asks for the next step. A training loop with no schedule of
     its own (Mask R-CNN, the GB U-Net) runs as ``for step, elapsed, bar in budgeted_steps(...)``.
+    ``clock`` gives the time in seconds (tests pass a fake one).
     """
     check_steps_or_budget(steps, time_budget_s)
-    start, step = time.monotonic() - elapsed_before, start_step
+    start, step = clock() - elapsed_before, start_step
     with tqdm(total=steps, initial=step, desc=desc, unit="step", disable=not progress) as bar:
         while True:
-            elapsed = time.monotonic() - start
+            elapsed = clock() - start
             if (steps is not None and step >= steps) or (
                 time_budget_s is not None and elapsed >= time_budget_s
             ):

@@ -1,0 +1,244 @@
+"""Regenerate every results file the README and docs quote, then check their figures.
+
+    python benchmarks/regenerate.py              # everything that can be regenerated (hours)
+    python benchmarks/regenerate.py --list       # the jobs, their outputs and commands
+    python benchmarks/regenerate.py --only unet --only slide-tiles
+    python benchmarks/regenerate.py --no-model   # only the jobs that need no network (minutes)
+    make results                                 # the same as the first line, in .venv
+
+Each job is one or more commands run from the repository root with this Python; each output
+records its command, commit and (for a model) the weights' SHA-256, so the figures come from the
+bundled model of the checkout it runs in. It refuses a modified tree (files outside ``results/``
+changed or untracked): a result must name the commit that made it. At the end it runs
+``benchmarks/figures.py``, whose check the docs must pass.
+
+Jobs marked ``record`` are the model-selection records of trained candidates (``runs/...``, hours
+of training each): they are listed with the commands that wrote them, and run only when named
+with ``--only`` and their run folders exist. Every results file the docs quote is an output of a
+job (``tests/test_figures.py`` checks it).
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+PY = sys.executable
+
+
+@dataclasses.dataclass(frozen=True)
+class Job:
+    """Commands (argv lists, run in order) and the results files they write."""
+
+    commands: tuple[tuple[str, ...], ...]
+    outputs: tuple[str, ...]
+    model: bool = True  # needs the bundled network (its figures change with the weights)
+    record: bool = False  # a selection record of trained runs: not run by default
+    needs: tuple[str, ...] = ()  # folders that must exist (trained runs)
+
+
+def _stain(name: str, model: str | None = None, method: str | None = None) -> tuple[str, ...]:
+    what = ("--model", model) if model else ("--method", method or "")
+    return (PY, "benchmarks/bench_stain.py", *what, "--name", name, "--overwrite")
+
+
+def _evaluate(run: str, dataset: str, out: str) -> tuple[str, ...]:
+    return (PY, "-m", "nucseg.cli", "evaluate", "--model", run, "--dataset", dataset,
+            "--overwrite", "--json", f"{out}.json", "--markdown", f"{out}.md")  # fmt: skip
+
+
+CANDIDATES = ("stain-nonorm", "stain-nonorm-long", "stain-norm", "stain-norm-long",
+              "stain-normafter-long", "stain-soup", "stain-norm-xl", "stain-normafter-xl",
+              "stain-soup-xl")  # fmt: skip
+TESTED = ("stain-nonorm-long", "stain-normafter-long", "stain-soup")
+TILES = "256/0.25,256/0.125,256/0.0625,256/0.03125,512/0.046875"
+
+#: Results kept as they were written, never regenerated: the withdrawn fifth-round runs, which
+#: drew the wrong validation images (results/stain/withdrawn/README.md).
+FROZEN = ("results/stain/withdrawn/",)
+
+JOBS: dict[str, Job] = {
+    "classical": Job(
+        (("bash", "benchmarks/run_classical.sh"),),
+        tuple(
+            f"results/classical/{m}_{d}.json"
+            for m in ("otsu", "watershed", "fiji")
+            for d in ("monuseg-breast", "tnbc")
+        ),  # fmt: skip
+        model=False,
+    ),
+    "classical-tuning": Job(
+        ((PY, "benchmarks/tune_classical.py", "--out", "results/classical/tuning.json"),),
+        ("results/classical/tuning.json",),
+        model=False,
+    ),
+    "unet": Job(
+        (("bash", "results/unet/make_results.sh"),),
+        (
+            "results/unet/default_monuseg-breast.json",
+            "results/unet/default_tnbc.json",
+            "results/unet/speed.json",
+        ),  # fmt: skip
+    ),
+    "slide-bench": Job(((PY, "benchmarks/bench_slide.py"),), ("results/slide/bench.json",)),
+    "slide-tiles": Job(
+        ((PY, "benchmarks/slide_tiles.py", "--settings", TILES),), ("results/slide/tiles.json",)
+    ),
+    "slide-seams": Job(((PY, "benchmarks/slide_seams.py"),), ("results/slide/seams.json",)),
+    "chunk-profile": Job(
+        ((PY, "benchmarks/profile_chunk.py"),), ("results/slide/chunk_profile.json",)
+    ),
+    "threads": Job(((PY, "benchmarks/bench_threads.py"),), ("results/slide/threads.json",)),
+    "segment-speed": Job(
+        (
+            (
+                PY,
+                "benchmarks/bench_segment_compare.py",
+                "--baseline",
+                "95d5cc0",
+                "--repeats",
+                "3",
+                "--out",
+                "results/slide/segment_speed.json",
+            ),
+        ),  # fmt: skip
+        ("results/slide/segment_speed.json",),
+    ),
+    "stain-default": Job(
+        (_stain("new-default", model="default"), (PY, "benchmarks/bench_stain.py", "--table")),
+        ("results/stain/new-default.json",),
+    ),
+    "stain-fiji": Job(
+        (_stain("fiji", method="fiji"), (PY, "benchmarks/bench_stain.py", "--table")),
+        ("results/stain/fiji.json",),
+        model=False,
+    ),
+    "cohort": Job(((PY, "benchmarks/bench_cohort.py"),), ("results/cohort/bench.json",)),
+    "metrics": Job(
+        (
+            (PY, "benchmarks/bench_metrics.py"),
+            (PY, "benchmarks/bench_metrics.py", "--large"),
+            (PY, "benchmarks/bench_geometry.py"),
+        ),  # fmt: skip
+        (
+            "results/benchmarks/metrics.json",
+            "results/benchmarks/metrics_large.json",
+            "results/benchmarks/geometry.json",
+        ),  # fmt: skip
+        model=False,
+    ),
+    "stain-candidates": Job(
+        tuple(_stain(n, model=f"runs/{n}") for n in ("base32", *CANDIDATES))
+        + ((PY, "benchmarks/select_stain.py"),),
+        (
+            "results/stain/base32.json",
+            *(f"results/stain/{n}.json" for n in CANDIDATES),
+            "results/stain/selection.json",
+        ),  # fmt: skip
+        record=True,
+        needs=("runs/base32", *(f"runs/{n}" for n in CANDIDATES)),
+    ),
+    "stain-previous-default": Job(
+        (
+            _stain("old-default", model="runs/old-default"),
+            (
+                "bash",
+                "-c",
+                "git worktree add --detach /tmp/nucseg-a65c98b a65c98b && "
+                f"PYTHONPATH=/tmp/nucseg-a65c98b/src {PY} benchmarks/bench_stain.py --model "
+                "runs/old-default --name old-default-old-normaliser --overwrite; "
+                "git worktree remove --force /tmp/nucseg-a65c98b",
+            ),
+        ),  # fmt: skip
+        ("results/stain/old-default.json", "results/stain/old-default-old-normaliser.json"),
+        record=True,
+        needs=("runs/old-default",),
+    ),
+    "stain-tests": Job(
+        tuple(
+            _evaluate(f"runs/{n}", d, f"results/stain/test/{n}_{d}")
+            for n in TESTED
+            for d in ("monuseg-breast", "tnbc")
+        ),  # fmt: skip
+        tuple(
+            f"results/stain/test/{n}_{d}.json" for n in TESTED for d in ("monuseg-breast", "tnbc")
+        ),  # fmt: skip
+        record=True,
+        needs=tuple(f"runs/{n}" for n in TESTED),
+    ),
+}
+
+
+def dirty_files() -> list[str]:
+    """Files outside ``results/`` that differ from the commit (modified or untracked)."""
+    sys.path.insert(0, str(ROOT / "src"))
+    from nucseg.provenance import code_state
+
+    state = code_state()
+    if state["commit"] is None:
+        raise SystemExit("regenerate: error: not a git checkout; a result must name its commit")
+    return [n for n in state["modified"] + state["untracked"] if not n.startswith("results/")]
+
+
+def chosen_names(only: list[str], *, no_model: bool = False) -> list[str]:
+    """The jobs to run: ``only`` (checked), else every job but the records (and, with
+    ``no_model``, but those that need the network)."""
+    unknown = [n for n in only if n not in JOBS]
+    if unknown:
+        raise KeyError(f"unknown job(s) {', '.join(unknown)}; valid: {', '.join(JOBS)}")
+    if only:
+        return list(dict.fromkeys(only))
+    return [n for n, j in JOBS.items() if not j.record and not (no_model and j.model)]
+
+
+def describe(name: str, job: Job) -> str:
+    kind = "record" if job.record else ("model" if job.model else "no model")
+    lines = [f"{name} ({kind}): {', '.join(job.outputs)}"]
+    lines += ["    " + " ".join("python" if w == PY else w for w in c) for c in job.commands]
+    if job.needs:
+        lines.append(f"    needs: {', '.join(job.needs)}")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--list", action="store_true", help="print the jobs and exit")
+    parser.add_argument("--only", action="append", default=[], metavar="NAME", help="this job")
+    parser.add_argument("--no-model", action="store_true", help="only jobs that need no network")
+    args = parser.parse_args(argv)
+    try:
+        names = chosen_names(args.only, no_model=args.no_model)
+    except KeyError as err:
+        print(f"regenerate: error: {err.args[0]}", file=sys.stderr)
+        return 2
+    if args.list:
+        print("\n".join(describe(n, JOBS[n]) for n in JOBS))
+        return 0
+    dirty = dirty_files()
+    if dirty:
+        print(f"regenerate: error: modified files outside results/: {', '.join(dirty)}; "
+              "commit or stash them first", file=sys.stderr)  # fmt: skip
+        return 2
+    missing = [f"{n}: {p}" for n in names for p in JOBS[n].needs if not (ROOT / p).is_dir()]
+    if missing:
+        print(f"regenerate: error: missing run folders ({'; '.join(missing)})", file=sys.stderr)
+        return 2
+    for name in names:
+        for command in JOBS[name].commands:
+            print(f"[{name}] {' '.join(command)}", flush=True)
+            start = time.perf_counter()
+            done = subprocess.run(command, cwd=ROOT)
+            if done.returncode != 0:
+                print(f"regenerate: error: [{name}] exit status {done.returncode}", file=sys.stderr)
+                return 1
+            print(f"[{name}] done in {time.perf_counter() - start:.0f} s", flush=True)
+    return subprocess.run([PY, "benchmarks/figures.py"], cwd=ROOT).returncode
+
+
+if __name__ == "__main__":
+    sys.exit(main())
