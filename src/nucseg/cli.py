@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import signal
 import sys
 from collections.abc import Sequence
@@ -91,9 +92,12 @@ def _check_output_file(path: Path | None, option: str, *, overwrite: bool) -> No
 
 
 def cmd_segment(args: argparse.Namespace) -> int:
+    from nucseg._checks import check_mpp
     from nucseg.pipeline import image_files, plan_outputs, segment_files
 
     images = image_files(args.images)  # inputs, options and outputs first: then the model
+    if args.mpp is not None:
+        check_mpp(args.mpp, what=f"--mpp {args.mpp:g}", force=args.force_mpp)
     _check_segmenter(args)
     plan_outputs(images, args.out, overwrite=args.overwrite, skip_existing=args.skip_existing)
     segmenter = _segmenter(args)
@@ -359,6 +363,11 @@ def build_parser() -> argparse.ArgumentParser:
         help="microns per pixel of the images (default: each file's own, if it records one); "
         "a warning when it differs from the model's by more than 25 %%",
     )
+    p.add_argument(
+        "--force-mpp",
+        action="store_true",
+        help="use an --mpp outside the plausible 0.05-5 microns per pixel",
+    )
     method_options(p)
     p.set_defaults(func=cmd_segment)
 
@@ -466,20 +475,19 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the ``nucseg`` command; returns the exit status."""
     args = build_parser().parse_args(argv)
-    logging.basicConfig(
-        level=logging.INFO if args.verbose else logging.WARNING,
-        format="%(levelname)s %(name)s: %(message)s",
-    )
-    if not args.verbose:  # its own multi-line warnings about damaged files: we say one line
-        logging.getLogger("tifffile").setLevel(logging.ERROR)
+    _setup_logging(verbose=args.verbose)
     previous = _on_sigterm_raise()
+    # a slide run keeps its finished chunks: --resume continues it, and finishes its outputs
+    again = "; continue with the same command and --resume" if args.command == "slide" else ""
     try:
         return args.func(args)
     except KeyboardInterrupt:
-        print("nucseg: error: interrupted (Ctrl-C); finished files are kept", file=sys.stderr)
+        print(f"nucseg: error: interrupted (Ctrl-C); finished files are kept{again}",
+              file=sys.stderr)  # fmt: skip
         return 130
     except Terminated:
-        print("nucseg: error: terminated (SIGTERM); finished files are kept", file=sys.stderr)
+        print(f"nucseg: error: terminated (SIGTERM); finished files are kept{again}",
+              file=sys.stderr)  # fmt: skip
         return 143
     except (OSError, KeyError, ValueError, TypeError) as err:
         if args.verbose:
@@ -488,6 +496,36 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     finally:
         _restore_sigterm(previous)
+
+
+class _OneLine(logging.Formatter):
+    """Warnings and errors as ``nucseg: warning: ...`` / ``nucseg: error: ...`` lines (one per
+    problem, as the command's own); other records (``-v``) with their level and logger."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        if record.levelno >= logging.WARNING and not record.exc_info:
+            word = "warning" if record.levelno == logging.WARNING else "error"
+            return f"nucseg: {word}: " + record.getMessage().replace("\n", " ")
+        return super().format(record)
+
+
+#: Libraries whose own logs stay below WARNING unless ``-v`` (Dask's cluster start-up and
+#: shutdown chatter, connection errors of a closing cluster, tifffile's multi-line warnings on a
+#: damaged file): nucseg reports what they mean, once.
+QUIET_LOGGERS = ("tifffile", "distributed", "dask", "tornado", "asyncio", "bokeh")
+
+
+def _setup_logging(*, verbose: bool) -> None:
+    handler = logging.StreamHandler()
+    handler.setFormatter(_OneLine("%(levelname)s %(name)s: %(message)s"))
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(logging.INFO if verbose else logging.WARNING)
+    if not verbose:
+        for name in QUIET_LOGGERS:
+            logging.getLogger(name).setLevel(logging.CRITICAL)
+        # read by dask when first imported, here and in a local cluster's worker processes
+        os.environ.setdefault("DASK_LOGGING__DISTRIBUTED", "critical")
 
 
 class Terminated(BaseException):

@@ -373,6 +373,9 @@ def cmd_cohort(args: Any, predict: dict[str, Any]) -> int:
         overwrite=args.overwrite, keep_chunks=args.keep_chunks,
     )  # fmt: skip
     _work(options)  # an unknown model or method fails here, before any cluster starts
+    if not args.verbose:  # distributed set its loggers up when imported: INFO, own handler
+        for name in ("distributed", "tornado", "asyncio"):
+            logging.getLogger(name).setLevel(logging.CRITICAL)
     client = make_client(
         workers=args.workers,
         scheduler=args.scheduler,
