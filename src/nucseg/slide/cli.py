@@ -3,9 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import csv
-import io
-import json
 import logging
 import os
 import sys
@@ -13,11 +10,6 @@ from pathlib import Path
 from typing import Any
 
 log = logging.getLogger("nucseg")
-
-SUMMARY_COLUMNS = (
-    "slide", "status", "nuclei", "tissue_mm2", "nuclei_per_mm2", "minutes", "chunk_seconds",
-    "error", "flags",
-)  # fmt: skip
 
 
 def _roi(text: str) -> tuple[int, int, int, int]:
@@ -134,6 +126,7 @@ def cmd_slide(args: argparse.Namespace) -> int:
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     from nucseg.atomic import check_writable_folder, folder_lock
     from nucseg.pipeline import check_segmenter
+    from nucseg.slide.summary import exit_status, table, write_summary
 
     predict = check_options(args)
     if args.method is not None:
@@ -147,9 +140,9 @@ def cmd_slide(args: argparse.Namespace) -> int:
 
             return cmd_cohort(args, predict)
         rows = [_one_slide(path, args, predict) for path in args.slides]
-        _write_summary(args.out / "slides.csv", rows)
-    print(_table(rows))
-    return 2 if any(r["status"] != "ok" for r in rows) else 0
+        write_summary(args.out / "slides.csv", rows)
+    print(table(rows))
+    return exit_status(rows)
 
 
 def _one_slide(path: Path, args: argparse.Namespace, predict: dict[str, Any]) -> dict[str, Any]:
@@ -159,6 +152,7 @@ def _one_slide(path: Path, args: argparse.Namespace, predict: dict[str, Any]) ->
     from nucseg.pipeline import error_message
     from nucseg.slide.cohort import write_partition  # OUT/cohort.parquet, as with Dask
     from nucseg.slide.run import segment_slide, slide_stem
+    from nucseg.slide.summary import failed_row, summary_row
 
     try:
         report = segment_slide(
@@ -181,66 +175,6 @@ def _one_slide(path: Path, args: argparse.Namespace, predict: dict[str, Any]) ->
         print(f"nucseg: error: {message}", file=sys.stderr)
         return failed_row(path, message, err, args.out)
     return summary_row(path, report)
-
-
-def summary_row(path: str | os.PathLike, report: dict[str, Any]) -> dict[str, Any]:
-    """The ``slides.csv`` row of a finished slide, from its report."""
-    quality = report.get("quality") or {}
-    flags = list(quality.get("slide_flags", []))
-    flags += [f"{kind} ({len(names)} chunks)" for kind, names in quality.get("flags", {}).items()]
-    return {
-        "slide": str(path), "status": "ok", "error": "",
-        "nuclei": report["nuclei"],
-        "tissue_mm2": round(report["tissue_mm2"], 4),
-        "nuclei_per_mm2": round(report["nuclei_per_mm2"] or 0.0, 1),
-        "minutes": round(report["seconds"] / 60, 2),
-        "chunk_seconds": round(report.get("chunk_seconds", report["times"]["chunks_s"]), 2),
-        "flags": "; ".join(flags),
-    }  # fmt: skip
-
-
-def failed_row(
-    path: str | os.PathLike, message: str, err: BaseException | None, out: str | os.PathLike
-) -> dict[str, Any]:
-    """The row of a slide that failed. A refusal to replace a finished slide's outputs
-    (:class:`nucseg.slide.run.OutputsExist`) changes nothing on disk, so the row is the finished
-    slide's own, rebuilt from its ``report.json``."""
-    from nucseg.slide.run import OutputsExist, slide_stem
-
-    if isinstance(err, OutputsExist):
-        report = Path(out) / slide_stem(path) / "report.json"
-        try:
-            return summary_row(path, json.loads(report.read_text()))
-        except (OSError, ValueError, KeyError, TypeError):
-            pass  # no readable report: not finished
-    return {"slide": str(path), "status": "failed", "error": message}
-
-
-def _table(rows: list[dict[str, Any]]) -> str:
-    header = ("slide", "nuclei", "tissue mm2", "minutes", "status")
-    lines = [[Path(r["slide"]).name, str(r.get("nuclei", "")), str(r.get("tissue_mm2", "")),
-              str(r.get("minutes", "")), r["status"]] for r in rows]  # fmt: skip
-    widths = [max(len(h), *(len(line[i]) for line in lines)) for i, h in enumerate(header)]
-    out = ["  ".join(h.ljust(w) for h, w in zip(header, widths, strict=True))]
-    out += ["  ".join(c.ljust(w) for c, w in zip(line, widths, strict=True)) for line in lines]
-    return "\n".join(out)
-
-
-def _write_summary(path: Path, rows: list[dict[str, Any]]) -> None:
-    """Update ``slides.csv``: this run's rows replace earlier rows of the same slides."""
-    from nucseg.io import atomic_write
-
-    old = []
-    if path.is_file():
-        with open(path, newline="") as fh:
-            old = [r for r in csv.DictReader(fh) if r["slide"] not in {x["slide"] for x in rows}]
-    buffer = io.StringIO()
-    writer = csv.DictWriter(buffer, fieldnames=SUMMARY_COLUMNS, extrasaction="ignore")
-    writer.writeheader()
-    writer.writerows(old + rows)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with atomic_write(path, overwrite=True) as tmp:
-        Path(tmp).write_text(buffer.getvalue())
 
 
 def scale_warnings(images: list[Path], *, mpp: float | None, model: str | None) -> list[str]:
