@@ -5,7 +5,6 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import os
 import signal
 import sys
 from collections.abc import Sequence
@@ -13,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from nucseg import __version__
+from nucseg._logging import setup_logging
 from nucseg.pipeline import IMAGE_SUFFIXES, error_message
 
 log = logging.getLogger("nucseg")
@@ -475,7 +475,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the ``nucseg`` command; returns the exit status."""
     args = build_parser().parse_args(argv)
-    _setup_logging(verbose=args.verbose)
+    setup_logging(verbose=args.verbose)
     previous = _on_sigterm_raise()
     # a slide run keeps its finished chunks: --resume continues it, and finishes its outputs
     again = "; continue with the same command and --resume" if args.command == "slide" else ""
@@ -496,36 +496,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     finally:
         _restore_sigterm(previous)
-
-
-class _OneLine(logging.Formatter):
-    """Warnings and errors as ``nucseg: warning: ...`` / ``nucseg: error: ...`` lines (one per
-    problem, as the command's own); other records (``-v``) with their level and logger."""
-
-    def format(self, record: logging.LogRecord) -> str:
-        if record.levelno >= logging.WARNING and not record.exc_info:
-            word = "warning" if record.levelno == logging.WARNING else "error"
-            return f"nucseg: {word}: " + record.getMessage().replace("\n", " ")
-        return super().format(record)
-
-
-#: Libraries whose own logs stay below WARNING unless ``-v`` (Dask's cluster start-up and
-#: shutdown chatter, connection errors of a closing cluster, tifffile's multi-line warnings on a
-#: damaged file): nucseg reports what they mean, once.
-QUIET_LOGGERS = ("tifffile", "distributed", "dask", "tornado", "asyncio", "bokeh")
-
-
-def _setup_logging(*, verbose: bool) -> None:
-    handler = logging.StreamHandler()
-    handler.setFormatter(_OneLine("%(levelname)s %(name)s: %(message)s"))
-    root = logging.getLogger()
-    root.handlers[:] = [handler]
-    root.setLevel(logging.INFO if verbose else logging.WARNING)
-    if not verbose:
-        for name in QUIET_LOGGERS:
-            logging.getLogger(name).setLevel(logging.CRITICAL)
-        # read by dask when first imported, here and in a local cluster's worker processes
-        os.environ.setdefault("DASK_LOGGING__DISTRIBUTED", "critical")
 
 
 class Terminated(BaseException):

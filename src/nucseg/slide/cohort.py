@@ -89,6 +89,21 @@ class ModelLoader(WorkerPlugin):
         engine.load_predictor(self.folder, self.predict_json)
 
 
+class WorkerLogging(WorkerPlugin):
+    """Worker plugin: a worker's nucseg warnings print as ``nucseg: warning: ...`` lines, as
+    the client's (:mod:`nucseg._logging`); Dask's own logs stay quiet unless ``verbose``."""
+
+    name = "nucseg-logging"
+
+    def __init__(self, *, verbose: bool = False) -> None:
+        self.verbose = verbose
+
+    def setup(self, worker: Any) -> None:
+        from nucseg._logging import setup_logging
+
+        setup_logging(verbose=self.verbose)
+
+
 def _work(options: SlideOptions) -> dict[str, Any]:
     return run._resolve_work(options.model, options.method, None)
 
@@ -395,6 +410,8 @@ def cmd_cohort(args: Any, predict: dict[str, Any]) -> int:
         scheduler_file=None if args.scheduler_file is None else str(args.scheduler_file),
     )
     try:
+        if args.workers is not None:  # its workers print to this terminal
+            client.register_plugin(WorkerLogging(verbose=args.verbose))
         print(f"dashboard: {_dashboard(client)}", flush=True)
         out = Path(args.out)
         out.mkdir(parents=True, exist_ok=True)

@@ -30,7 +30,7 @@ def summary_row(path: str | os.PathLike, report: dict[str, Any]) -> dict[str, An
         "tissue_mm2": round(report["tissue_mm2"], 4),
         "nuclei_per_mm2": round(report["nuclei_per_mm2"] or 0.0, 1),
         "minutes": round(report["seconds"] / 60, 2),
-        "chunk_seconds": round(report.get("chunk_seconds", report["times"]["chunks_s"]), 2),
+        "chunk_seconds": round(report.get("chunk_seconds") or report["times"]["chunks_s"], 2),
         "flags": "; ".join(flags),
     }  # fmt: skip
 
