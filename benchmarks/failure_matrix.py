@@ -30,7 +30,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tests"))
 
-from test_failures import CASES, MARKER, READ_ONLY, Case, limits, prepare  # noqa: E402
+from slide_cases import slide_cases  # noqa: E402
+from test_failures import BUNDLED, CASES, MARKER, READ_ONLY, Case, limits, prepare  # noqa: E402
 
 MAIN = "import sys; from nucseg.cli import main; sys.exit(main())"
 TIMEOUT_S = 300
@@ -141,6 +142,9 @@ def main() -> None:
     parser.add_argument("--slides", action="store_true", help="issue 29's whole-slide cases")
     parser.add_argument("--work", type=Path, help="scratch folder of --slides (slides, runs)")
     parser.add_argument("--only", help="with --slides: these case numbers, e.g. 26,31")
+    parser.add_argument(
+        "--slide-cases", action="store_true", help="with --before: only the slide cases"
+    )
     args = parser.parse_args()
     if args.slides:
         if args.work is None:
@@ -151,7 +155,11 @@ def main() -> None:
         parser.error("give --before (or --slides)")
     done = _rows(args.out)
     rows = ["| case | command | before | after |", "|---|---|---|---|"]
-    for case in CASES:
+    cases = CASES
+    if args.slide_cases:
+        names = {c.name for c in slide_cases(Case, BUNDLED)}
+        cases = [c for c in CASES if c.name in names]
+    for case in cases:
         if case.name not in done:
             cells = [case.name, f"`{_command(case)}`", outcome(case, args.before),
                      outcome(case, ROOT / "src")]  # fmt: skip

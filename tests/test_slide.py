@@ -640,3 +640,21 @@ def test_ctrl_c_in_a_slide_run_points_to_resume(monkeypatch, capsys):
     monkeypatch.setattr(slide_cli, "cmd_slide", interrupted)
     assert cli.main(["slide", "a.svs", "--out", "out"]) == 130
     assert capsys.readouterr().err.strip().endswith("--resume")
+
+
+def test_a_read_error_of_openslide_names_the_slide(tmp_path, monkeypatch):
+    """A truncated slide OpenSlide opens fails in its tile reads with OpenSlideError (issue 29,
+    row 1): the reader turns it into one ValueError naming the file."""
+    import openslide
+
+    image = np.full((600, 700, 3), 200, dtype=np.uint8)
+    path = write_slide(tmp_path / "a.tif", image.shape[:2], image, mpp=0.25, compression="zlib")
+    with open_slide(path) as slide:
+        assert isinstance(slide, OpenSlideReader)
+
+        def fail(*args):
+            raise openslide.OpenSlideError("TIFFFillTile: Read error at row 4294967295")
+
+        monkeypatch.setattr(slide._slide, "read_region", fail)
+        with pytest.raises(ValueError, match=r"a\.tif: cannot read its pixels .*damaged"):
+            slide.read_region(0, 0, 10, 10)
