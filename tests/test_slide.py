@@ -658,3 +658,20 @@ def test_a_read_error_of_openslide_names_the_slide(tmp_path, monkeypatch):
         monkeypatch.setattr(slide._slide, "read_region", fail)
         with pytest.raises(ValueError, match=r"a\.tif: cannot read its pixels .*damaged"):
             slide.read_region(0, 0, 10, 10)
+
+
+def test_ctrl_c_in_a_batch_keeps_the_rows_of_finished_slides(tmp_path, monkeypatch):
+    from nucseg import cli
+    from nucseg.slide import cli as slide_cli
+
+    def one(path, args, predict):
+        if path.name == "b.tif":
+            raise KeyboardInterrupt
+        return {"slide": str(path), "status": "ok", "error": "", "nuclei": 7}
+
+    monkeypatch.setattr(slide_cli, "_one_slide", one)
+    argv = ["slide", "a.tif", "b.tif", "--out", str(tmp_path), "--method", "otsu"]
+    assert cli.main(argv) == 130
+    summary = pd.read_csv(tmp_path / "slides.csv")
+    assert summary["slide"].tolist() == ["a.tif"] and summary["nuclei"].tolist() == [7]
+    assert not (tmp_path / ".nucseg-lock").exists()

@@ -139,8 +139,13 @@ def cmd_slide(args: argparse.Namespace) -> int:
             from nucseg.slide.cohort import cmd_cohort
 
             return cmd_cohort(args, predict)
-        rows = [_one_slide(path, args, predict) for path in args.slides]
-        write_summary(args.out / "slides.csv", rows)
+        rows: list[dict[str, Any]] = []
+        try:
+            for path in args.slides:
+                rows.append(_one_slide(path, args, predict))
+        finally:  # also on Ctrl-C: the slides finished so far keep their rows
+            if rows:
+                write_summary(args.out / "slides.csv", rows)
     print(table(rows))
     return exit_status(rows)
 
