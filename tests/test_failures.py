@@ -644,3 +644,14 @@ def test_worker_threads_leave_signals_to_the_main_thread(tmp_path):
     assert len(masks) == 2
     assert all({signal.SIGINT, signal.SIGTERM} <= mask for mask in masks)
     assert not {signal.SIGINT, signal.SIGTERM} & signal.pthread_sigmask(signal.SIG_BLOCK, [])
+
+
+def test_a_full_disk_during_segment_names_the_folder(tmp_path):
+    """``ulimit -f`` (EFBIG, as ENOSPC would): one line naming where and why, nothing left."""
+    case = Case("full", lambda t: [], file_size_limit=20_000)
+    argv = ["segment", str(_image(tmp_path)), "--out", str(tmp_path / "out"), "--method", "otsu"]
+    done = run_case(case, tmp_path, argv)
+    assert done.returncode == 2, done.stderr
+    (line,) = [x for x in done.stderr.splitlines() if x.startswith("nucseg: error:")]
+    assert f"cannot write in {tmp_path / 'out'}" in line and "file size limit" in line, line
+    assert not _leftovers(tmp_path) and not list((tmp_path / "out").iterdir())

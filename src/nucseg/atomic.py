@@ -220,6 +220,8 @@ def atomic_group(paths: Mapping[str, PathLike], *, overwrite: bool = False) -> I
             for key, final in finals.items():
                 os.replace(tmps[key], final)
         _fsync(folder)
+    except OSError as err:  # a writer's own error names no file: the folder is named
+        raise write_error(err, f"in {folder}") from err
     finally:
         _remove(staging)
 
