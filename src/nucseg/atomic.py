@@ -324,7 +324,7 @@ def folder_lock(folder: PathLike) -> Iterator[Path]:
 def _link_lock(tmp: Path, lock: Path, folder: Path) -> None:
     for _ in range(3):
         try:
-            os.link(tmp, lock)
+            _place(tmp, lock)
             return
         except FileExistsError:
             holder = _read_lock(lock)
@@ -346,6 +346,19 @@ def _link_lock(tmp: Path, lock: Path, folder: Path) -> None:
             "that process is gone"
         )
     raise FileExistsError(f"{folder}: could not take the lock {lock}; try again")
+
+
+def _place(tmp: Path, lock: Path) -> None:
+    """Put ``tmp``'s content at ``lock`` unless ``lock`` exists (``FileExistsError``): a hard
+    link, or where the file system has none (FAT, some network mounts) an exclusive create."""
+    try:
+        os.link(tmp, lock)
+    except FileExistsError:
+        raise
+    except OSError:
+        fd = os.open(lock, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+        with os.fdopen(fd, "w") as fh:
+            fh.write(tmp.read_text())
 
 
 def _read_lock(lock: Path) -> dict | None:
