@@ -89,8 +89,8 @@ def outcome(case: Case, source: Path) -> str:
                 case.check(tmp, done)
             except (AssertionError, OSError, ValueError, KeyError) as err:
                 notes.append(f"**its check failed** ({type(err).__name__} {err})"[:200])
-        text = shown.replace(str(tmp), "T").replace("|", "\\|")
-        return f"exit {done.returncode}: {text}" + "".join(f"; {n}" for n in notes)
+        text = f"exit {done.returncode}: {shown}" + "".join(f"; {n}" for n in notes)
+        return text.replace(str(tmp), "T").replace("|", "\\|").replace("\n", " ")
 
 
 def _digest(path: Path) -> str:

@@ -63,18 +63,20 @@ def _batch_with_a_damaged_slide(tmp: Path, *extra: str) -> list[str]:
 
 
 def _others_finished(tmp: Path, done: subprocess.CompletedProcess) -> None:
+    assert (tmp / "out" / "slides.csv").is_file(), "no slides.csv"
     summary = pd.read_csv(tmp / "out" / "slides.csv")
-    assert summary["status"].tolist() == ["ok", "failed", "ok"], summary
+    assert summary["status"].tolist() == ["ok", "failed", "ok"], summary["status"].tolist()
     assert "b.tif" in summary["error"][1]
     for stem in ("a", "c"):
         assert (tmp / "out" / stem / "report.json").is_file()
-    assert not (tmp / "out" / "b").exists()  # a failed start leaves nothing
+    assert not (tmp / "out" / "b").exists(), "out/b left"  # a failed start leaves nothing
     assert not (tmp / "out" / ".nucseg-lock").exists()
 
 
 def _nothing_of(stem: str) -> Callable[[Path, subprocess.CompletedProcess], None]:
     def check(tmp: Path, done: subprocess.CompletedProcess) -> None:
-        assert not (tmp / "out" / stem).exists(), sorted((tmp / "out").rglob("*"))
+        left = sorted(p.name for p in (tmp / "out" / stem).rglob("*"))
+        assert not (tmp / "out" / stem).exists(), f"out/{stem} holds {left}"[:120]
         assert not (tmp / "out" / ".nucseg-lock").exists()
 
     return check
