@@ -7,7 +7,6 @@ A case is ``(number, name, rule, run)``: ``run(ctx)`` does it in ``ctx``'s folde
 from __future__ import annotations
 
 import json
-import os
 import signal
 import subprocess
 import sys
@@ -488,4 +487,3 @@ def segment_case(argv: tuple[str, ...], says: tuple[str, ...]) -> Callable[[Ctx]
 CASES += [(n, name, "one line, exit 2", segment_case(argv, says))
           for n, name, argv, says in SEGMENT]  # fmt: skip
 CASES.sort(key=lambda case: case[0])
-os.environ.setdefault("PYTHONUNBUFFERED", "1")

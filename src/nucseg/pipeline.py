@@ -103,17 +103,19 @@ def check_segmenter(
     folder = resolve_model(model)
     from nucseg.atomic import read_json
 
-    _check_weights(folder / "model.safetensors")
     read_json(folder / "thresholds.json", what="model file")
     if (folder / "normaliser.json").is_file():
         read_json(folder / "normaliser.json", what="model file")
     return folder
 
 
-def _check_weights(path: Path) -> None:
-    """Raise ``ValueError`` naming ``path`` unless its safetensors header reads (the header only:
-    a text file, a pickle or a truncated file is refused before any model is built)."""
+def check_weights(folder: str | os.PathLike) -> None:
+    """Raise ``ValueError`` naming the file unless the safetensors header of a model folder's
+    ``model.safetensors`` reads (the header only: a text file, a pickle or a truncated file is
+    refused before any model is built; ``nucseg slide`` calls it before opening a slide)."""
     from safetensors import SafetensorError, safe_open
+
+    path = Path(folder) / "model.safetensors"
 
     try:
         with safe_open(os.fspath(path), framework="numpy") as file:

@@ -125,14 +125,14 @@ def cmd_slide(args: argparse.Namespace) -> int:
     # A value set by the user wins.
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     from nucseg.atomic import check_writable_folder, folder_lock
-    from nucseg.pipeline import check_segmenter
+    from nucseg.pipeline import check_segmenter, check_weights
     from nucseg.slide.summary import exit_status, table, write_summary
 
     predict = check_options(args)
     if args.method is not None:
         check_segmenter(args.method)
     else:
-        check_segmenter(model=args.model or "default", **predict)
+        check_weights(check_segmenter(model=args.model or "default", **predict))
     check_writable_folder(args.out, what="--out folder")
     with folder_lock(args.out):
         if (args.workers, args.scheduler, args.scheduler_file) != (None, None, None):
