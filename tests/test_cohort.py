@@ -86,6 +86,9 @@ def test_local_cluster_matches_single_process_and_reports_a_bad_slide(cohort, tm
     printed = capsys.readouterr()
     assert printed.out.startswith("dashboard: http://")
     assert printed.err.count("nucseg: error:") == 1 and "broken.tif" in printed.err
+    # one line per problem: no Dask INFO lines, no shutdown traceback (issue 29)
+    assert "Traceback" not in printed.err and "CommClosedError" not in printed.err
+    assert all(line.startswith("nucseg: ") for line in printed.err.splitlines() if line), printed
     summary = pd.read_csv(out / "slides.csv")
     assert summary["status"].tolist() == ["ok", "failed", "ok", "ok"]
     assert "broken.tif" in summary["error"][1]

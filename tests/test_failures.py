@@ -25,6 +25,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from slide_cases import slide_cases
 
 ROOT = Path(__file__).resolve().parents[1]
 EXAMPLE_IMAGE = ROOT / "examples" / "monuseg-breast-crop" / "images" / "TCGA-A7-A13E-crop.png"
@@ -146,8 +147,11 @@ class Case:
     says: tuple[str, ...] = ()
     not_says: tuple[str, ...] = ()
     code: int = 2
-    lines: int = 1
+    lines: int = 1  # `nucseg: error:` lines (`nucseg: warning:` lines may come beside them)
     read_only: str | None = None  # a folder (relative to tmp) made read-only by READ_ONLY
+    file_size_limit: int | None = None  # bytes: RLIMIT_FSIZE of the command (a full disk)
+    check: Callable[[Path, subprocess.CompletedProcess], None] | None = None  # more checks
+    before: str | None = None  # benchmarks/failure_matrix.py: why the older version is not run
 
 
 def _otsu(*argv: str) -> list[str]:
@@ -412,6 +416,8 @@ CASES = [
     ),
 ]
 
+CASES += slide_cases(Case, BUNDLED)
+
 
 def run_case(
     case: Case, tmp: Path, argv: list[str], *, pythonpath: str | None = None
@@ -424,7 +430,23 @@ def run_case(
         command = [sys.executable, "-c", READ_ONLY, str(tmp / case.read_only), *argv]
     else:
         command = [sys.executable, "-m", "nucseg", *argv]
-    return subprocess.run(command, capture_output=True, text=True, env=env, timeout=300, cwd=tmp)
+    return subprocess.run(command, capture_output=True, text=True, env=env, timeout=300, cwd=tmp,
+                          preexec_fn=limits(case))  # fmt: skip
+
+
+def limits(case: Case) -> Callable[[], None] | None:
+    """What the case's command runs under before it starts: a file size limit (``ulimit -f``:
+    a write beyond it fails with EFBIG, as on a full disk; Python ignores SIGXFSZ)."""
+    if case.file_size_limit is None:
+        return None
+    size = case.file_size_limit
+
+    def limit() -> None:
+        import resource
+
+        resource.setrlimit(resource.RLIMIT_FSIZE, (size, size))
+
+    return limit
 
 
 def prepare(case: Case, tmp: Path) -> list[str]:
@@ -449,9 +471,10 @@ def check_clean_failure(
 ) -> None:
     """The assertions every case shares (see the module docstring)."""
     assert "Traceback" not in done.stderr, done.stderr
-    lines = [line for line in done.stderr.splitlines() if line.strip()]
+    shown = [line for line in done.stderr.splitlines() if line.strip()]
+    assert all(line.startswith(("nucseg: error: ", "nucseg: warning: ")) for line in shown), shown
+    lines = [line for line in shown if line.startswith("nucseg: error: ")]
     assert len(lines) == case.lines, done.stderr
-    assert all(line.startswith("nucseg: error: ") for line in lines), done.stderr
     for text in case.says:
         assert text in lines[0], (text, lines[0])
     for text in case.not_says:
@@ -469,6 +492,8 @@ def test_failure_is_one_clear_line(case, tmp_path):
     before = _snapshot(tmp_path)
     done = run_case(case, tmp_path, argv)
     check_clean_failure(case, done, tmp_path, before)
+    if case.check is not None:
+        case.check(tmp_path, done)
     if case.code == 1:  # a batch: the readable images have all their outputs
         names = sorted(p.name for p in (tmp_path / "out").iterdir())
         assert len(names) == 8 and {n.split("_")[0] for n in names} == {"a", "c"}, names
@@ -640,3 +665,14 @@ def test_worker_threads_leave_signals_to_the_main_thread(tmp_path):
     assert len(masks) == 2
     assert all({signal.SIGINT, signal.SIGTERM} <= mask for mask in masks)
     assert not {signal.SIGINT, signal.SIGTERM} & signal.pthread_sigmask(signal.SIG_BLOCK, [])
+
+
+def test_a_full_disk_during_segment_names_the_folder(tmp_path):
+    """``ulimit -f`` (EFBIG, as ENOSPC would): one line naming where and why, nothing left."""
+    case = Case("full", lambda t: [], file_size_limit=20_000)
+    argv = ["segment", str(_image(tmp_path)), "--out", str(tmp_path / "out"), "--method", "otsu"]
+    done = run_case(case, tmp_path, argv)
+    assert done.returncode == 2, done.stderr
+    (line,) = [x for x in done.stderr.splitlines() if x.startswith("nucseg: error:")]
+    assert f"cannot write in {tmp_path / 'out'}" in line and "file size limit" in line, line
+    assert not _leftovers(tmp_path) and not list((tmp_path / "out").iterdir())

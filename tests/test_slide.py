@@ -352,7 +352,8 @@ def test_segment_warns_when_the_image_scale_differs_from_the_model(tmp_path, cap
     assert (
         main(["segment", *map(str, paths), "--out", str(tmp_path / "out"), "--method", "otsu"]) == 0
     )
-    assert capsys.readouterr().err.count("nucseg: warning:") == 1
+    warnings = [x for x in capsys.readouterr().err.splitlines() if x.startswith("nucseg: warning:")]
+    assert sum("um/px" in line for line in warnings) == 1  # beside the quality warnings
 
 
 def test_chunk_tasks_reproduce_the_loop(seam_slide, tmp_path):
@@ -454,3 +455,227 @@ def test_bundled_model_on_a_real_crop_loads_beside_the_stain_fit(data_root, tmp_
     assert report["stain"]["normaliser"] == "macenko" and report["stain"]["source"]["accepted"]
     labels = ChunkSegmenter(engine_predictor(folder), report["stain"]["source"])(image)
     assert report["nuclei"] == labels.max() > 50
+
+
+# --- issue 29: what a user can trust -----------------------------------------------------------
+
+
+def grid_slide(path, *, spacing=32, radius=8, size=1024, mpp=0.25):
+    """Dark disks on a regular grid (over 200 of them, for the slide-level scale check)."""
+    centres = [(r, c) for r in range(24, size - 24, spacing) for c in range(24, size - 24, spacing)]
+    image, truth = disks_slide(size, centres, radius)
+    return write_slide(path, image.shape[:2], image, mpp=mpp, compression="zlib"), truth
+
+
+def test_black_is_not_tissue_and_no_tissue_is_said(tmp_path, caplog):
+    from nucseg.slide import engine
+    from nucseg.slide.tissue import BLACK_LEVEL, tissue_mask
+
+    assert BLACK_LEVEL == engine.BLACK_LEVEL
+    black = np.zeros((64, 64, 3), dtype=np.uint8)
+    assert not tissue_mask(black, mpp=8.0).any()
+    path = write_slide(tmp_path / "black.tif", (600, 600), np.zeros((600, 600, 3), np.uint8),
+                       mpp=0.25, compression="zlib")  # fmt: skip
+    with caplog.at_level(logging.WARNING, logger="nucseg.slide.run"):
+        report = _run(path, tmp_path)
+    assert report["tissue_mm2"] == 0 and report["nuclei"] == 0
+    assert any("no tissue found" in r.getMessage() for r in caplog.records)
+
+
+def test_a_slide_smaller_than_the_least_tissue_piece_keeps_it(tmp_path):
+    image, truth = disks_slide(100, [(30, 30), (70, 60)], radius=8)
+    path = write_slide(tmp_path / "tiny.tif", (100, 100), image, mpp=0.25, levels=1)
+    report = _run(path, tmp_path)  # 625 um2 of tissue, under the 5,000 um2 of a speck
+    assert report["nuclei"] == 2 and report["tissue_mm2"] > 0
+
+
+def test_scale_check_flags_a_wrong_magnification_with_a_suggested_mpp(tmp_path):
+    from nucseg.quality import MIN_NUCLEI_FOR_SCALE, scale_check
+    from nucseg.slide.summary import summary_row
+
+    assert scale_check(np.full(MIN_NUCLEI_FOR_SCALE - 1, 1.0), mpp=0.25) is None
+    # the suggestion brings the median to the typical area: areas scale with mpp squared
+    low = scale_check(np.full(300, 25.0 / 16), mpp=0.25)
+    assert low["suggested_mpp"] == 1.0 and "wrong magnification" in low["warning"]
+    path, truth = grid_slide(tmp_path / "grid.tif")  # disks of 201 px: 12.6 um2 at 0.25 um/px
+    right = _run(path, tmp_path / "right", chunk=256, halo=32)
+    assert right["nuclei"] == truth.max() >= 200
+    assert right["quality"]["slide_flags"] == [] and right["quality"]["scale"]["warning"] is None
+    assert summary_row(path, right)["flags"] == ""
+    wrong = _run(path, tmp_path / "wrong", chunk=256, halo=32, mpp=0.125)  # 40x called 80x
+    scale = wrong["quality"]["scale"]
+    assert scale["median_area_um2"] == pytest.approx(12.6 / 4, rel=0.15)
+    assert wrong["quality"]["slide_flags"] == [scale["warning"]]
+    assert 0.25 < scale["suggested_mpp"] < 0.4  # back towards the truth, 0.25
+    assert "wrong magnification" in summary_row(path, wrong)["flags"]
+
+
+def test_resume_finishes_outputs_interrupted_while_written(seam_slide, tmp_path):
+    """Ctrl-C between the outputs leaves some of them and the chunks, without report.json: a
+    plain rerun points to --resume, which writes them all again from the chunks."""
+    from nucseg.slide.run import OutputsExist
+
+    path, _, chunk = seam_slide
+    reference = _run(path, tmp_path / "ref", chunk=chunk, halo=32)
+    _run(path, tmp_path / "cut", chunk=chunk, halo=32, keep_chunks=True)
+    folder = tmp_path / "cut" / "seams"
+    for name in ("report.json", "thumbnail_overlay.png", "labels.ome.tif"):
+        (folder / name).unlink()  # as an interruption after nuclei.parquet and the GeoJSON
+    with pytest.raises(OutputsExist, match="--resume"):
+        _run(path, tmp_path / "cut", chunk=chunk, halo=32)
+    report = _run(path, tmp_path / "cut", chunk=chunk, halo=32, resume=True)
+    assert report["chunks_resumed"] == report["chunks"] == reference["chunks"]
+    ref = tmp_path / "ref" / "seams"
+    for name in ("nuclei.parquet", "nuclei.geojson", "report.json", "labels.ome.tif"):
+        assert (folder / name).is_file(), name
+    assert (ref / "nuclei.geojson").read_bytes() == (folder / "nuclei.geojson").read_bytes()
+    assert not (folder / "chunks").exists()
+
+
+def test_a_failed_start_blocks_nothing(seam_slide, tmp_path):
+    """A chunks/ folder without a finished chunk (what an older version left after a failed
+    start) is not an unfinished run: a plain rerun goes ahead."""
+    path, truth, chunk = seam_slide
+    chunks = tmp_path / "seams" / "chunks"
+    chunks.mkdir(parents=True)
+    (chunks / "plan.json").write_text("{}")
+    (chunks / "stain.json").write_text("{}")
+    assert _run(path, tmp_path, chunk=chunk, halo=32)["nuclei"] == truth.max()
+
+
+def test_the_output_folder_lock(tmp_path, caplog):
+    import os
+    import socket
+
+    from nucseg.atomic import LOCK_NAME, folder_lock
+
+    with folder_lock(tmp_path) as lock:
+        holder = json.loads(lock.read_text())
+        assert holder["pid"] == os.getpid() and holder["host"] == socket.gethostname()
+        with pytest.raises(FileExistsError, match=f"process {os.getpid()}.*{LOCK_NAME}"):
+            with folder_lock(tmp_path):
+                pass
+    assert not (tmp_path / LOCK_NAME).exists()
+    with pytest.raises(RuntimeError), folder_lock(tmp_path):
+        raise RuntimeError  # released on an error as well
+    assert not (tmp_path / LOCK_NAME).exists()
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    stale = {"pid": dead.pid, "host": socket.gethostname(), "started": "earlier"}
+    (tmp_path / LOCK_NAME).write_text(json.dumps(stale))
+    with caplog.at_level(logging.WARNING, logger="nucseg.atomic"), folder_lock(tmp_path) as lock:
+        assert json.loads(lock.read_text())["pid"] == os.getpid()
+    assert f"taking over the lock of process {dead.pid}" in caplog.text
+    other = {"pid": 1, "host": "another-host", "started": "earlier"}  # cannot be checked: held
+    (tmp_path / LOCK_NAME).write_text(json.dumps(other))
+    with pytest.raises(FileExistsError, match="another-host"), folder_lock(tmp_path):
+        pass
+    assert json.loads((tmp_path / LOCK_NAME).read_text()) == other
+    assert [p.name for p in tmp_path.iterdir()] == [LOCK_NAME]  # no temporary left
+
+
+def test_write_errors_name_the_file_and_the_cause(tmp_path):
+    import errno
+
+    from nucseg.atomic import atomic_write, write_error
+
+    target = tmp_path / "x.bin"
+    full = write_error(OSError(errno.ENOSPC, "No space left on device"), target)
+    assert str(full) == f"[Errno {errno.ENOSPC}] cannot write {target}: no space left on the " \
+        "device (disk full)" and full.errno == errno.ENOSPC  # fmt: skip
+    short = write_error(OSError("4424712 requested and 767968 written"), target)
+    assert f"cannot write {target}" in str(short) and "disk full" in str(short)
+    other = FileNotFoundError(errno.ENOENT, "No such file")
+    assert write_error(other, target) is other  # not a write's failure: unchanged
+    with pytest.raises(OSError, match=f"cannot write {target}: read-only"):
+        with atomic_write(target) as tmp:
+            tmp.write_bytes(b"partial")
+            raise OSError(errno.EROFS, "Read-only file system")
+    assert list(tmp_path.iterdir()) == []  # the temporary is gone
+
+
+@pytest.mark.parametrize(
+    ("key", "value", "ok"),
+    [("tile", 256, True), ("tile", 2048, True), ("tile", 100, False), ("tile", 4096, False),
+     ("tile", True, False), ("batch_size", 1, True), ("batch_size", 0, False),
+     ("overlap", 0.5, True), ("overlap", 1.0, False), ("tta", "d4", True), ("tta", "x", False)],
+)  # fmt: skip
+def test_the_prediction_options_segment_and_slide_share(key, value, ok):
+    from nucseg._checks import check_predict_option
+
+    if ok:
+        assert check_predict_option(key, value) == value
+    else:
+        with pytest.raises(ValueError, match=f"--param {key}="):
+            check_predict_option(key, value)
+
+
+@pytest.mark.parametrize("value", [0.05, 0.25, 5.0, 1e-4, 1000.0, float("inf"), float("nan"), 0])
+def test_microns_per_pixel_are_checked_against_physics(value):
+    from nucseg._checks import check_mpp
+
+    if 0.05 <= value <= 5:
+        assert check_mpp(value, what="x") == value
+        return
+    with pytest.raises(ValueError, match="^x: "):
+        check_mpp(value, what="x")
+    if np.isfinite(value) and value > 0:
+        assert check_mpp(value, what="x", force=True) == value  # forced: used as given
+    else:
+        with pytest.raises(ValueError, match="finite number > 0"):
+            check_mpp(value, what="x", force=True)
+
+
+def test_slide_help_says_what_the_overlap_is():
+    done = subprocess.run([sys.executable, "-m", "nucseg", "slide", "--help"],
+                          capture_output=True, text=True, check=True)  # fmt: skip
+    text = " ".join(done.stdout.split())
+    assert "fraction of the tile" in text and "16 pixels" not in text
+    assert "--force-mpp" in text and "multiple of 32" in text
+
+
+def test_ctrl_c_in_a_slide_run_points_to_resume(monkeypatch, capsys):
+    from nucseg import cli
+    from nucseg.slide import cli as slide_cli
+
+    def interrupted(args):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(slide_cli, "cmd_slide", interrupted)
+    assert cli.main(["slide", "a.svs", "--out", "out"]) == 130
+    assert capsys.readouterr().err.strip().endswith("--resume")
+
+
+def test_a_read_error_of_openslide_names_the_slide(tmp_path, monkeypatch):
+    """A truncated slide OpenSlide opens fails in its tile reads with OpenSlideError (issue 29,
+    row 1): the reader turns it into one ValueError naming the file."""
+    import openslide
+
+    image = np.full((600, 700, 3), 200, dtype=np.uint8)
+    path = write_slide(tmp_path / "a.tif", image.shape[:2], image, mpp=0.25, compression="zlib")
+    with open_slide(path) as slide:
+        assert isinstance(slide, OpenSlideReader)
+
+        def fail(*args):
+            raise openslide.OpenSlideError("TIFFFillTile: Read error at row 4294967295")
+
+        monkeypatch.setattr(slide._slide, "read_region", fail)
+        with pytest.raises(ValueError, match=r"a\.tif: cannot read its pixels .*damaged"):
+            slide.read_region(0, 0, 10, 10)
+
+
+def test_ctrl_c_in_a_batch_keeps_the_rows_of_finished_slides(tmp_path, monkeypatch):
+    from nucseg import cli
+    from nucseg.slide import cli as slide_cli
+
+    def one(path, args, predict):
+        if path.name == "b.tif":
+            raise KeyboardInterrupt
+        return {"slide": str(path), "status": "ok", "error": "", "nuclei": 7}
+
+    monkeypatch.setattr(slide_cli, "_one_slide", one)
+    argv = ["slide", "a.tif", "b.tif", "--out", str(tmp_path), "--method", "otsu"]
+    assert cli.main(argv) == 130
+    summary = pd.read_csv(tmp_path / "slides.csv")
+    assert summary["slide"].tolist() == ["a.tif"] and summary["nuclei"].tolist() == [7]
+    assert not (tmp_path / ".nucseg-lock").exists()

@@ -20,7 +20,9 @@ import re
 import secrets
 import shutil
 import signal
+import socket
 import threading
+import time
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
@@ -147,10 +149,45 @@ def atomic_write(path: PathLike, *, overwrite: bool = False) -> Iterator[Path]:
         yield tmp
         _fsync(tmp)
         os.replace(tmp, path)
+    except OSError as err:
+        _remove(tmp)
+        raise write_error(err, path) from err
     except BaseException:
         _remove(tmp)
         raise
     _fsync(path.parent)
+
+
+#: Causes of a failed write, by errno, in the words a user acts on.
+_WRITE_CAUSES = {
+    errno.ENOSPC: "no space left on the device (disk full)",
+    errno.EDQUOT: "disk quota exceeded",
+    errno.EFBIG: "file too large (a file size limit such as `ulimit -f`, or the file system's)",
+    errno.EROFS: "read-only file system",
+    errno.EACCES: "permission denied",
+    errno.EPERM: "operation not permitted",
+    errno.EIO: "input/output error (a failing disk or a lost network mount?)",
+}
+
+
+def write_error(err: OSError, path: PathLike) -> OSError:
+    """``err`` as an error naming the file being written and the cause, if it is one of a write
+    (disk full, file too large, read-only, permission, I/O, a short write); else ``err`` itself.
+
+    The returned error has ``err``'s type and errno, so ``except OSError`` still catches it; its
+    text is one line: ``cannot write PATH: CAUSE``.
+    """
+    cause = _WRITE_CAUSES.get(err.errno)
+    if cause is None and err.errno is None and "requested and" in str(err):
+        # numpy's short write ("N requested and M written"): the disk or a size limit is full
+        cause = f"only part of the data was written ({err}): disk full or a file size limit?"
+    if cause is None:
+        return err
+    text = f"cannot write {path}: {cause}"
+    try:
+        return type(err)(err.errno, text) if err.errno is not None else type(err)(text)
+    except TypeError:  # an OSError subclass with another signature
+        return OSError(err.errno, text)
 
 
 @contextlib.contextmanager
@@ -183,6 +220,8 @@ def atomic_group(paths: Mapping[str, PathLike], *, overwrite: bool = False) -> I
             for key, final in finals.items():
                 os.replace(tmps[key], final)
         _fsync(folder)
+    except OSError as err:  # a writer's own error names no file: the folder is named
+        raise write_error(err, f"in {folder}") from err
     finally:
         _remove(staging)
 
@@ -241,6 +280,95 @@ def _block_signals() -> set | None:
 def _unblock_signals(previous: set | None) -> None:
     if previous is not None:
         signal.pthread_sigmask(signal.SIG_SETMASK, previous)
+
+
+#: The lock file of an output folder (:func:`folder_lock`).
+LOCK_NAME = ".nucseg-lock"
+
+
+@contextlib.contextmanager
+def folder_lock(folder: PathLike) -> Iterator[Path]:
+    """Hold ``folder`` (created if needed) for this process while the block runs.
+
+    The lock is the file ``folder/.nucseg-lock``, holding the process id, host name and start
+    time as JSON; it is created complete and atomically (written under a temporary name and
+    hard-linked into place, which fails if another process holds the lock) and removed when the
+    block ends, also on an exception or Ctrl-C. A lock left by a process of this host that no
+    longer runs (``kill -9``, a crash) is taken over with a warning; a live process's lock, or
+    one of another host, is refused.
+
+    Raises
+    ------
+    FileExistsError
+        If another live process holds the folder; the message names it and the lock file.
+    """
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    lock = folder / LOCK_NAME
+    me = {"pid": os.getpid(), "host": socket.gethostname(),
+          "started": time.strftime("%Y-%m-%d %H:%M:%S")}  # fmt: skip
+    tmp = temporary_name(lock)
+    tmp.write_text(json.dumps(me) + "\n")
+    try:
+        _link_lock(tmp, lock, folder)
+    finally:
+        _remove(tmp)
+    try:
+        yield lock
+    finally:
+        if _read_lock(lock) == me:
+            with contextlib.suppress(OSError):
+                lock.unlink()
+
+
+def _link_lock(tmp: Path, lock: Path, folder: Path) -> None:
+    for _ in range(3):
+        try:
+            _place(tmp, lock)
+            return
+        except FileExistsError:
+            holder = _read_lock(lock)
+        if holder is None:  # removed meanwhile by its process: try again
+            continue
+        pid, host = holder.get("pid"), holder.get("host")
+        if host == socket.gethostname() and isinstance(pid, int) and not _pid_alive(pid):
+            log.warning(
+                "%s: taking over the lock of process %d (started %s), which no longer runs",
+                folder, pid, holder.get("started", "?"),
+            )  # fmt: skip
+            if _read_lock(lock) == holder:
+                with contextlib.suppress(FileNotFoundError):
+                    lock.unlink()
+            continue
+        raise FileExistsError(
+            f"{folder} is being written by another nucseg run (process {pid} on {host}, "
+            f"started {holder.get('started', '?')}); wait for it to end, or remove {lock} if "
+            "that process is gone"
+        )
+    raise FileExistsError(f"{folder}: could not take the lock {lock}; try again")
+
+
+def _place(tmp: Path, lock: Path) -> None:
+    """Put ``tmp``'s content at ``lock`` unless ``lock`` exists (``FileExistsError``): a hard
+    link, or where the file system has none (FAT, some network mounts) an exclusive create."""
+    try:
+        os.link(tmp, lock)
+    except FileExistsError:
+        raise
+    except OSError:
+        fd = os.open(lock, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+        with os.fdopen(fd, "w") as fh:
+            fh.write(tmp.read_text())
+
+
+def _read_lock(lock: Path) -> dict | None:
+    try:
+        holder = json.loads(lock.read_text())
+    except FileNotFoundError:
+        return None
+    except (OSError, ValueError):
+        return {"pid": None, "host": "?", "started": "? (unreadable lock file)"}
+    return holder if isinstance(holder, dict) else {"pid": None, "host": "?"}
 
 
 def _pid_alive(pid: int) -> bool:

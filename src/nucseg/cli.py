@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from nucseg import __version__
+from nucseg._logging import setup_logging
 from nucseg.pipeline import IMAGE_SUFFIXES, error_message
 
 log = logging.getLogger("nucseg")
@@ -93,9 +94,12 @@ def _check_output_file(path: Path | None, option: str, *, overwrite: bool) -> No
 
 
 def cmd_segment(args: argparse.Namespace) -> int:
+    from nucseg._checks import check_mpp
     from nucseg.pipeline import image_files, plan_outputs, segment_files
 
     images = image_files(args.images)  # inputs, options and outputs first: then the model
+    if args.mpp is not None:
+        check_mpp(args.mpp, what=f"--mpp {args.mpp:g}", force=args.force_mpp)
     _check_segmenter(args)
     plan_outputs(images, args.out, overwrite=args.overwrite, skip_existing=args.skip_existing)
     segmenter = _segmenter(args)
@@ -369,6 +373,11 @@ def build_parser() -> argparse.ArgumentParser:
         "back, as nucseg slide does (default: not resampled, each file's own for the "
         "measurements in um; a warning when it differs from the model's by more than 25 %%)",
     )
+    p.add_argument(
+        "--force-mpp",
+        action="store_true",
+        help="use an --mpp outside the plausible 0.05-5 microns per pixel",
+    )
     method_options(p)
     p.set_defaults(func=cmd_segment)
 
@@ -480,20 +489,19 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the ``nucseg`` command; returns the exit status."""
     args = build_parser().parse_args(argv)
-    logging.basicConfig(
-        level=logging.INFO if args.verbose else logging.WARNING,
-        format="%(levelname)s %(name)s: %(message)s",
-    )
-    if not args.verbose:  # its own multi-line warnings about damaged files: we say one line
-        logging.getLogger("tifffile").setLevel(logging.ERROR)
+    setup_logging(verbose=args.verbose)
     previous = _on_sigterm_raise()
+    # a slide run keeps its finished chunks: --resume continues it, and finishes its outputs
+    again = "; continue with the same command and --resume" if args.command == "slide" else ""
     try:
         return args.func(args)
     except KeyboardInterrupt:
-        print("nucseg: error: interrupted (Ctrl-C); finished files are kept", file=sys.stderr)
+        print(f"nucseg: error: interrupted (Ctrl-C); finished files are kept{again}",
+              file=sys.stderr)  # fmt: skip
         return 130
     except Terminated:
-        print("nucseg: error: terminated (SIGTERM); finished files are kept", file=sys.stderr)
+        print(f"nucseg: error: terminated (SIGTERM); finished files are kept{again}",
+              file=sys.stderr)  # fmt: skip
         return 143
     except (OSError, KeyError, ValueError, TypeError) as err:
         if args.verbose:

@@ -8,7 +8,6 @@ from ``--method`` (and later ``--model``) with :func:`make_segmenter` and hands 
 from __future__ import annotations
 
 import functools
-import json
 import logging
 import os
 import time
@@ -21,6 +20,7 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from nucseg import quality
+from nucseg._checks import PREDICT_CHECKS, check_method_params, check_predict_option
 from nucseg.provenance import provenance  # noqa: F401  (re-exported: one function for all)
 
 log = logging.getLogger(__name__)
@@ -66,25 +66,6 @@ def resolve_model(name_or_path: str | os.PathLike) -> Path:
     )
 
 
-#: What each prediction option of a model accepts: a check and its description.
-_PREDICT_CHECKS: dict[str, tuple[Callable[[Any], bool], str]] = {
-    "tile": (
-        lambda v: isinstance(v, int) and not isinstance(v, bool) and v > 0 and v % 32 == 0,
-        "a positive multiple of 32 (the network halves the tile 5 times), e.g. 256",
-    ),
-    "overlap": (
-        lambda v: isinstance(v, int | float) and not isinstance(v, bool) and 0 <= v < 1,
-        "a fraction of the tile in [0, 1), e.g. 0.25",
-    ),
-    "batch_size": (
-        lambda v: isinstance(v, int) and not isinstance(v, bool) and v >= 1,
-        "a whole number of tiles >= 1, e.g. 8",
-    ),
-    "tta": (lambda v: v in ("none", "flips", "d4"), "one of 'none', 'flips', 'd4'"),
-    "precision": (lambda v: v in ("auto", "bf16", "fp32"), "one of 'auto', 'bf16', 'fp32'"),
-}
-
-
 def check_segmenter(
     method: str | None = None, *, model: str | None = None, **params: Any
 ) -> Path | None:
@@ -110,22 +91,15 @@ def check_segmenter(
         from nucseg.classical import describe, get_method
 
         get_method(method)
-        unknown = set(params) - set(describe(method))
-        if unknown:
-            raise TypeError(
-                f"method {method!r} has no parameter(s) {sorted(unknown)}; "
-                f"valid: {sorted(describe(method))}"
-            )
+        check_method_params(method, describe(method), params)
         return None
-    unknown = set(params) - set(_PREDICT_CHECKS)
+    unknown = set(params) - set(PREDICT_CHECKS)
     if unknown:
         raise TypeError(
-            f"a model has no parameter(s) {sorted(unknown)}; valid: {sorted(_PREDICT_CHECKS)}"
+            f"a model has no parameter(s) {sorted(unknown)}; valid: {sorted(PREDICT_CHECKS)}"
         )
     for key, value in params.items():
-        ok, allowed = _PREDICT_CHECKS[key]
-        if not ok(value):
-            raise ValueError(f"--param {key}={json.dumps(value)}: {key} must be {allowed}")
+        check_predict_option(key, value)
     folder = resolve_model(model)
     from nucseg.atomic import read_json
 
@@ -133,6 +107,21 @@ def check_segmenter(
     if (folder / "normaliser.json").is_file():
         read_json(folder / "normaliser.json", what="model file")
     return folder
+
+
+def check_weights(folder: str | os.PathLike) -> None:
+    """Raise ``ValueError`` naming the file unless the safetensors header of a model folder's
+    ``model.safetensors`` reads (the header only: a text file, a pickle or a truncated file is
+    refused before any model is built; ``nucseg slide`` calls it before opening a slide)."""
+    from safetensors import SafetensorError, safe_open
+
+    path = Path(folder) / "model.safetensors"
+
+    try:
+        with safe_open(os.fspath(path), framework="numpy") as file:
+            file.metadata()
+    except (SafetensorError, OSError) as err:
+        raise ValueError(f"{path}: not a readable safetensors file ({err})") from None
 
 
 def make_segmenter(

@@ -32,7 +32,9 @@ from nucseg._checks import check_image, check_labels, check_same_shape
 
 log = logging.getLogger(__name__)
 
-__all__ = ["MAX_NUCLEUS_AREA_PX", "TRAINING_RANGE", "assess", "drop_oversized", "warn"]
+__all__ = [
+    "MAX_NUCLEUS_AREA_PX", "TRAINING_RANGE", "assess", "drop_oversized", "scale_check", "warn"
+]  # fmt: skip
 
 #: Figures of the 36 non-breast MoNuSeg training images (the paper's training split), at 40x,
 #: and the margins allowed around them. ``tests/test_quality.py`` recomputes the figures.
@@ -303,6 +305,70 @@ def assess(
         found.append("no nuclei found in an image that looks like tissue")
     figures["warnings"] = found
     return figures
+
+
+#: Plausible median nucleus area of a whole slide, um2 (nuclei of about 3.5 to 9 um across).
+#: Per 1000-pixel field, the annotated medians of the public sets span 4.4-59 um2 (MoNuSeg
+#: 5.8-46.7, 10th percentile 7.6; CoNSeP 4.4-31.7, 10th percentile 9.5; CPM-15 19-59, at their
+#: stated mpp); a slide mixes many fields, so its median lies nearer the middle. A scan whose mpp
+#: is wrong by 2x has its areas wrong by about 4x: with the bundled model, four MoNuSeg fields
+#: (the issue's test slide) give 25.8 um2 at the right 0.25 um/px, 6.6 um2 with 20x pixels
+#: labelled 0.25 and 68.8 um2 with 40x pixels labelled 0.5; one field of large nuclei
+#: (TCGA-18-5592) gives 9.4 um2 with 20x pixels labelled 0.25. A slide of mostly small nuclei (a
+#: lymph node) can be flagged at the right scale, and one of unusually large nuclei missed at a
+#: wrong one: the flag is a warning with a suggestion, never an error.
+SLIDE_MEDIAN_AREA_UM2 = (10.0, 60.0)
+
+#: The median area the suggested mpp aims at (um2): about the middle of the public sets' medians.
+TYPICAL_MEDIAN_AREA_UM2 = 25.0
+
+#: The slide-level scale check needs at least this many nuclei.
+MIN_NUCLEI_FOR_SCALE = 200
+
+
+def scale_check(areas_um2: np.ndarray, *, mpp: float) -> dict[str, Any] | None:
+    """Compare a slide's median nucleus area with :data:`SLIDE_MEDIAN_AREA_UM2`.
+
+    Parameters
+    ----------
+    areas_um2 : 1-D array
+        Area of every nucleus of the slide, um2 (at the slide's stated ``mpp``).
+    mpp : float
+        The microns per pixel the areas were measured with.
+
+    Returns
+    -------
+    dict or None
+        None if there are fewer than :data:`MIN_NUCLEI_FOR_SCALE` nuclei. Else
+        ``median_area_um2``, ``expected_um2``, ``suggested_mpp`` (the mpp at which the median
+        would be :data:`TYPICAL_MEDIAN_AREA_UM2`; None when in range) and ``warning`` (a line,
+        None when in range).
+
+    Examples
+    --------
+    >>> scale_check(np.full(300, 6.6), mpp=0.25)["suggested_mpp"]
+    0.49
+    >>> scale_check(np.full(300, 25.0), mpp=0.25)["warning"] is None
+    True
+    """
+    areas = np.asarray(areas_um2, dtype=np.float64)
+    if areas.size < MIN_NUCLEI_FOR_SCALE:
+        return None
+    median = float(np.median(areas))
+    low, high = SLIDE_MEDIAN_AREA_UM2
+    result = {"median_area_um2": round(median, 2), "expected_um2": [low, high],
+              "suggested_mpp": None, "warning": None}  # fmt: skip
+    if low <= median <= high:
+        return result
+    suggested = float(f"{mpp * np.sqrt(TYPICAL_MEDIAN_AREA_UM2 / max(median, 1e-6)):.2g}")
+    result["suggested_mpp"] = suggested
+    result["warning"] = (
+        f"median nucleus area {median:.1f} um2 at {mpp:g} um/px, outside the {low:g}-{high:g} "
+        f"um2 of H&E nuclei: wrong magnification? the nuclei would be typical at about "
+        f"{suggested:g} um/px (40x is about 0.25, 20x 0.5); rerun with --mpp {suggested:g} if "
+        "the file's scale is wrong"
+    )
+    return result
 
 
 def warn(name: str, figures: dict[str, Any]) -> None:

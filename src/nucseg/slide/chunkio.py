@@ -12,7 +12,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
-import secrets
 from pathlib import Path
 from typing import Any
 
@@ -53,10 +52,6 @@ class ChunkInfo:
     cut: int
     quality: dict[str, Any] | None = None  # nucseg.quality figures of the chunk's tissue box
     types: tuple[str, ...] | None = None  # names of the nucleus types (None: no type head)
-
-
-def _atomic(path: Path) -> Path:
-    return path.with_name(f".{path.name}.tmp{secrets.token_hex(4)}")
 
 
 def write_chunk(
@@ -160,17 +155,27 @@ def write_chunk(
         "types": None if types is None else list(types.names),
     }
     chunk_dir.mkdir(parents=True, exist_ok=True)
-    npy = chunk_dir / f"{name}.npy"
-    tmp = _atomic(npy)
-    with open(tmp, "wb") as fh:
-        np.save(fh, crop)
-    os.replace(tmp, npy)
+    _save(chunk_dir / f"{name}.npy", lambda tmp: np.save(tmp, crop))
     arrow = pa.table(columns).replace_schema_metadata({"nucseg.chunk": json.dumps(meta)})
-    parquet = chunk_dir / f"{name}.parquet"
-    tmp = _atomic(parquet)
-    pq.write_table(arrow, tmp)
-    os.replace(tmp, parquet)
+    _save(chunk_dir / f"{name}.parquet", lambda tmp: pq.write_table(arrow, tmp))
     return {"chunk": name, "nuclei": int(kept.size), "cut": int(cut)}
+
+
+def _save(path: Path, write: Any) -> None:
+    """``write(tmp)`` under a temporary name (:func:`nucseg.atomic.temporary_name`, so a killed
+    run's leftovers are recognised) renamed onto ``path``; on failure the temporary is removed
+    and a write error names ``path`` and its cause (:func:`nucseg.atomic.write_error`)."""
+    from nucseg.atomic import temporary_name, write_error
+
+    tmp = temporary_name(path)
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    except BaseException as err:
+        tmp.unlink(missing_ok=True)
+        if isinstance(err, OSError):
+            raise write_error(err, path) from err
+        raise
 
 
 #: Chunk warnings left out of a slide's report: the slide's tissue mask already says where there is

@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import csv
-import io
 import logging
 import os
 import sys
@@ -12,10 +10,6 @@ from pathlib import Path
 from typing import Any
 
 log = logging.getLogger("nucseg")
-
-SUMMARY_COLUMNS = (
-    "slide", "status", "nuclei", "tissue_mm2", "nuclei_per_mm2", "minutes", "chunk_seconds", "error"
-)  # fmt: skip
 
 
 def _roi(text: str) -> tuple[int, int, int, int]:
@@ -46,19 +40,33 @@ def add_parser(sub: Any) -> None:
         "--mpp", type=float, default=None, help="microns per level-0 pixel (overrides the file's)"
     )
     p.add_argument(
+        "--force-mpp",
+        action="store_true",
+        help="use a microns per pixel (--mpp or the file's) outside the plausible 0.05-5",
+    )
+    p.add_argument(
         "--roi", type=_roi, action="append", metavar="X,Y,W,H", help="level-0 region (repeatable)"
     )
     p.add_argument("--roi-geojson", type=Path, metavar="FILE", help="QuPath annotations to keep")
     p.add_argument("--chunk", type=int, default=4080, help="chunk core side, model pixels")
     p.add_argument("--halo", type=int, default=128, help="chunk halo, model pixels")
-    p.add_argument("--tile", type=int, default=None, help="network tile side (default: model's)")
+    p.add_argument(
+        "--tile",
+        type=int,
+        default=None,
+        help="network tile side, a multiple of 32 up to 2048 (default: the model's)",
+    )
     p.add_argument(
         "--overlap",
         type=float,
         default=None,
-        help="network tile overlap, a fraction of the tile (default: the model's; 0.25 bundled)",
+        help="overlap of neighbouring network tiles as a fraction of the tile, in [0, 1) "
+        "(default: the model's; 0.25 for the bundled one)",
     )
-    p.add_argument("--batch-size", type=int, default=None, help="network tiles per batch")
+    p.add_argument(
+        "--batch-size", type=int, default=None, help="network tiles per batch, >= 1 (default: "
+        "the model's)"
+    )  # fmt: skip
     p.add_argument("--no-labels", action="store_true", help="do not write labels.ome.tif")
     p.add_argument("--gzip", action="store_true", help="write nuclei.geojson.gz")
     p.add_argument("--resume", action="store_true", help="continue an interrupted run")
@@ -75,6 +83,44 @@ def add_parser(sub: Any) -> None:
     p.set_defaults(func=cmd_slide)
 
 
+def check_options(args: argparse.Namespace) -> dict[str, Any]:
+    """Check every option of ``nucseg slide`` (no file is read, nothing heavy imported); return
+    the prediction settings given. The same checks as ``nucseg segment`` (:mod:`nucseg._checks`).
+    """
+    from nucseg._checks import check_count, check_mpp, check_predict_option
+    from nucseg.slide.run import slide_stem
+
+    if args.model is not None and args.method is not None:
+        raise ValueError("give either --model or --method, not both")
+    if args.roi_geojson is not None and not args.roi_geojson.is_file():
+        raise FileNotFoundError(f"--roi-geojson {args.roi_geojson}: no such file")
+    check_count(args.chunk, option="--chunk", low=1, what="a positive number of pixels")
+    check_count(args.halo, option="--halo", low=0, what=">= 0 pixels")
+    if args.overlap is not None and not 0 <= args.overlap < 1:
+        raise ValueError(f"--overlap is a fraction of the tile in [0, 1), got {args.overlap}")
+    check_count(args.tile, option="--tile", low=1, what="a positive number of pixels")
+    check_count(args.workers, option="--workers", low=1, what="a positive number of processes")
+    if args.mpp is not None:
+        check_mpp(args.mpp, what=f"--mpp {args.mpp:g}", force=args.force_mpp)
+    for x, y, w, h in args.roi or []:
+        if w <= 0 or h <= 0:
+            raise ValueError(f"--roi {x},{y},{w},{h}: width and height must be positive")
+    predict = {}
+    for key, value in (("tile", args.tile), ("overlap", args.overlap),
+                       ("batch_size", args.batch_size)):  # fmt: skip
+        if value is not None:
+            option = f"--{key.replace('_', '-')} {value}"
+            predict[key] = check_predict_option(key, value, option=option)
+    if predict and args.method is not None:
+        raise ValueError(f"--method {args.method} has no network: --tile, --overlap and "
+                         "--batch-size apply to a model")  # fmt: skip
+    stems = [slide_stem(p) for p in args.slides]
+    clash = sorted({s for s in stems if stems.count(s) > 1})
+    if clash:
+        raise ValueError(f"several slides share the name(s) {clash}: their outputs would clash")
+    return predict
+
+
 def cmd_slide(args: argparse.Namespace) -> int:
     """Segment each slide; one failing slide is reported and the others go on."""
     # Before torch loads OpenMP: its threads sleep rather than spin while they wait, so the
@@ -82,112 +128,62 @@ def cmd_slide(args: argparse.Namespace) -> int:
     # pipeline (the chunk phase about 17 % faster on 2 cores; a pure forward pass loses some).
     # A value set by the user wins.
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
-    from nucseg.slide.run import segment_slide, slide_stem
-    from nucseg.slide.type_report import summary_row
+    from nucseg.atomic import check_writable_folder, folder_lock
+    from nucseg.pipeline import check_segmenter, check_weights
+    from nucseg.slide.summary import exit_status, table, write_summary
 
-    if args.model is not None and args.method is not None:
-        raise ValueError("give either --model or --method, not both")
-    if args.roi_geojson is not None and not args.roi_geojson.is_file():
-        raise FileNotFoundError(f"--roi-geojson {args.roi_geojson}: no such file")
-    if args.chunk < 1:
-        raise ValueError(f"--chunk must be a positive number of pixels, got {args.chunk}")
-    if args.halo < 0:
-        raise ValueError(f"--halo must be >= 0 pixels, got {args.halo}")
-    if args.overlap is not None and not 0 <= args.overlap < 1:
-        raise ValueError(f"--overlap is a fraction of the tile in [0, 1), got {args.overlap}")
-    if args.tile is not None and args.tile < 1:
-        raise ValueError(f"--tile must be a positive number of pixels, got {args.tile}")
-    stems = [slide_stem(p) for p in args.slides]
-    clash = sorted({s for s in stems if stems.count(s) > 1})
-    if clash:
-        raise ValueError(f"several slides share the name(s) {clash}: their outputs would clash")
-    predict = {
-        k: v
-        for k, v in (
-            ("tile", args.tile),
-            ("overlap", args.overlap),
-            ("batch_size", args.batch_size),
-        )
-        if v is not None
-    }
-    if (args.workers, args.scheduler, args.scheduler_file) != (None, None, None):
-        from nucseg.slide.cohort import cmd_cohort
+    predict = check_options(args)
+    if args.method is not None:
+        check_segmenter(args.method)
+    else:
+        check_weights(check_segmenter(model=args.model or "default", **predict))
+    check_writable_folder(args.out, what="--out folder")
+    with folder_lock(args.out):
+        if (args.workers, args.scheduler, args.scheduler_file) != (None, None, None):
+            from nucseg.slide.cohort import cmd_cohort
 
-        return cmd_cohort(args, predict)
-    rows = []
-    for path in args.slides:
-        row: dict[str, Any] = {"slide": str(path), "status": "ok", "error": ""}
+            return cmd_cohort(args, predict)
+        rows: list[dict[str, Any]] = []
         try:
-            report = segment_slide(
-                path,
-                args.out,
-                model=args.model,
-                method=args.method,
-                mpp=args.mpp,
-                roi=args.roi,
-                roi_geojson=args.roi_geojson,
-                chunk=args.chunk,
-                halo=args.halo,
-                predict=predict,
-                labels=not args.no_labels,
-                gzip=args.gzip,
-                resume=args.resume,
-                overwrite=args.overwrite,
-                keep_chunks=args.keep_chunks,
-                progress=not args.no_progress,
-                argv=sys.argv,
-            )
-            row.update(
-                nuclei=report["nuclei"],
-                tissue_mm2=round(report["tissue_mm2"], 4),
-                nuclei_per_mm2=round(report["nuclei_per_mm2"] or 0.0, 1),
-                minutes=round(report["seconds"] / 60, 2),
-                chunk_seconds=round(report["times"]["chunks_s"], 2),
-                **summary_row(report),
-            )
-            from nucseg.slide.cohort import write_partition  # OUT/cohort.parquet, as with Dask
-
-            write_partition(args.out, slide_stem(path), report["outputs"]["parquet"],
-                            overwrite=args.overwrite)  # fmt: skip
-        except (OSError, KeyError, ValueError, TypeError, RuntimeError) as err:
-            if args.verbose:
-                log.exception("%s failed", path)
-            message = err.args[0] if isinstance(err, KeyError) and err.args else str(err)
-            print(f"nucseg: error: {message}", file=sys.stderr)
-            row.update(status="failed", error=message)
-        rows.append(row)
-    _write_summary(args.out / "slides.csv", rows)
-    print(_table(rows))
-    return 2 if any(r["status"] != "ok" for r in rows) else 0
+            for path in args.slides:
+                rows.append(_one_slide(path, args, predict))
+        finally:  # also on Ctrl-C: the slides finished so far keep their rows
+            if rows:
+                write_summary(args.out / "slides.csv", rows)
+    print(table(rows))
+    return exit_status(rows)
 
 
-def _table(rows: list[dict[str, Any]]) -> str:
-    header = ("slide", "nuclei", "tissue mm2", "minutes", "status")
-    lines = [[Path(r["slide"]).name, str(r.get("nuclei", "")), str(r.get("tissue_mm2", "")),
-              str(r.get("minutes", "")), r["status"]] for r in rows]  # fmt: skip
-    widths = [max(len(h), *(len(line[i]) for line in lines)) for i, h in enumerate(header)]
-    out = ["  ".join(h.ljust(w) for h, w in zip(header, widths, strict=True))]
-    out += ["  ".join(c.ljust(w) for c, w in zip(line, widths, strict=True)) for line in lines]
-    return "\n".join(out)
+def _one_slide(path: Path, args: argparse.Namespace, predict: dict[str, Any]) -> dict[str, Any]:
+    """Segment one slide of a single-process run; its summary row. Any error of the slide
+    (an unreadable file, a refusal, a library's own exception) is reported on one line and the
+    row says ``failed``, except that a refused rerun keeps a finished slide's row."""
+    from nucseg.pipeline import error_message
+    from nucseg.slide.cohort import write_partition  # OUT/cohort.parquet, as with Dask
+    from nucseg.slide.run import segment_slide, slide_stem
+    from nucseg.slide.summary import failed_row, summary_row
 
-
-def _write_summary(path: Path, rows: list[dict[str, Any]]) -> None:
-    """Update ``slides.csv``: this run's rows replace earlier rows of the same slides."""
-    from nucseg.io import atomic_write
-    from nucseg.slide.type_report import summary_columns
-
-    old = []
-    if path.is_file():
-        with open(path, newline="") as fh:
-            old = [r for r in csv.DictReader(fh) if r["slide"] not in {x["slide"] for x in rows}]
-    buffer = io.StringIO()
-    fields = summary_columns(SUMMARY_COLUMNS, old + rows)
-    writer = csv.DictWriter(buffer, fieldnames=fields, extrasaction="ignore")
-    writer.writeheader()
-    writer.writerows(old + rows)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with atomic_write(path, overwrite=True) as tmp:
-        Path(tmp).write_text(buffer.getvalue())
+    try:
+        report = segment_slide(
+            path, args.out, model=args.model, method=args.method, mpp=args.mpp,
+            force_mpp=args.force_mpp, roi=args.roi, roi_geojson=args.roi_geojson,
+            chunk=args.chunk, halo=args.halo, predict=predict, labels=not args.no_labels,
+            gzip=args.gzip, resume=args.resume, overwrite=args.overwrite,
+            keep_chunks=args.keep_chunks, progress=not args.no_progress, argv=sys.argv,
+        )  # fmt: skip
+        write_partition(args.out, slide_stem(path), report["outputs"]["parquet"],
+                        overwrite=args.overwrite)  # fmt: skip
+    except Exception as err:  # noqa: BLE001 (one slide's failure must not stop the others)
+        if args.verbose:
+            log.exception("%s failed", path)
+        message = error_message(err)
+        if not isinstance(err, OSError | KeyError | ValueError | TypeError | RuntimeError):
+            message = f"{type(err).__name__}: {message}"
+        if str(path) not in message:
+            message = f"{path}: {message}"
+        print(f"nucseg: error: {message}", file=sys.stderr)
+        return failed_row(path, message, err, args.out)
+    return summary_row(path, report)
 
 
 def scale_warnings(images: list[Path], *, mpp: float | None, model: str | None) -> list[str]:

@@ -30,7 +30,6 @@ from distributed import WorkerPlugin
 
 from nucseg.slide import engine, run, tissue
 from nucseg.slide.reader import open_slide
-from nucseg.slide.type_report import summary_row
 
 log = logging.getLogger(__name__)
 
@@ -52,6 +51,7 @@ class SlideOptions:
     model: str | None = None
     method: str | None = None
     mpp: float | None = None
+    force_mpp: bool = False
     roi: tuple[tuple[int, int, int, int], ...] | None = None
     roi_geojson: str | None = None
     chunk: int = run.DEFAULT_CHUNK
@@ -89,6 +89,21 @@ class ModelLoader(WorkerPlugin):
         engine.load_predictor(self.folder, self.predict_json)
 
 
+class WorkerLogging(WorkerPlugin):
+    """Worker plugin: a worker's nucseg warnings print as ``nucseg: warning: ...`` lines, as
+    the client's (:mod:`nucseg._logging`); Dask's own logs stay quiet unless ``verbose``."""
+
+    name = "nucseg-logging"
+
+    def __init__(self, *, verbose: bool = False) -> None:
+        self.verbose = verbose
+
+    def setup(self, worker: Any) -> None:
+        from nucseg._logging import setup_logging
+
+        setup_logging(verbose=self.verbose)
+
+
 def _work(options: SlideOptions) -> dict[str, Any]:
     return run._resolve_work(options.model, options.method, None)
 
@@ -107,17 +122,39 @@ def prepare_slide(
     path_ = Path(path)
     reader = open_slide(path_)
     try:
-        slide_mpp = run._slide_mpp(path, reader, options.mpp)
+        slide_mpp = run._slide_mpp(path, reader, options.mpp, force=options.force_mpp)
+        region = tissue.roi_geometry(
+            [tuple(r) for r in options.roi] if options.roi else None, options.roi_geojson
+        )
+        tissue.check_roi(region, reader.dimensions, path)
         folder, _, chunk_dir = run._prepare_folder(
             path_, out_dir, gzip=options.gzip, labels=options.labels,
             overwrite=options.overwrite, resume=options.resume,
         )  # fmt: skip
+        job = _prepare_chunks(path, reader, slide_mpp, region, folder, chunk_dir, options, work)
+        fmt, dims, levels = reader.format, reader.dimensions, len(reader.levels)
+        file_mpp = reader.mpp
+    finally:
+        reader.close()
+    return {
+        "slide": str(path), "out_dir": str(out_dir), "folder": str(folder),
+        "chunk_dir": str(chunk_dir), "mpp": slide_mpp, "format": fmt, "dimensions": list(dims),
+        "levels": levels, "mpp_file": file_mpp, "started": started, **job,
+    }  # fmt: skip
+
+
+def _prepare_chunks(
+    path: str, reader: Any, slide_mpp: float, region: Any, folder: Path, chunk_dir: Path,
+    options: SlideOptions, work: dict[str, Any],
+) -> dict[str, Any]:  # fmt: skip
+    """:func:`prepare_slide`'s work in the slide's folder: tissue, plan, stain statistics (a
+    failed start leaves nothing behind, as in :func:`nucseg.slide.segment_slide`)."""
+    with run._clean_failed_start(folder, chunk_dir):
         folder.mkdir(parents=True, exist_ok=True)
         t = time.perf_counter()
-        region = tissue.roi_geometry(
-            [tuple(r) for r in options.roi] if options.roi else None, options.roi_geojson
-        )
         _, asked, downsample, mask = run._slide_tissue(reader, slide_mpp, region)
+        if not mask.any():
+            log.warning("%s: no tissue found: the outputs hold no nuclei", path)
         tissue_s = time.perf_counter() - t
         plan = engine.make_plan(
             reader, mpp=slide_mpp, model_mpp=work["mpp"], chunk=options.chunk,
@@ -131,18 +168,12 @@ def prepare_slide(
         )  # fmt: skip
         stain_s = time.perf_counter() - t
         np.save(chunk_dir / "tissue.npy", mask)
-        fmt, dims, levels = reader.format, reader.dimensions, len(reader.levels)
-        file_mpp = reader.mpp
-    finally:
-        reader.close()
     todo = [c for c in plan.chunks if not engine.chunk_done(chunk_dir, c)]
     return {
-        "slide": str(path), "out_dir": str(out_dir), "folder": str(folder),
-        "chunk_dir": str(chunk_dir), "todo": todo, "resumed": len(plan.chunks) - len(todo),
-        "overview_downsample": asked, "downsample": downsample, "mpp": slide_mpp,
+        "todo": todo, "resumed": len(plan.chunks) - len(todo), "overview_downsample": asked,
+        "downsample": downsample,
         "tissue_mm2": float(mask.sum()) * (downsample * slide_mpp) ** 2 / 1e6,
-        "format": fmt, "dimensions": list(dims), "levels": levels, "mpp_file": file_mpp,
-        "setup": setup, "started": started, "times": {"tissue_s": tissue_s, "stain_s": stain_s},
+        "setup": setup, "times": {"tissue_s": tissue_s, "stain_s": stain_s},
     }  # fmt: skip
 
 
@@ -174,7 +205,7 @@ def finish_slide(
         overview, downsample = tissue.read_overview(reader, job["overview_downsample"])
         assembled = run._assemble(
             reader, plan, chunk_dir, outputs, overview, downsample, mask,
-            overwrite=options.overwrite, stem=stem, times=times,
+            overwrite=options.overwrite or options.resume, stem=stem, times=times,
         )  # fmt: skip
     finally:
         reader.close()
@@ -196,11 +227,13 @@ def finish_slide(
         **run._types_entry(outputs["parquet"], area),
         "chunk_seconds": sum(r["seconds"] for r in done),
         "seconds": time.time() - job["started"], "times": times,
+        "quality": assembled["quality"],
         "outputs": {k: str(v) for k, v in outputs.items()}, "distributed": True, **provenance,
     }  # fmt: skip
-    with atomic_write(outputs["report"], overwrite=options.overwrite) as tmp:
+    with atomic_write(outputs["report"], overwrite=options.overwrite or options.resume) as tmp:
         tmp.write_text(json.dumps(report, indent=1) + "\n")
-    write_partition(job["out_dir"], stem, outputs["parquet"], overwrite=options.overwrite)
+    write_partition(job["out_dir"], stem, outputs["parquet"],
+                    overwrite=options.overwrite or options.resume)  # fmt: skip
     if not options.keep_chunks:
         shutil.rmtree(chunk_dir)
     return report
@@ -306,6 +339,7 @@ def run_cohort(
     from distributed import as_completed
 
     from nucseg.provenance import provenance
+    from nucseg.slide.summary import failed_row, summary_row
 
     work = _work(options)
     if work["kind"] == "model":
@@ -340,7 +374,7 @@ def run_cohort(
             if rows[i]["slide"] not in message:
                 message = f"{rows[i]['slide']}: {message}"
             log.info("%s failed: %s", rows[i]["slide"], message)
-            rows[i].update(status="failed", error=message)
+            rows[i] = failed_row(rows[i]["slide"], message, future.exception(), out_dir)
         elif kind == "prepare":
             job = future.result()
             chunks = [client.submit(engine.chunk_task, job["chunk_dir"], index, **task,
@@ -352,15 +386,7 @@ def run_cohort(
             pending.add(final)
             continue
         else:
-            report = future.result()
-            rows[i].update(
-                nuclei=report["nuclei"],
-                tissue_mm2=round(report["tissue_mm2"], 4),
-                nuclei_per_mm2=round(report["nuclei_per_mm2"] or 0.0, 1),
-                minutes=round(report["seconds"] / 60, 2),
-                chunk_seconds=round(report["chunk_seconds"], 2),
-                **summary_row(report),
-            )
+            rows[i] = summary_row(rows[i]["slide"], future.result())
         top_up()
     return rows
 
@@ -377,10 +403,10 @@ def cmd_cohort(args: Any, predict: dict[str, Any]) -> int:
     """``nucseg slide --workers N | --scheduler ADDRESS | --scheduler-file FILE``."""
     import sys
 
-    from nucseg.slide.cli import _table, _write_summary
+    from nucseg.slide.summary import exit_status, table, write_summary
 
     options = SlideOptions(
-        model=args.model, method=args.method, mpp=args.mpp,
+        model=args.model, method=args.method, mpp=args.mpp, force_mpp=args.force_mpp,
         roi=tuple(args.roi) if args.roi else None,
         roi_geojson=str(args.roi_geojson) if args.roi_geojson else None,
         chunk=args.chunk, halo=args.halo, predict=tuple(sorted(predict.items())),
@@ -388,6 +414,9 @@ def cmd_cohort(args: Any, predict: dict[str, Any]) -> int:
         overwrite=args.overwrite, keep_chunks=args.keep_chunks,
     )  # fmt: skip
     _work(options)  # an unknown model or method fails here, before any cluster starts
+    if not args.verbose:  # distributed set its loggers up when imported: INFO, own handler
+        for name in ("distributed", "tornado", "asyncio"):
+            logging.getLogger(name).setLevel(logging.CRITICAL)
     client = make_client(
         workers=args.workers,
         scheduler=args.scheduler,
@@ -395,6 +424,8 @@ def cmd_cohort(args: Any, predict: dict[str, Any]) -> int:
         timeout=args.connect_timeout,
     )
     try:
+        if args.workers is not None:  # its workers print to this terminal
+            client.register_plugin(WorkerLogging(verbose=args.verbose))
         print(f"dashboard: {_dashboard(client)}", flush=True)
         out = Path(args.out)
         out.mkdir(parents=True, exist_ok=True)
@@ -408,11 +439,11 @@ def cmd_cohort(args: Any, predict: dict[str, Any]) -> int:
         if cluster is not None and args.workers is not None:
             cluster.close()
     for row in rows:
-        if row["status"] != "ok":
-            print(f"nucseg: error: {row['error']}", file=sys.stderr)
-    _write_summary(Path(args.out) / "slides.csv", rows)
-    print(_table(rows))
-    return 2 if any(r["status"] != "ok" for r in rows) else 0
+        if row["status"] != "ok" or row.get("refused"):
+            print(f"nucseg: error: {row.get('refused') or row['error']}", file=sys.stderr)
+    write_summary(Path(args.out) / "slides.csv", rows)
+    print(table(rows))
+    return exit_status(rows)
 
 
 def _dashboard(client: Any) -> str:

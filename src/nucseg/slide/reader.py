@@ -20,6 +20,7 @@ Which reader opens a file (:func:`open_slide`):
 
 from __future__ import annotations
 
+import errno
 import logging
 import os
 import re
@@ -85,7 +86,16 @@ class SlideReader:
             )
         if w <= 0 or h <= 0:
             raise ValueError(f"region size must be positive, got w={w}, h={h}")
-        return self._read(int(x), int(y), int(w), int(h), level)
+        try:
+            return self._read(int(x), int(y), int(w), int(h), level)
+        except MemoryError:
+            raise
+        except Exception as err:  # OpenSlideError, a codec's error, a short read: one line
+            reason = str(err).replace("\n", " ") or type(err).__name__
+            raise ValueError(
+                f"{self.path}: cannot read its pixels (level {level}, x {x}, y {y}): {reason} "
+                "(damaged or truncated?)"
+            ) from err
 
     def _read(self, x: int, y: int, w: int, h: int, level: int) -> np.ndarray:
         raise NotImplementedError
@@ -281,11 +291,17 @@ def open_slide(path: str | os.PathLike) -> SlideReader:
     Raises
     ------
     FileNotFoundError
-        If ``path`` is not a file.
+        If ``path`` does not exist.
+    IsADirectoryError
+        If ``path`` is a folder.
     ValueError
         If no reader can open it; the message names the file.
     """
     path = Path(path)
+    if path.is_dir():
+        raise IsADirectoryError(
+            errno.EISDIR, f"{path} is a folder, not a slide file (give the slide's file)", str(path)
+        )
     if not path.is_file():
         raise FileNotFoundError(f"{path}: no such slide file")
     is_tiff = path.suffix.lower() in _TIFF_SUFFIXES or path.name.lower().endswith(".ome.tif")

@@ -10,6 +10,7 @@ and redoes only the chunks without their Parquet file.
 from __future__ import annotations
 
 import collections
+import contextlib
 import hashlib
 import json
 import logging
@@ -17,7 +18,7 @@ import os
 import resource
 import shutil
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -94,17 +95,25 @@ def _write_png(path: Path, rgb: np.ndarray, *, overwrite: bool) -> None:
     write_png(path, rgb, overwrite=overwrite)
 
 
-def _slide_mpp(path: str | os.PathLike, reader: Any, mpp: float | None) -> float:
-    """The slide's microns per pixel: ``mpp`` if given, else the file's; checked."""
-    slide_mpp = float(mpp) if mpp is not None else reader.mpp
-    if slide_mpp is None:
+class OutputsExist(FileExistsError):
+    """A slide's finished outputs exist and ``overwrite`` was not given: nothing was changed."""
+
+
+def _slide_mpp(
+    path: str | os.PathLike, reader: Any, mpp: float | None, *, force: bool = False
+) -> float:
+    """The slide's microns per pixel: ``mpp`` if given, else the file's; checked
+    (:func:`nucseg._checks.check_mpp`: finite, > 0 and within 0.05-5 unless ``force``)."""
+    from nucseg._checks import check_mpp
+
+    if mpp is not None:
+        return check_mpp(mpp, what=f"{path}: --mpp {mpp}", force=force)
+    if reader.mpp is None:
         raise ValueError(
             f"{path}: the file records no microns per pixel; pass --mpp (e.g. --mpp 0.25 "
             "for a 40x scan)"
         )
-    if not slide_mpp > 0:
-        raise ValueError(f"{path}: microns per pixel must be > 0, got {slide_mpp}")
-    return slide_mpp
+    return check_mpp(reader.mpp, what=f"{path}: the file's microns per pixel", force=force)
 
 
 def _prepare_folder(
@@ -113,15 +122,24 @@ def _prepare_folder(
 ) -> tuple[Path, dict[str, Path], Path]:  # fmt: skip
     """The slide's output folder, output files and chunk folder, checked before any work.
 
-    Refuses existing outputs without ``overwrite`` and an unfinished run's chunks without
-    ``resume`` or ``overwrite``; with ``overwrite`` alone those chunks are discarded.
+    Refuses existing outputs without ``overwrite`` (:class:`OutputsExist`) and an unfinished
+    run's chunks without ``resume`` or ``overwrite``; with ``overwrite`` alone those chunks are
+    discarded. A ``chunks/`` folder without a finished chunk (a start that failed) blocks
+    nothing: it is discarded. With ``resume``, outputs of a run interrupted while it wrote them
+    (chunks present, no ``report.json`` yet) are written again from the chunks.
     """
     folder = Path(out_dir) / slide_stem(path)
     outputs = output_paths(folder, gzip=gzip, labels=labels)
     chunk_dir = folder / "chunks"
+    if chunk_dir.is_dir() and not any(chunk_dir.glob("r*_c*.parquet")) and not resume:
+        shutil.rmtree(chunk_dir)  # planned, never started: nothing to keep
     existing = [str(p) for p in outputs.values() if p.exists()]
-    if existing and not overwrite:
-        raise FileExistsError(f"{existing[0]} exists; pass --overwrite to replace it")
+    unfinished = chunk_dir.is_dir() and not outputs["report"].exists()
+    if existing and not overwrite and not (resume and unfinished):
+        hint = "pass --overwrite to replace it"
+        if unfinished:
+            hint = "its run was interrupted while writing its outputs: pass --resume to finish it"
+        raise OutputsExist(f"{existing[0]} exists; {hint}")
     if chunk_dir.exists() and not (resume or overwrite):
         raise FileExistsError(
             f"{chunk_dir} holds an unfinished run; pass --resume to continue it or "
@@ -152,6 +170,7 @@ def segment_slide(
     method: str | None = None,
     segmenter: Callable[[np.ndarray], np.ndarray] | None = None,
     mpp: float | None = None,
+    force_mpp: bool = False,
     roi: list[tuple[int, int, int, int]] | None = None,
     roi_geojson: str | os.PathLike | None = None,
     chunk: int = DEFAULT_CHUNK,
@@ -181,6 +200,8 @@ def segment_slide(
         Any ``image -> labels`` instead of both (its mpp is taken as 0.25).
     mpp : float, optional
         Microns per level-0 pixel, overriding the file's.
+    force_mpp : bool, optional
+        Accept a microns per pixel (``mpp`` or the file's) outside 0.05-5.
     roi : list of (x, y, w, h), optional
         Level-0 rectangles to restrict the work to.
     roi_geojson : path-like, optional
@@ -226,51 +247,50 @@ def segment_slide(
     path = Path(path)
     reader = open_slide(path)
     try:
-        slide_mpp = _slide_mpp(path, reader, mpp)
+        slide_mpp = _slide_mpp(path, reader, mpp, force=force_mpp)
+        region = tissue.roi_geometry(roi, roi_geojson)
+        tissue.check_roi(region, reader.dimensions, path)
         folder, outputs, chunk_dir = _prepare_folder(
             path, out_dir, gzip=gzip, labels=labels, overwrite=overwrite, resume=resume
         )
         work = _resolve_work(model, method, segmenter)
-        folder.mkdir(parents=True, exist_ok=True)
-        # the network is built (torch imported, weights loaded, batch norms folded) in a thread
-        # while the tissue is found and the stain statistics fitted: a second or two per slide
-        loading = _start_loading(work, predict or {})
+        with _clean_failed_start(folder, chunk_dir):
+            folder.mkdir(parents=True, exist_ok=True)
+            # the network is built (torch imported, weights loaded, batch norms folded) in a
+            # thread while the tissue is found and the stain statistics fitted
+            loading = _start_loading(work, predict or {})
 
-        t = time.perf_counter()
-        region = tissue.roi_geometry(roi, roi_geojson)
-        overview, _, downsample, mask = _slide_tissue(reader, slide_mpp, region)
-        tissue_mm2 = float(mask.sum()) * (downsample * slide_mpp) ** 2 / 1e6
-        times["tissue_s"] = time.perf_counter() - t
+            t = time.perf_counter()
+            overview, _, downsample, mask = _slide_tissue(reader, slide_mpp, region)
+            tissue_mm2 = float(mask.sum()) * (downsample * slide_mpp) ** 2 / 1e6
+            times["tissue_s"] = time.perf_counter() - t
+            if not mask.any():
+                where = "" if region is None else " in the ROI"
+                log.warning("%s: no tissue found%s: the outputs hold no nuclei", path, where)
 
-        plan = engine.make_plan(
-            reader,
-            mpp=slide_mpp,
-            model_mpp=work["mpp"],
-            chunk=chunk,
-            halo=halo,
-            tissue=mask,
-            tissue_downsample=downsample,
-            roi=region,
-        )
-        _save_plan(chunk_dir, plan, resume=resume)
+            plan = engine.make_plan(
+                reader, mpp=slide_mpp, model_mpp=work["mpp"], chunk=chunk, halo=halo,
+                tissue=mask, tissue_downsample=downsample, roi=region,
+            )  # fmt: skip
+            _save_plan(chunk_dir, plan, resume=resume)
 
-        t = time.perf_counter()
-        segment, setup = _build_segmenter(
-            work, reader, plan, loading, chunk_dir,
-            tissue_work_mpx=float(mask.sum()) * (downsample / plan.scale) ** 2 / 1e6,
-        )  # fmt: skip
-        times["model_and_stain_s"] = time.perf_counter() - t
+            t = time.perf_counter()
+            segment, setup = _build_segmenter(
+                work, reader, plan, loading, chunk_dir,
+                tissue_work_mpx=float(mask.sum()) * (downsample / plan.scale) ** 2 / 1e6,
+            )  # fmt: skip
+            times["model_and_stain_s"] = time.perf_counter() - t
 
-        t = time.perf_counter()
-        chunk_stats = _run_chunks(reader, plan, segment, chunk_dir, progress=progress)
-        times["chunks_s"] = time.perf_counter() - t
+            t = time.perf_counter()
+            chunk_stats = _run_chunks(reader, plan, segment, chunk_dir, progress=progress)
+            times["chunks_s"] = time.perf_counter() - t
         times["chunk_read_s"] = chunk_stats.pop("read_s")  # waiting for the reading thread
         times["chunk_segment_s"] = chunk_stats.pop("segment_s")  # normalisation and network
         times["chunk_finish_s"] = chunk_stats.pop("finish_s")  # post-processing and writing
 
         report = _assemble(
             reader, plan, chunk_dir, outputs, overview, downsample, mask,
-            overwrite=overwrite, stem=slide_stem(path), times=times,
+            overwrite=overwrite or resume, stem=slide_stem(path), times=times,
         )  # fmt: skip
     finally:
         reader.close()
@@ -308,7 +328,7 @@ def segment_slide(
         "outputs": {k: str(v) for k, v in outputs.items()},
         **provenance(argv),
     }
-    with _atomic_json(outputs["report"], overwrite) as tmp:
+    with _atomic_json(outputs["report"], overwrite or resume) as tmp:
         tmp.write_text(json.dumps(report, indent=1) + "\n")
     if not keep_chunks:
         shutil.rmtree(chunk_dir)
@@ -321,6 +341,23 @@ def _types_entry(parquet: Path, tissue_mm2: float) -> dict[str, Any]:
 
     types = slide_types(parquet, tissue_mm2=tissue_mm2)
     return {} if types is None else {"types": types}
+
+
+@contextlib.contextmanager
+def _clean_failed_start(folder: Path, chunk_dir: Path) -> Iterator[None]:
+    """If the block fails (or is interrupted) before any chunk is finished, remove the
+    ``chunks/`` folder it made, and the slide's folder if it made it and it is empty: a start
+    that failed (a damaged slide, a wrong option) leaves nothing behind."""
+    had_folder, had_chunks = folder.exists(), chunk_dir.exists()
+    try:
+        yield
+    except BaseException:
+        if not had_chunks and chunk_dir.is_dir() and not any(chunk_dir.glob("r*_c*.parquet")):
+            shutil.rmtree(chunk_dir, ignore_errors=True)
+        if not had_folder and folder.is_dir() and not any(folder.iterdir()):
+            with contextlib.suppress(OSError):
+                folder.rmdir()
+        raise
 
 
 def _atomic_json(path: Path, overwrite: bool):
@@ -570,7 +607,28 @@ def _assemble(
     image = writers.outline_overlay(view, infos, shape=shape, scale=plan.scale)
     _write_png(outputs["overlay"], image, overwrite=overwrite)
     times["overlay_s"] = time.perf_counter() - t
-    return {"nuclei": n, "quality": _quality_summary(infos, stem)}
+    summary = _quality_summary(infos, stem)
+    summary["scale"] = _scale_check(outputs["parquet"], plan.mpp, stem)
+    summary["slide_flags"] = [summary["scale"]["warning"]] if _flagged(summary["scale"]) else []
+    return {"nuclei": n, "quality": summary}
+
+
+def _flagged(scale: dict[str, Any] | None) -> bool:
+    return scale is not None and scale["warning"] is not None
+
+
+def _scale_check(table: Path, mpp: float, stem: str) -> dict[str, Any] | None:
+    """:func:`nucseg.quality.scale_check` of the slide's nuclei (their ``area_um2`` column); a
+    mismatch is logged as one warning line."""
+    import pyarrow.parquet as pq
+
+    from nucseg.quality import scale_check
+
+    areas = pq.read_table(table, columns=["area_um2"]).column("area_um2").to_numpy()
+    scale = scale_check(areas, mpp=mpp)
+    if _flagged(scale):
+        log.warning("%s: %s", stem, scale["warning"])
+    return scale
 
 
 def _quality_summary(infos: list[Any], stem: str) -> dict[str, Any]:

@@ -20,7 +20,7 @@ from scipy import ndimage as ndi
 
 from nucseg.slide.reader import SlideReader, resize
 
-__all__ = ["read_overview", "roi_geometry", "roi_mask", "tissue_mask"]
+__all__ = ["check_roi", "read_overview", "roi_geometry", "roi_mask", "tissue_mask"]
 
 #: Microns per pixel of the overview on which tissue is detected.
 OVERVIEW_MPP = 8.0
@@ -56,6 +56,14 @@ def read_overview(
     return out, width / out_w
 
 
+#: Pixels whose brightest channel is below this are black, not tissue (label, pen, a scanner's
+#: fill): as :data:`nucseg.slide.engine.BLACK_LEVEL`, which keeps them from the network.
+BLACK_LEVEL = 32
+
+#: Tissue pieces are dropped below ``min_area_um2`` or this fraction of the slide, if smaller.
+MIN_AREA_FRACTION = 0.05
+
+
 def tissue_mask(
     overview: np.ndarray,
     *,
@@ -75,7 +83,8 @@ def tissue_mask(
     threshold : float, optional
         Largest channel optical density above which a pixel is tissue.
     min_area_um2 : float, optional
-        Tissue pieces smaller than this are dropped.
+        Tissue pieces smaller than this (or than :data:`MIN_AREA_FRACTION` of the overview,
+        if less) are dropped. Black pixels (:data:`BLACK_LEVEL`) are never tissue.
     closing_um : float, optional
         Radius of the morphological closing that joins nearby tissue.
 
@@ -91,7 +100,9 @@ def tissue_mask(
     100
     """
     od = -np.log((overview.astype(np.float32) + 1) / 256)
-    mask = od.max(axis=2) > threshold
+    mask = (od.max(axis=2) > threshold) & (overview.max(axis=2) >= BLACK_LEVEL)
+    # a slide smaller than the least piece (a small crop saved as a slide) keeps its tissue
+    min_area_um2 = min(min_area_um2, MIN_AREA_FRACTION * mask.size * mpp * mpp)
     radius = int(round(closing_um / mpp))
     if radius > 0:
         disk = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * radius + 1, 2 * radius + 1))
@@ -146,6 +157,22 @@ def roi_geometry(
     if not parts:
         return None
     return shapely.union_all(parts)
+
+
+def check_roi(geometry: Any, dimensions: tuple[int, int], path: str | os.PathLike) -> None:
+    """Raise ``ValueError`` if a ROI (level-0 geometry, or None) misses the slide entirely;
+    ``dimensions`` is the slide's level-0 ``(width, height)``."""
+    import shapely
+
+    if geometry is None:
+        return
+    width, height = dimensions
+    if not geometry.intersects(shapely.box(0, 0, width, height)):
+        x0, y0, x1, y1 = (round(v) for v in geometry.bounds)
+        raise ValueError(
+            f"{path}: the ROI (x {x0}-{x1}, y {y0}-{y1}) lies outside the slide ({width} x "
+            f"{height} level-0 pixels)"
+        )
 
 
 def roi_mask(geometry: Any, shape: tuple[int, int], downsample: float) -> np.ndarray:
