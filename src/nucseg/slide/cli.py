@@ -62,6 +62,10 @@ def add_parser(sub: Any) -> None:
     p.add_argument("--overwrite", action="store_true", help="replace existing outputs")
     p.add_argument("--keep-chunks", action="store_true", help="keep the per-chunk work files")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.add_argument(
+        "--thumbnail-size", type=int, default=4000, metavar="PIXELS",
+        help="longest side of thumbnail_overlay.png (at most 2 MB: palette, then smaller)",
+    )  # fmt: skip
     p.add_argument("--workers", type=int, metavar="N", help="Dask LocalCluster of N processes")
     p.add_argument("--scheduler", metavar="tcp://HOST:PORT", help="existing Dask scheduler")
     p.add_argument("--scheduler-file", type=Path, metavar="FILE", help="Dask scheduler file")
@@ -87,6 +91,9 @@ def cmd_slide(args: argparse.Namespace) -> int:
         raise ValueError(f"--halo must be >= 0 pixels, got {args.halo}")
     if args.overlap is not None and not 0 <= args.overlap < 1:
         raise ValueError(f"--overlap is a fraction of the tile in [0, 1), got {args.overlap}")
+    if args.thumbnail_size < 1:
+        raise ValueError(f"--thumbnail-size must be a positive number of pixels, got "
+                         f"{args.thumbnail_size}")  # fmt: skip
     if args.tile is not None and args.tile < 1:
         raise ValueError(f"--tile must be a positive number of pixels, got {args.tile}")
     stems = [slide_stem(p) for p in args.slides]
@@ -127,6 +134,7 @@ def cmd_slide(args: argparse.Namespace) -> int:
                 overwrite=args.overwrite,
                 keep_chunks=args.keep_chunks,
                 progress=not args.no_progress,
+                thumbnail_size=args.thumbnail_size,
                 argv=sys.argv,
             )
             row.update(

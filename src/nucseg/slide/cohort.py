@@ -61,6 +61,7 @@ class SlideOptions:
     resume: bool = False
     overwrite: bool = False
     keep_chunks: bool = False
+    thumbnail_size: int = 4000
 
     @property
     def predict_json(self) -> str:
@@ -174,6 +175,7 @@ def finish_slide(
         assembled = run._assemble(
             reader, plan, chunk_dir, outputs, overview, downsample, mask,
             overwrite=options.overwrite, stem=stem, times=times,
+            thumbnail_size=options.thumbnail_size,
         )  # fmt: skip
     finally:
         reader.close()
@@ -371,6 +373,7 @@ def cmd_cohort(args: Any, predict: dict[str, Any]) -> int:
         chunk=args.chunk, halo=args.halo, predict=tuple(sorted(predict.items())),
         labels=not args.no_labels, gzip=args.gzip, resume=args.resume,
         overwrite=args.overwrite, keep_chunks=args.keep_chunks,
+        thumbnail_size=args.thumbnail_size,
     )  # fmt: skip
     _work(options)  # an unknown model or method fails here, before any cluster starts
     client = make_client(

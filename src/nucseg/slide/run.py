@@ -163,6 +163,7 @@ def segment_slide(
     overwrite: bool = False,
     keep_chunks: bool = False,
     progress: bool = True,
+    thumbnail_size: int = 4000,
     argv: list[str] | None = None,
 ) -> dict[str, Any]:
     """Segment every nucleus of a whole slide into ``out_dir/<slide stem>/``.
@@ -202,6 +203,9 @@ def segment_slide(
         Keep the ``chunks/`` work folder after the outputs are written.
     progress : bool, optional
         Show a progress bar over the tissue chunks.
+    thumbnail_size : int, optional
+        Longest side of ``thumbnail_overlay.png`` in pixels (a picture over 2 MB is written with
+        a 256-colour palette, and shrunk if still over; full detail is in the label pyramid).
     argv : list of str, optional
         The command line, for the report.
 
@@ -271,6 +275,7 @@ def segment_slide(
         report = _assemble(
             reader, plan, chunk_dir, outputs, overview, downsample, mask,
             overwrite=overwrite, stem=slide_stem(path), times=times,
+            thumbnail_size=thumbnail_size,
         )  # fmt: skip
     finally:
         reader.close()
@@ -521,6 +526,7 @@ def _assemble(
     overwrite: bool,
     stem: str,
     times: dict[str, float],
+    thumbnail_size: int = 4000,
 ) -> dict[str, Any]:
     from nucseg.slide import writers
     from nucseg.slide.chunkio import read_chunk_info
@@ -543,17 +549,19 @@ def _assemble(
     t = time.perf_counter()
     tissue_rgb = np.repeat(mask[..., None] * np.uint8(255), 3, axis=2)
     _write_png(outputs["tissue"], tissue_rgb, overwrite=overwrite)
-    side = max(shape) / 4096
-    # the finest pyramid level with at most 4096 pixels a side (read as it is, never resampled
-    # from a finer level), if finer than the tissue overview
+    side = max(shape) / thumbnail_size
+    # the finest pyramid level with at most thumbnail_size pixels a side (read as it is, never
+    # resampled from a finer level), if finer than the tissue overview
     side = min((d for d in reader.downsamples if d >= side), default=side)
     view = overview
     if side < downsample:
         from nucseg.slide.tissue import read_overview
 
         view, _ = read_overview(reader, max(side, 1.0))
-    image = writers.outline_overlay(view, infos, shape=shape, scale=plan.scale)
-    _write_png(outputs["overlay"], image, overwrite=overwrite)
+    writers.write_thumbnail(
+        outputs["overlay"], view, infos, shape=shape, scale=plan.scale, size=thumbnail_size,
+        overwrite=overwrite,
+    )  # fmt: skip
     times["overlay_s"] = time.perf_counter() - t
     return {"nuclei": n, "quality": _quality_summary(infos, stem)}
 
