@@ -156,8 +156,19 @@ def cmd_slide(args: argparse.Namespace) -> int:
             row.update(status="failed", error=message)
         rows.append(row)
     _write_summary(args.out / "slides.csv", rows)
+    write_cohort_report(args.out)
     print(_table(rows))
     return 2 if any(r["status"] != "ok" for r in rows) else 0
+
+
+def write_cohort_report(out: Path) -> None:
+    """``OUT/cohort.html`` over the slide folders of ``out`` (a failure: one warning line)."""
+    from nucseg.slide.htmlreport import write_cohort_report as write
+
+    try:
+        write(out)
+    except (OSError, ValueError, KeyError) as err:
+        print(f"nucseg: warning: {out / 'cohort.html'} not written: {err}", file=sys.stderr)
 
 
 def _table(rows: list[dict[str, Any]]) -> str:

@@ -200,6 +200,7 @@ def finish_slide(
     }  # fmt: skip
     with atomic_write(outputs["report"], overwrite=options.overwrite) as tmp:
         tmp.write_text(json.dumps(report, indent=1) + "\n")
+    run.write_html_report(outputs, overwrite=options.overwrite)
     write_partition(job["out_dir"], stem, outputs["parquet"], overwrite=options.overwrite)
     if not options.keep_chunks:
         shutil.rmtree(chunk_dir)
@@ -364,7 +365,7 @@ def cmd_cohort(args: Any, predict: dict[str, Any]) -> int:
     """``nucseg slide --workers N | --scheduler ADDRESS | --scheduler-file FILE``."""
     import sys
 
-    from nucseg.slide.cli import _table, _write_summary
+    from nucseg.slide.cli import _table, _write_summary, write_cohort_report
 
     options = SlideOptions(
         model=args.model, method=args.method, mpp=args.mpp,
@@ -398,6 +399,7 @@ def cmd_cohort(args: Any, predict: dict[str, Any]) -> int:
         if row["status"] != "ok":
             print(f"nucseg: error: {row['error']}", file=sys.stderr)
     _write_summary(Path(args.out) / "slides.csv", rows)
+    write_cohort_report(args.out)
     print(_table(rows))
     return 2 if any(r["status"] != "ok" for r in rows) else 0
 

@@ -59,6 +59,7 @@ def output_paths(folder: Path, *, gzip: bool = False, labels: bool = True) -> di
         "tissue": folder / "tissue.png",
         "overlay": folder / "thumbnail_overlay.png",
         "report": folder / "report.json",
+        "html": folder / "report.html",
     }
     if labels:
         paths["labels"] = folder / "labels.ome.tif"
@@ -314,9 +315,21 @@ def segment_slide(
     }
     with _atomic_json(outputs["report"], overwrite) as tmp:
         tmp.write_text(json.dumps(report, indent=1) + "\n")
+    write_html_report(outputs, overwrite=overwrite)
     if not keep_chunks:
         shutil.rmtree(chunk_dir)
     return report
+
+
+def write_html_report(outputs: dict[str, Path], *, overwrite: bool) -> None:
+    """``report.html`` (:mod:`nucseg.slide.htmlreport`) beside ``report.json``; a failure is
+    one warning line, since every other output is written by then."""
+    from nucseg.slide.htmlreport import write_slide_report
+
+    try:
+        write_slide_report(outputs["report"].parent, overwrite=overwrite)
+    except (OSError, ValueError, KeyError) as err:
+        log.warning("%s: report.html not written: %s", outputs["report"].parent, err)
 
 
 def _atomic_json(path: Path, overwrite: bool):
