@@ -13,6 +13,7 @@ import threading
 import urllib.error
 import urllib.request
 import xml.etree.ElementTree as ET
+from html.parser import HTMLParser
 from pathlib import Path
 
 import numpy as np
@@ -372,3 +373,40 @@ def test_view_command_prints_the_address_and_serves(run):
     finally:
         process.send_signal(signal.SIGINT)
         assert process.wait(timeout=60) == 0
+
+
+# --- reports --------------------------------------------------------------------------------------
+
+
+class _Links(HTMLParser):
+    def __init__(self) -> None:
+        super().__init__()
+        self.tags: list[tuple[str, dict]] = []
+
+    def handle_starttag(self, tag, attrs):
+        self.tags.append((tag, dict(attrs)))
+
+
+def test_reports_are_self_contained(run):
+    """report.html (written by the run) and cohort.html: every picture embedded, no script, no
+    stylesheet or other file to fetch; the slide's lists its flagged chunk with a picture."""
+    from nucseg.slide.htmlreport import FLAG_ACTION, flagged_chunks, write_cohort_report
+
+    write_cohort_report(run.parent)
+    report = json.loads((run / "report.json").read_text())
+    for path in (run / "report.html", run.parent / "cohort.html"):
+        parser = _Links()
+        text = path.read_text()
+        parser.feed(text)
+        tags = [t for t, _ in parser.tags]
+        assert "script" not in tags and "link" not in tags and "iframe" not in tags
+        sources = [a["src"] for t, a in parser.tags if t == "img"]
+        assert sources and all(s.startswith("data:image/") for s in sources)
+        links = [a["href"] for t, a in parser.tags if t == "a"]
+        assert all(not h.startswith(("http:", "https:", "//")) for h in links)
+        assert path.stat().st_size < 5_000_000
+    text = (run / "report.html").read_text()
+    flags = flagged_chunks(report)
+    assert text.count('alt="chunk ') == len(flags) > 0 and text.count(FLAG_ACTION) == len(flags)
+    assert f"{report['nuclei']:,}" in text and "weights SHA-256" in text
+    assert '<a href="disks/report.html">' in (run.parent / "cohort.html").read_text()

@@ -295,7 +295,12 @@ def _cohort_plot(names: list[str], densities: list[float], areas: list[Any]) -> 
     left.set_yticks(positions, names)
     left.invert_yaxis()
     left.set_xlabel("nuclei per mm² of tissue")
-    right.boxplot(areas, positions=positions, vert=False, showfliers=False)
+    horizontal = (
+        {"orientation": "horizontal"}
+        if tuple(int(v) for v in matplotlib.__version__.split(".")[:2]) >= (3, 10)
+        else {"vert": False}
+    )
+    right.boxplot(areas, positions=positions, showfliers=False, **horizontal)
     right.set_xlabel("nucleus area (µm²)")
     figure.tight_layout()
     return _figure_uri(figure)

@@ -11,6 +11,7 @@ window.nucseg = { ready: false, tilesLoaded: 0, drawn: 0, count: 0, complete: fa
                   selected: null, density: false };
 
 const $ = (id) => document.getElementById(id);
+window.nucseg_viewer = () => state.viewer; // the OpenSeadragon viewer, for the tests
 
 async function main() {
   const response = await fetch("api/items");
