@@ -7,8 +7,9 @@ const TYPE_COLOURS = {
 };
 const NO_TYPE = "#ffe119";
 const state = { item: null, viewer: null, data: null, heat: null, flags: [], fetchId: 0, timer: null };
+// firstTileMs: milliseconds from the page's navigation to its first tile (the benchmark's figure)
 window.nucseg = { ready: false, tilesLoaded: 0, drawn: 0, count: 0, complete: false, box: null,
-                  selected: null, density: false };
+                  selected: null, density: false, firstTileMs: null };
 
 const $ = (id) => document.getElementById(id);
 window.nucseg_viewer = () => state.viewer; // the OpenSeadragon viewer, for the tests
@@ -52,7 +53,10 @@ function open(item) {
     window.nucseg.ready = true;
     refresh();
   });
-  viewer.addHandler("tile-loaded", () => { window.nucseg.tilesLoaded += 1; });
+  viewer.addHandler("tile-loaded", () => {
+    window.nucseg.tilesLoaded += 1;
+    if (window.nucseg.firstTileMs === null) window.nucseg.firstTileMs = performance.now();
+  });
   viewer.addHandler("animation", draw);
   viewer.addHandler("resize", () => { draw(); refresh(); });
   viewer.addHandler("animation-finish", refresh);
