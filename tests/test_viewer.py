@@ -346,6 +346,15 @@ def test_view_errors_are_one_line(run, tmp_path, capsys, monkeypatch):
     assert err == [
         f"nucseg: error: {tmp_path / 'missing'}: no such folder (give OUT/<slide> or OUT)"
     ]
+    import socket
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        assert main(["view", str(run), "--no-browser", "--port", str(port)]) == 2
+    (line,) = capsys.readouterr().err.strip().splitlines()
+    assert line.startswith(f"nucseg: error: cannot listen on 127.0.0.1:{port}: ")
     from nucseg.viewer import assets
 
     monkeypatch.setenv("NUCSEG_OPENSEADRAGON", str(tmp_path))

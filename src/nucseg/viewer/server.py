@@ -138,6 +138,9 @@ class _Handler(BaseHTTPRequestHandler):
             self._send(HTTPStatus.NOT_FOUND, str(err).encode(), "text/plain; charset=utf-8")
         except (BrokenPipeError, ConnectionResetError):
             pass
+        except OSError as err:  # a slide or output that cannot be read now: say it, go on
+            log.warning("%s: %s", url.path, err)
+            self._send(HTTPStatus.INTERNAL_SERVER_ERROR, str(err).encode(), "text/plain")
 
     def _route(self, path: str, query: dict[str, str]) -> None:
         viewer = self.viewer
@@ -223,6 +226,10 @@ def make_server(viewer: Viewer, *, port: int = 0) -> ThreadingHTTPServer:
         If the port is taken.
     """
     handler = type("Handler", (_Handler,), {"viewer": viewer})
-    server = ThreadingHTTPServer(("127.0.0.1", port), handler)
+    try:
+        server = ThreadingHTTPServer(("127.0.0.1", port), handler)
+    except OSError as err:
+        raise OSError(f"cannot listen on 127.0.0.1:{port}: {err.strerror or err}; give another "
+                      "--port, or none for a free one") from None  # fmt: skip
     server.daemon_threads = True
     return server
