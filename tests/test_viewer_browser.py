@@ -200,3 +200,33 @@ def test_reports_render_offline_with_their_plots(browser, run, name):
         assert all(url.startswith(("file:", "data:")) for url in requested)
     finally:
         context.close()
+
+
+def test_outlines_are_coloured_by_type(browser, run, tmp_path):
+    """With a `type` column the legend lists the types and the outlines take their colours."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    folder = tmp_path / "typed"
+    shutil.copytree(run, folder)
+    table = pq.read_table(run / "nuclei.parquet")
+    kinds = np.array(["epithelial", "inflammatory"])[np.arange(table.num_rows) % 2]
+    pq.write_table(table.append_column("type", pa.array(kinds.tolist())), folder / "nuclei.parquet")
+    server, url = serve(folder)
+    page = browser.new_page(viewport={"width": 1100, "height": 800})
+    try:
+        page.goto(url)
+        page.wait_for_function(
+            "nucseg.box !== null && nucseg.drawn === nucseg.count", timeout=WAIT_MS
+        )
+        assert "epithelial" in page.inner_text("#legend") and "spindle" in page.inner_text(
+            "#legend"
+        )
+        zoom_to(page, 300, 300, 240, 160)
+        shot = np.asarray(Image.open(io.BytesIO(page.locator("#outlines").screenshot())))[..., :3]
+        for colour in ((230, 25, 75), (60, 180, 75)):  # epithelial red, inflammatory green
+            assert np.all(np.abs(shot.astype(int) - colour) < 40, axis=2).sum() > 100, colour
+    finally:
+        page.close()
+        server.shutdown()
+        server.server_close()
