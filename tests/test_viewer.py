@@ -315,7 +315,9 @@ def get(url: str) -> tuple[int, bytes]:
 def test_server_routes(server, layer):
     assert server.startswith("http://127.0.0.1:")
     status, body = get(server + "api/items")
-    (item,) = json.loads(body)["items"]
+    assert status == 200 and json.loads(body) == {"items": [{"name": "disks", "title": "disks"}]}
+    status, body = get(server + "api/disks/info")
+    item = json.loads(body)
     assert status == 200 and item["nuclei"] == len(layer) and item["types"] is None
     assert item["flags"] and item["report"] == "/files/disks/report.html"
     assert get(server)[0] == get(server + "osd/openseadragon.min.js")[0] == 200

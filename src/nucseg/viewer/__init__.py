@@ -31,7 +31,8 @@ def start(
     tile_format: str = "jpeg",
     max_outlines: int = 20_000,
 ) -> tuple[Any, str]:
-    """Check ``path``'s outputs and bind the server (not yet serving): ``(server, url)``.
+    """Check ``path``'s outputs, bind the server (not yet serving) and make the first slide
+    ready (slide opened, overview read, nuclei indexed): ``(server, url)``.
 
     Raises
     ------
@@ -46,6 +47,7 @@ def start(
     items = find_items(Path(path), source=source, mpp=mpp)
     viewer = Viewer(items, tile_format=tile_format, max_outlines=max_outlines)
     server = make_server(viewer, port=port)
+    viewer.warm_all()  # the first slide ready before its address is given; the others after
     host, bound = server.server_address[:2]
     return server, f"http://{host}:{bound}/"
 

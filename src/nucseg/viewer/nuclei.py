@@ -33,7 +33,7 @@ __all__ = ["MAX_OUTLINES", "TYPE_NAMES", "NucleiLayer"]
 MAX_OUTLINES = 20_000
 #: Nucleus types in the order of their codes in :meth:`NucleiLayer.outlines` (255: none/other).
 TYPE_NAMES = ("epithelial", "inflammatory", "spindle", "other")
-_GROUP_CACHE = 64
+_GROUP_CACHE = 32  # row groups (slide chunks) of WKB bytes kept: about 200 MB at most
 
 
 class NucleiLayer:
@@ -124,16 +124,17 @@ class NucleiLayer:
         ``int32 ids[n]``, ``uint8 types[n]`` (255 without types), padding to 4 bytes,
         ``uint32 offsets[n + 1]`` (into the points) and ``float32 xy[2 * points]``: each
         nucleus's exterior ring in level-0 pixels, simplified by ``tolerance`` pixels
-        (topology kept), its closing point left out.
+        (Douglas-Peucker; drawn, never measured), its closing point left out.
         """
         rows = self.query(box)
         n = len(rows)
         if n > limit:
             return struct.pack("<III", n, 0, 0)
-        shapes = self._outlines(rows)
-        if tolerance > 0:
-            shapes = shapely.simplify(shapes, tolerance, preserve_topology=True)
-        rings = _exterior_rings(shapes)
+        rings = _exterior_rings(self._outlines(rows))
+        if tolerance > 0:  # Douglas-Peucker on the rings; a ring it collapses stays as it was
+            simple = shapely.simplify(rings, tolerance, preserve_topology=False)
+            collapsed = shapely.get_num_coordinates(simple) < 4
+            rings = np.where(collapsed, rings, simple)
         coords, index = shapely.get_coordinates(rings, return_index=True)
         counts = np.bincount(index, minlength=n)
         keep = np.ones(len(coords), dtype=bool)
@@ -191,7 +192,8 @@ def _plain(value: Any) -> Any:
 
 
 class _ParquetOutlines:
-    """Outlines read from ``nuclei.parquet``'s WKB ``geometry`` column, by row group."""
+    """Outlines read from ``nuclei.parquet``'s WKB ``geometry`` column: a row group's bytes are
+    read once (kept in a small cache, undecoded) and only the rows asked for are decoded."""
 
     def __init__(self, path: Path) -> None:
         import pyarrow.parquet as pq
@@ -199,27 +201,28 @@ class _ParquetOutlines:
         self.file = pq.ParquetFile(path)
         sizes = [self.file.metadata.row_group(g).num_rows for g in range(self.file.num_row_groups)]
         self.starts = np.concatenate([[0], np.cumsum(sizes)]).astype(np.int64)
-        self.cache: OrderedDict[int, np.ndarray] = OrderedDict()
+        self.cache: OrderedDict[int, Any] = OrderedDict()
         self.lock = threading.Lock()
 
-    def group(self, g: int) -> np.ndarray:
+    def group(self, g: int) -> Any:
+        """Row group ``g``'s WKB column (a pyarrow array)."""
         with self.lock:
             if g in self.cache:
                 self.cache.move_to_end(g)
                 return self.cache[g]
             column = self.file.read_row_group(g, columns=["geometry"])["geometry"]
-            shapes = shapely.from_wkb(column.to_numpy(zero_copy_only=False))
-            self.cache[g] = shapes
+            self.cache[g] = column
             if len(self.cache) > _GROUP_CACHE:
                 self.cache.popitem(last=False)
-            return shapes
+            return column
 
     def __call__(self, rows: np.ndarray) -> np.ndarray:
         out = np.empty(len(rows), dtype=object)
         groups = np.searchsorted(self.starts, rows, side="right") - 1
         for g in np.unique(groups):
             pick = groups == g
-            out[pick] = self.group(int(g))[rows[pick] - self.starts[g]]
+            wkb = self.group(int(g)).take(rows[pick] - self.starts[g])
+            out[pick] = shapely.from_wkb(wkb.to_numpy(zero_copy_only=False))
         return out
 
 

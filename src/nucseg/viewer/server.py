@@ -4,7 +4,8 @@
 Routes (``NAME`` is an :class:`~nucseg.viewer.outputs.Item`'s key):
 
 - ``/`` the page, ``/static/...`` its script and style, ``/osd/...`` OpenSeadragon's files;
-- ``/api/items``: what there is to show (size, mpp, types, flagged chunks, density map);
+- ``/api/items``: the names and titles of what there is to show;
+- ``/api/NAME/info``: its size, mpp, nuclei, types, flagged chunks, density map's scale;
 - ``/dzi/NAME.dzi`` and ``/dzi/NAME_files/LEVEL/COL_ROW.jpeg``: Deep Zoom tiles;
 - ``/api/NAME/nuclei?x0=&y0=&x1=&y1=&tol=``: a viewport's outlines (binary, see
   :meth:`~nucseg.viewer.nuclei.NucleiLayer.outlines`);
@@ -95,6 +96,28 @@ class Viewer:
                 self._density[name] = density_map(nuclei, (height, width), mpp=item.mpp)
             return self._density[name]
 
+    def warm(self, name: str) -> None:
+        """Open the slide, read its overview level, build the nuclei index and density map:
+        what the page's first requests need."""
+        self.tiles(name).slide.overview()
+        self.density(name)
+
+    def warm_all(self) -> threading.Thread:
+        """Warm the first item now and the others in a background thread (returned)."""
+        names = list(self.items)
+        self.warm(names[0])
+
+        def rest() -> None:
+            for name in names[1:]:
+                try:
+                    self.warm(name)
+                except (OSError, ValueError) as err:  # said again when the page asks for it
+                    log.warning("%s: %s", name, err)
+
+        thread = threading.Thread(target=rest, daemon=True)
+        thread.start()
+        return thread
+
     def tiles_dimensions(self, name: str) -> tuple[int, int]:
         return self.tiles(name).slide.dimensions
 
@@ -151,7 +174,7 @@ class _Handler(BaseHTTPRequestHandler):
         if path.startswith("/osd/"):
             return self._file(_inside(viewer.osd, path[len("/osd/") :]), cache=True)
         if path == "/api/items":
-            items = [viewer.describe(name) for name in viewer.items]
+            items = [{"name": name, "title": item.title} for name, item in viewer.items.items()]
             return self._json({"items": items})
         tile = _TILE.match(path)
         if tile:
@@ -171,6 +194,8 @@ class _Handler(BaseHTTPRequestHandler):
 
     def _api(self, name: str, what: str, query: dict[str, str]) -> None:
         viewer = self.viewer
+        if what == "info":
+            return self._json(viewer.describe(name))
         if what == "nuclei":
             box = tuple(float(query[k]) for k in ("x0", "y0", "x1", "y1"))
             tolerance = float(query.get("tol", 0))

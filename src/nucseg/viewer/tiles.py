@@ -81,8 +81,11 @@ class ReaderSlide(openslide.AbstractSlide):
         candidates = [i for i, d in enumerate(self._downsamples) if d <= downsample * 1.01]
         return max(candidates, key=lambda i: self._downsamples[i]) if candidates else 0
 
-    def overview(self) -> np.ndarray:
-        """The in-memory level (read from the slide's coarsest level on first use)."""
+    def overview(self) -> np.ndarray | None:
+        """The in-memory level (read from the slide's coarsest level on first use); None when
+        the slide's own coarsest level is small enough."""
+        if len(self._levels) == len(self.reader.levels):
+            return None
         with self.lock:
             if self._overview is None:
                 level = len(self.reader.levels) - 1

@@ -19,7 +19,7 @@ async function main() {
   const items = (await response.json()).items;
   const select = $("item");
   for (const item of items) select.add(new Option(item.title, item.name));
-  select.addEventListener("change", () => open(items.find((i) => i.name === select.value)));
+  select.addEventListener("change", () => open(select.value));
   for (const id of ["show-outlines", "opacity-outlines", "show-density", "opacity-density"]) {
     $(id).addEventListener("input", draw);
   }
@@ -28,10 +28,11 @@ async function main() {
   const wanted = new URLSearchParams(location.hash.slice(1)).get("item");
   const first = items.find((i) => i.name === wanted) || items[0];
   select.value = first.name;
-  open(first);
+  open(first.name);
 }
 
-function open(item) {
+async function open(name) {
+  const item = await (await fetch("api/" + encodeURIComponent(name) + "/info")).json();
   if (state.viewer) state.viewer.destroy();
   Object.assign(state, { item, data: null, heat: null, flags: [] });
   Object.assign(window.nucseg, { ready: false, tilesLoaded: 0, drawn: 0, count: 0, selected: null });
