@@ -99,6 +99,21 @@ def test_thumbnail_is_capped(tmp_path):
     assert size == (600, 450) and Image.open(tmp_path / "b.png").mode == "RGB"
 
 
+def test_thumbnail_size_option(run, tmp_path, capsys):
+    from viewer_helpers import CHUNK, threshold_segmenter
+
+    from nucseg.slide import segment_slide
+
+    slide = run.parent.parent / "disks.tif"
+    assert Image.open(run / "thumbnail_overlay.png").size == (SIZE, SIZE)  # never enlarged
+    segment_slide(slide, tmp_path, segmenter=threshold_segmenter, chunk=CHUNK, progress=False,
+                  thumbnail_size=300)  # fmt: skip
+    assert Image.open(tmp_path / "disks" / "thumbnail_overlay.png").size == (300, 300)
+    assert main(["slide", str(slide), "--out", str(tmp_path / "x"), "--thumbnail-size", "0"]) == 2
+    err = capsys.readouterr().err
+    assert "--thumbnail-size must be a positive number of pixels, got 0" in err
+
+
 def test_flagged_chunk_is_the_block(run):
     from nucseg.slide.htmlreport import flagged_chunks
 

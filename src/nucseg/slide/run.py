@@ -562,10 +562,9 @@ def _assemble(
     t = time.perf_counter()
     tissue_rgb = np.repeat(mask[..., None] * np.uint8(255), 3, axis=2)
     _write_png(outputs["tissue"], tissue_rgb, overwrite=overwrite)
+    # the slide shrunk to thumbnail_size pixels a side (read from the pyramid level just finer
+    # and resampled), if finer than the tissue overview
     side = max(shape) / thumbnail_size
-    # the finest pyramid level with at most thumbnail_size pixels a side (read as it is, never
-    # resampled from a finer level), if finer than the tissue overview
-    side = min((d for d in reader.downsamples if d >= side), default=side)
     view = overview
     if side < downsample:
         from nucseg.slide.tissue import read_overview
