@@ -270,6 +270,9 @@ def test_deep_zoom_tiles_are_the_slide(run):
     assert source.tile(top, 1, 1) is source.tile(top, 1, 1)  # cached
     coarse = np.asarray(Image.open(io.BytesIO(source.tile(0, 0, 0))))
     assert coarse.shape == (1, 1, 3)
+    # levels of 1 to 128 pixels: a tile each; 256: 2 x 2 tiles of 254; 512: 3 x 3; 1024: not
+    assert source.warm(side=512) == 8 + 4 + 9
+    assert len(source._cache) == 8 + 4 + 9 + 1  # and the top level's tile read above
     with pytest.raises(ValueError, match="no tile"):
         source.tile(top, 9, 0)
     with pytest.raises(ValueError, match="no Deep Zoom level"):
@@ -436,3 +439,16 @@ def test_reports_are_self_contained(run):
     assert text.count('alt="chunk ') == len(flags) > 0 and text.count(FLAG_ACTION) == len(flags)
     assert f"{report['nuclei']:,}" in text and "weights SHA-256" in text
     assert '<a href="disks/report.html">' in (run.parent / "cohort.html").read_text()
+
+
+def test_thin_keeps_rings_in_order_and_whole_when_small():
+    """Worked by hand: a 4-point square in cells of 10 stays (fewer than 3 would be left); a
+    ring of 6 points where points 2 and 3 share the cell of point 1 loses them."""
+    from nucseg.viewer.nuclei import thin
+
+    square = np.array([[0, 0], [1, 0], [1, 1], [0, 1]], np.float32)
+    ring = np.array([[0, 0], [25, 0], [26, 1], [27, 2], [25, 25], [0, 25]], np.float32)
+    xy, starts = thin(np.concatenate([square, ring]), np.array([0, 4, 10]), 10.0)
+    np.testing.assert_array_equal(starts, [0, 4, 8])
+    np.testing.assert_array_equal(xy[:4], square)
+    np.testing.assert_array_equal(xy[4:], ring[[0, 1, 4, 5]])

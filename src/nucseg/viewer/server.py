@@ -97,10 +97,13 @@ class Viewer:
             return self._density[name]
 
     def warm(self, name: str) -> None:
-        """Open the slide, read its overview level, build the nuclei index and density map:
-        what the page's first requests need."""
+        """Open the slide, read its overview level, encode its coarse tiles, build the nuclei
+        index and density map (what the page's first requests need), and start decoding the
+        outlines in the background."""
         self.tiles(name).slide.overview()
+        self.tiles(name).warm()
         self.density(name)
+        threading.Thread(target=self.nuclei(name).prefetch, daemon=True).start()
 
     def warm_all(self) -> threading.Thread:
         """Warm the first item now and the others in a background thread (returned)."""

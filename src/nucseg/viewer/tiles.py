@@ -160,6 +160,20 @@ class TileSource:
         """The Deep Zoom descriptor (XML) OpenSeadragon opens."""
         return self.generator.get_dzi(self.format)
 
+    def warm(self, *, side: int = 1024) -> int:
+        """Encode into the cache every tile of the Deep Zoom levels at most ``side`` pixels a
+        side (what a browser asks for first); returns how many."""
+        count = 0
+        for level, size in enumerate(self.generator.level_dimensions):
+            if max(size) > side:
+                break
+            cols, rows = self.generator.level_tiles[level]
+            for col in range(cols):
+                for row in range(rows):
+                    self.tile(level, col, row)
+                    count += 1
+        return count
+
     def tile(self, level: int, col: int, row: int) -> bytes:
         """Encoded tile ``(col, row)`` of Deep Zoom ``level``.
 
