@@ -239,8 +239,12 @@ def _plain(value: Any) -> Any:
 
 
 class _RingCache:
-    """Rings of groups of rows (``load(g) -> (xy, starts)``), least recently used dropped past
-    ``budget`` bytes; ``__call__(rows)`` gathers rows from any groups."""
+    """Rings of groups of rows, least recently used dropped past ``budget`` bytes.
+
+    ``load(g, local=None) -> (xy, starts)`` reads group ``g``'s rings (only the rows ``local``
+    when given). A view decodes only its own rows of a group not in the cache; whole groups are
+    decoded and kept by :meth:`prefetch` (and :meth:`group`).
+    """
 
     def __init__(self, starts: np.ndarray, load: Any, *, budget: int = RING_CACHE_BYTES) -> None:
         self.starts, self.load, self.budget = starts, load, budget
@@ -271,10 +275,16 @@ class _RingCache:
                     return
             self.group(g)
 
+    def _part(self, g: int, local: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        with self.lock:
+            cached = self.cache.get(g)
+            if cached is not None:
+                self.cache.move_to_end(g)
+        return gather(*cached, local) if cached is not None else self.load(g, local)
+
     def __call__(self, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         groups = np.searchsorted(self.starts, rows, side="right") - 1
-        parts = [gather(*self.group(int(g)), rows[groups == g] - self.starts[g])
-                 for g in np.unique(groups)]  # fmt: skip
+        parts = [self._part(int(g), rows[groups == g] - self.starts[g]) for g in np.unique(groups)]
         if not parts:
             return np.empty((0, 2), np.float32), np.zeros(1, np.int64)
         xy = np.concatenate([p[0] for p in parts])
@@ -291,9 +301,11 @@ def parquet_rings(path: Path) -> _RingCache:
     sizes = [file.metadata.row_group(g).num_rows for g in range(file.num_row_groups)]
     lock = threading.Lock()
 
-    def load(g: int) -> tuple[np.ndarray, np.ndarray]:
+    def load(g: int, local: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
         with lock:  # one reader of the file at a time
             column = file.read_row_group(g, columns=["geometry"])["geometry"]
+        if local is not None:
+            column = column.take(local)
         return rings_of(shapely.from_wkb(column.to_numpy(zero_copy_only=False)))
 
     return _RingCache(np.concatenate([[0], np.cumsum(sizes)]).astype(np.int64), load)
@@ -315,4 +327,8 @@ def geojson_rings(path: Path, ids: np.ndarray) -> tuple[_RingCache, np.ndarray]:
         raise ValueError(f"{path}: no outline for nucleus {missing[0]} of the table")
     shapes = shapely.from_geojson([by_id[int(i)] for i in ids])
     rings = rings_of(shapes)
-    return _RingCache(np.array([0, len(ids)], np.int64), lambda g: rings, budget=1 << 62), shapes
+
+    def load(g: int, local: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+        return rings if local is None else gather(*rings, local)
+
+    return _RingCache(np.array([0, len(ids)], np.int64), load, budget=1 << 62), shapes

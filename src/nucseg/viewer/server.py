@@ -4,7 +4,7 @@
 Routes (``NAME`` is an :class:`~nucseg.viewer.outputs.Item`'s key):
 
 - ``/`` the page, ``/static/...`` its script and style, ``/osd/...`` OpenSeadragon's files;
-- ``/api/items``: the names and titles of what there is to show;
+- ``/api/items``: the names and titles of what there is to show, and the first one's info;
 - ``/api/NAME/info``: its size, mpp, nuclei, types, flagged chunks, density map's scale;
 - ``/dzi/NAME.dzi`` and ``/dzi/NAME_files/LEVEL/COL_ROW.jpeg``: Deep Zoom tiles;
 - ``/api/NAME/nuclei?x0=&y0=&x1=&y1=&tol=``: a viewport's outlines (binary, see
@@ -63,6 +63,7 @@ class Viewer:
         self._tiles: dict[str, Any] = {}
         self._nuclei: dict[str, Any] = {}
         self._density: dict[str, Any] = {}
+        self._prefetching: set[str] = set()
         self._lock = threading.Lock()
         self._locks = {name: threading.RLock() for name in self.items}
 
@@ -98,11 +99,18 @@ class Viewer:
 
     def warm(self, name: str) -> None:
         """Open the slide, read its overview level, encode its coarse tiles, build the nuclei
-        index and density map (what the page's first requests need), and start decoding the
-        outlines in the background."""
+        index and density map: what the page's first requests need."""
         self.tiles(name).slide.overview()
         self.tiles(name).warm()
         self.density(name)
+
+    def prefetch(self, name: str) -> None:
+        """Decode an item's outlines in a background thread, once: started when the page has
+        had its first viewport, so that it does not slow the first tiles."""
+        with self._lock:
+            if name in self._prefetching:
+                return
+            self._prefetching.add(name)
         threading.Thread(target=self.nuclei(name).prefetch, daemon=True).start()
 
     def warm_all(self) -> threading.Thread:
@@ -143,6 +151,7 @@ class Viewer:
             "density": {k: v for k, v in density.items() if k != "png"},
             "report": f"/files/{name}/report.html" if has_report else None,
             "max_outlines": self.max_outlines,
+            "tiles": {"format": self.tile_format, "size": 254, "overlap": 1},
         }
 
 
@@ -178,7 +187,7 @@ class _Handler(BaseHTTPRequestHandler):
             return self._file(_inside(viewer.osd, path[len("/osd/") :]), cache=True)
         if path == "/api/items":
             items = [{"name": name, "title": item.title} for name, item in viewer.items.items()]
-            return self._json({"items": items})
+            return self._json({"items": items, "first": viewer.describe(items[0]["name"])})
         tile = _TILE.match(path)
         if tile:
             source = viewer.tiles(_name(viewer, tile["name"]))
@@ -203,7 +212,8 @@ class _Handler(BaseHTTPRequestHandler):
             box = tuple(float(query[k]) for k in ("x0", "y0", "x1", "y1"))
             tolerance = float(query.get("tol", 0))
             data = viewer.nuclei(name).outlines(box, tolerance=tolerance, limit=viewer.max_outlines)
-            return self._send(HTTPStatus.OK, data, "application/octet-stream")
+            self._send(HTTPStatus.OK, data, "application/octet-stream")
+            return viewer.prefetch(name)
         if what == "at":
             found = viewer.nuclei(name).at(float(query["x"]), float(query["y"]))
             return self._json({"nucleus": found})

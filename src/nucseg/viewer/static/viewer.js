@@ -16,7 +16,9 @@ window.nucseg_viewer = () => state.viewer; // the OpenSeadragon viewer, for the 
 
 async function main() {
   const response = await fetch("api/items");
-  const items = (await response.json()).items;
+  const listing = await response.json();
+  const items = listing.items;
+  state.first = listing.first;
   const select = $("item");
   for (const item of items) select.add(new Option(item.title, item.name));
   select.addEventListener("change", () => open(select.value));
@@ -32,14 +34,19 @@ async function main() {
 }
 
 async function open(name) {
-  const item = await (await fetch("api/" + encodeURIComponent(name) + "/info")).json();
+  const item = state.first && state.first.name === name
+    ? state.first : await (await fetch("api/" + encodeURIComponent(name) + "/info")).json();
   if (state.viewer) state.viewer.destroy();
   Object.assign(state, { item, data: null, heat: null, flags: [] });
   Object.assign(window.nucseg, { ready: false, tilesLoaded: 0, drawn: 0, count: 0, selected: null });
   location.hash = "item=" + encodeURIComponent(item.name);
   const viewer = OpenSeadragon({
     element: $("osd"), prefixUrl: "osd/images/", showNavigator: true, navigatorPosition: "TOP_RIGHT",
-    tileSources: "dzi/" + encodeURIComponent(item.name) + ".dzi", maxZoomPixelRatio: 4,
+    tileSources: { Image: {  // the Deep Zoom descriptor of /dzi/NAME.dzi, inline
+      xmlns: "http://schemas.microsoft.com/deepzoom/2008", Url: "dzi/" + encodeURIComponent(item.name) + "_files/",
+      Format: item.tiles.format, Overlap: String(item.tiles.overlap), TileSize: String(item.tiles.size),
+      Size: { Width: String(item.width), Height: String(item.height) } } },
+    maxZoomPixelRatio: 4,
     gestureSettingsMouse: { clickToZoom: false }, animationTime: 0.4,
   });
   state.viewer = viewer;
