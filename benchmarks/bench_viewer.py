@@ -17,8 +17,8 @@ Runs, in one go:
    to its first ``tile-loaded`` event, a new server each time, so the tile cache is empty),
    the background prefetch of the outlines, and viewport queries of about 10,000 nuclei
    (:meth:`nucseg.viewer.nuclei.NucleiLayer.outlines` thinned for a 1000-pixel wide screen;
-   cold: the row groups read and decoded on demand; warm: after the prefetch; and the same
-   through HTTP).
+   cold: nothing decoded yet, the box's rows read and decoded from the Parquet file; warm:
+   after the prefetch; and the same through HTTP).
 4. Screenshots of the small run under ``results/viewer/``.
 
 Writes results/viewer/bench.json with the machine load (``uptime``) before and after.
@@ -125,8 +125,10 @@ def first_tile_ms(browser, url: str) -> float:
         page.close()
 
 
-def viewport_queries(layer, url: str, name: str, *, n: int, seed: int = 0) -> dict:
-    """Boxes of about TARGET_NUCLEI nuclei around random nuclei: cold, warm and HTTP times."""
+def viewport_queries(layer, cold_layer, url: str, name: str, *, n: int, seed: int = 0) -> dict:
+    """Boxes of about TARGET_NUCLEI nuclei around random nuclei: times with every outline
+    decoded (``layer``, prefetched), with none (``cold_layer``: only the box's rows decoded from
+    the Parquet file), and through HTTP (the viewer's, prefetched)."""
     rng = np.random.default_rng(seed)
     table = layer.table
     cold, warm, http, counts = [], [], [], []
@@ -136,22 +138,20 @@ def viewport_queries(layer, url: str, name: str, *, n: int, seed: int = 0) -> di
         while len(layer.query((cx - side, cy - side, cx + side, cy + side))) < TARGET_NUCLEI:
             side *= 1.05
         box = (cx - side, cy - side, cx + side, cy + side)
-        tolerance = 2 * side / 1000 * 0.5
+        tolerance = 2 * side / 1000 * 0.5  # half a pixel of a 1000-pixel wide view
         counts.append(len(layer.query(box)))
-        layer._rings.cache.clear()  # cold: the row groups are read and decoded on demand
         t = time.perf_counter()
-        data = layer.outlines(box, tolerance=tolerance)
+        data = cold_layer.outlines(box, tolerance=tolerance)
         cold.append(time.perf_counter() - t)
-        layer.prefetch()  # warm: as after the background prefetch of the viewer's start
         t = time.perf_counter()
-        layer.outlines(box, tolerance=tolerance)
+        assert layer.outlines(box, tolerance=tolerance) == data
         warm.append(time.perf_counter() - t)
         query = f"x0={box[0]}&y0={box[1]}&x1={box[2]}&y1={box[3]}&tol={tolerance}"
         t = time.perf_counter()
         with urllib.request.urlopen(f"{url}api/{name}/nuclei?{query}") as response:
             body = response.read()
         http.append(time.perf_counter() - t)
-        assert len(body) == len(data)
+        assert body == data
 
     def summary(values):
         ms = [1000 * v for v in values]
@@ -176,8 +176,11 @@ def measure(browser, folder: Path, *, queries: int) -> dict:
                 result["prefetch_s"] = time.perf_counter() - t
                 result["prefetch_mb"] = layer._rings._bytes() / 1e6
             if attempt == 2 and queries:
+                from nucseg.viewer.nuclei import NucleiLayer
+
                 name = next(iter(server.RequestHandlerClass.viewer.items))
-                result["queries"] = viewport_queries(layer, url, name, n=queries)
+                cold = NucleiLayer.from_parquet(folder / "nuclei.parquet")  # nothing decoded
+                result["queries"] = viewport_queries(layer, cold, url, name, n=queries)
         finally:
             server.shutdown()
             server.server_close()
