@@ -157,6 +157,7 @@ class Viewer:
 
 class _Handler(BaseHTTPRequestHandler):
     server_version = "nucseg-view"
+    protocol_version = "HTTP/1.1"  # keep-alive: the page's many tile requests reuse connections
     viewer: Viewer
 
     def log_message(self, format: str, *args: Any) -> None:
@@ -179,6 +180,8 @@ class _Handler(BaseHTTPRequestHandler):
 
     def _route(self, path: str, query: dict[str, str]) -> None:
         viewer = self.viewer
+        if path == "/favicon.ico":
+            return self._send(HTTPStatus.NO_CONTENT, b"", "image/x-icon", cache=True)
         if path in ("/", "/index.html"):
             return self._file(STATIC / "index.html")
         if path.startswith("/static/"):

@@ -46,7 +46,7 @@ async function open(name) {
       xmlns: "http://schemas.microsoft.com/deepzoom/2008", Url: "dzi/" + encodeURIComponent(item.name) + "_files/",
       Format: item.tiles.format, Overlap: String(item.tiles.overlap), TileSize: String(item.tiles.size),
       Size: { Width: String(item.width), Height: String(item.height) } } },
-    maxZoomPixelRatio: 4,
+    maxZoomPixelRatio: 4, drawer: "canvas",  // no WebGL context to set up (slow without a GPU)
     gestureSettingsMouse: { clickToZoom: false }, animationTime: 0.4,
   });
   state.viewer = viewer;
