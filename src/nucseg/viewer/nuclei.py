@@ -190,17 +190,23 @@ def thin(xy: np.ndarray, starts: np.ndarray, tolerance: float) -> tuple[np.ndarr
     xy, starts
         The points kept and the new starts.
     """
-    n = len(starts) - 1
     lengths = np.diff(starts)
-    ring = np.repeat(np.arange(n), lengths)
-    cell = np.floor(xy / tolerance).astype(np.int64)
-    keep = np.ones(len(xy), dtype=bool)
-    keep[1:] = (cell[1:] != cell[:-1]).any(axis=1)
-    keep[starts[:-1][lengths > 0]] = True  # every ring's first point
-    kept = np.bincount(ring[keep], minlength=n)
-    keep |= (kept < 3)[ring]
-    counts = np.bincount(ring[keep], minlength=n)
-    return xy[keep], np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)
+    if not len(xy):
+        return xy, starts
+    cell = np.floor(xy / np.float32(tolerance)).astype(np.int64)
+    code = cell[:, 0] * (1 << 32) + cell[:, 1]  # one number per grid cell
+    keep = np.empty(len(xy), dtype=bool)
+    keep[0] = True
+    np.not_equal(code[1:], code[:-1], out=keep[1:])
+    firsts = starts[:-1][lengths > 0]
+    keep[firsts] = True  # every ring's first point
+    kept = np.zeros(len(lengths), dtype=np.int64)
+    kept[lengths > 0] = np.add.reduceat(keep, firsts)
+    small = kept < 3
+    if small.any():
+        keep |= np.repeat(small, lengths)
+        kept[small] = lengths[small]
+    return xy[keep], np.concatenate([[0], np.cumsum(kept)]).astype(np.int64)
 
 
 def rings_of(shapes: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -227,7 +233,8 @@ def gather(xy: np.ndarray, starts: np.ndarray, rows: np.ndarray) -> tuple[np.nda
     lengths = starts[rows + 1] - starts[rows]
     out_starts = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64)
     index = np.repeat(starts[rows] - out_starts[:-1], lengths) + np.arange(out_starts[-1])
-    return xy[index], out_starts
+    points = np.ascontiguousarray(xy, dtype=np.float32).view(np.int64).ravel()  # a point a number
+    return points.take(index).view(np.float32).reshape(-1, 2), out_starts
 
 
 def _plain(value: Any) -> Any:
