@@ -352,6 +352,8 @@ def test_server_routes(server, layer):
     assert status == 200 and Image.open(io.BytesIO(tile)).format == "JPEG"
     status, data = get(server + "api/disks/nuclei?x0=0&y0=0&x1=300&y1=300&tol=0")
     assert decode(data)["n"] == len(layer.query((0, 0, 300, 300)))
+    status, data = get(server + "api/disks/nuclei?x0=0&y0=0&x1=300&y1=300&limit=0")
+    assert decode(data) == {"n": len(layer.query((0, 0, 300, 300))), "complete": False}
     nucleus = json.loads(get(server + "api/disks/at?x=30&y=30")[1])["nucleus"]
     assert nucleus == layer.at(30, 30)
     assert get(server + "files/disks/report.html")[1].startswith(b"<!doctype html>")

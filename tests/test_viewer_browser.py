@@ -230,3 +230,16 @@ def test_outlines_are_coloured_by_type(browser, run, tmp_path):
         page.close()
         server.shutdown()
         server.server_close()
+
+
+def test_zoomed_far_out_shows_the_density_not_specks(browser, viewer_url):
+    """Past 1.5 um per screen pixel the nuclei would be specks: the density map instead (here
+    the 1024-pixel slide in a 120-pixel wide view: 8.5 pixels, 2.1 um per screen pixel)."""
+    page = browser.new_page(viewport={"width": 420, "height": 300})  # the panel takes 300
+    try:
+        page.goto(viewer_url)
+        page.wait_for_function("nucseg.box !== null && nucseg.density === true", timeout=WAIT_MS)
+        state = page.evaluate("({...nucseg})")
+        assert state["drawn"] == 0 and not state["complete"] and state["count"] > 100
+    finally:
+        page.close()

@@ -36,7 +36,8 @@ def add_parser(sub: Any) -> None:
         help="segment whole slides (SVS, NDPI, MRXS, OME-TIFF, ...) chunk by chunk",
         description="Segment every nucleus of whole-slide images, writing OUT/<slide>/: "
         "nuclei.parquet, nuclei.geojson, labels.ome.tif, tissue.png, thumbnail_overlay.png, "
-        "report.json; and OUT/slides.csv, one row per slide. See docs/slides.md.",
+        "report.json, report.html; and OUT/slides.csv, one row per slide, and OUT/cohort.html. "
+        "See docs/slides.md; `nucseg view OUT` to look at them.",
     )
     p.add_argument("slides", nargs="+", type=Path, metavar="SLIDE")
     p.add_argument("--out", type=Path, required=True, help="output folder")

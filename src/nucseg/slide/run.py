@@ -2,9 +2,9 @@
 
 Everything is written to ``OUT/<slide stem>/``: the final files (``nuclei.parquet``,
 ``nuclei.geojson[.gz]``, ``labels.ome.tif``, ``tissue.png``, ``thumbnail_overlay.png``,
-``report.json``) and, while the run is going, the work folder ``chunks/`` with ``plan.json`` and
-one pair of files per finished chunk. A run killed at any point continues with ``resume=True``
-and redoes only the chunks without their Parquet file.
+``report.json``, ``report.html``) and, while the run is going, the work folder ``chunks/``
+with ``plan.json`` and one pair of files per finished chunk. A run killed at any point
+continues with ``resume=True`` and redoes only the chunks without their Parquet file.
 """
 
 from __future__ import annotations

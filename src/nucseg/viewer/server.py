@@ -7,7 +7,7 @@ Routes (``NAME`` is an :class:`~nucseg.viewer.outputs.Item`'s key):
 - ``/api/items``: the names and titles of what there is to show, and the first one's info;
 - ``/api/NAME/info``: its size, mpp, nuclei, types, flagged chunks, density map's scale;
 - ``/dzi/NAME.dzi`` and ``/dzi/NAME_files/LEVEL/COL_ROW.jpeg``: Deep Zoom tiles;
-- ``/api/NAME/nuclei?x0=&y0=&x1=&y1=&tol=``: a viewport's outlines (binary, see
+- ``/api/NAME/nuclei?x0=&y0=&x1=&y1=&tol=&limit=``: a viewport's outlines (binary, see
   :meth:`~nucseg.viewer.nuclei.NucleiLayer.outlines`);
 - ``/api/NAME/at?x=&y=``: the nucleus under a level-0 point (JSON);
 - ``/api/NAME/density.png``: nuclei per mm^2 as a colour map;
@@ -214,7 +214,8 @@ class _Handler(BaseHTTPRequestHandler):
         if what == "nuclei":
             box = tuple(float(query[k]) for k in ("x0", "y0", "x1", "y1"))
             tolerance = float(query.get("tol", 0))
-            data = viewer.nuclei(name).outlines(box, tolerance=tolerance, limit=viewer.max_outlines)
+            limit = min(int(query.get("limit", viewer.max_outlines)), viewer.max_outlines)
+            data = viewer.nuclei(name).outlines(box, tolerance=tolerance, limit=limit)
             self._send(HTTPStatus.OK, data, "application/octet-stream")
             return viewer.prefetch(name)
         if what == "at":

@@ -6,6 +6,7 @@ const TYPE_COLOURS = {
   epithelial: "#e6194b", inflammatory: "#3cb44b", spindle: "#4363d8", other: "#f58231",
 };
 const NO_TYPE = "#ffe119";
+const MAX_UM_PER_SCREEN_PIXEL = 1.5; // zoomed out further: the density map, not outlines
 const state = { item: null, viewer: null, data: null, heat: null, flags: [], fetchId: 0, timer: null };
 // firstTileMs: milliseconds from the page's navigation to its first tile (the benchmark's figure)
 window.nucseg = { ready: false, tilesLoaded: 0, drawn: 0, count: 0, complete: false, box: null,
@@ -120,15 +121,17 @@ async function fetchOutlines() {
   const x1 = Math.min(item.width, bounds.x + bounds.width), y1 = Math.min(item.height, bounds.y + bounds.height);
   const perScreenPixel = bounds.width / viewer.container.clientWidth;
   const tol = (perScreenPixel * 0.5).toFixed(3);
+  // outlines once a nucleus (about 30 level-0 pixels at 40x) is several screen pixels wide
+  const limit = perScreenPixel * (item.mpp || 0.25) > MAX_UM_PER_SCREEN_PIXEL ? 0 : item.max_outlines;
   const id = ++state.fetchId;
-  const url = `api/${encodeURIComponent(item.name)}/nuclei?x0=${x0}&y0=${y0}&x1=${x1}&y1=${y1}&tol=${tol}`;
+  const url = `api/${encodeURIComponent(item.name)}/nuclei?x0=${x0}&y0=${y0}&x1=${x1}&y1=${y1}&tol=${tol}&limit=${limit}`;
   const buffer = await (await fetch(url)).arrayBuffer();
   if (id !== state.fetchId || item !== state.item) return;
   state.data = parse(buffer);
   Object.assign(window.nucseg, { count: state.data.n, complete: state.data.complete, box: [x0, y0, x1, y1] });
   $("status").textContent = state.data.complete
     ? `${state.data.n} nuclei in view`
-    : `${state.data.n} nuclei in view: zoom in for outlines (at most ${item.max_outlines})`;
+    : `${state.data.n} nuclei in view: zoom in for outlines`;
   draw();
 }
 
