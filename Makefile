@@ -12,7 +12,14 @@ $(VENV)/.installed: pyproject.toml
 	$(BIN)/pip install --quiet -e ".[dev]"
 	touch $@
 
-install: $(VENV)/.installed
+# OpenSeadragon for `nucseg view`: the version pinned in package.json(-lock), from the npm
+# registry, into node_modules/ (ignored; no third-party code in the repository)
+node_modules/openseadragon/package.json: package.json package-lock.json
+	@command -v npm >/dev/null || { echo "make install needs npm (Debian: apt-get install npm) for the viewer's OpenSeadragon" >&2; exit 1; }
+	npm ci --no-audit --no-fund --loglevel=error
+	touch $@
+
+install: $(VENV)/.installed node_modules/openseadragon/package.json
 
 run: install
 	$(BIN)/nucseg segment $(EXAMPLE)/images/*.png --out out/example --overwrite

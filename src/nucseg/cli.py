@@ -313,6 +313,21 @@ def cmd_datasets_list(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_view(args: argparse.Namespace) -> int:
+    """Serve the viewer until interrupted (Ctrl-C: exit status 0)."""
+    from nucseg.viewer import serve
+
+    if args.port is not None and not 0 <= args.port <= 65535:
+        raise ValueError(f"--port must be 0..65535, got {args.port}")
+    try:
+        serve(args.outputs, source=args.source, mpp=args.mpp, port=args.port or 0,
+              tile_format=args.tile_format, browser=not args.no_browser,
+              max_outlines=args.max_outlines)  # fmt: skip
+    except KeyboardInterrupt:
+        print("nucseg view: stopped", file=sys.stderr)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     """Return the argument parser of the ``nucseg`` command."""
     parser = argparse.ArgumentParser(
@@ -479,6 +494,29 @@ def build_parser() -> argparse.ArgumentParser:
     q.set_defaults(func=cmd_datasets_pack)
     q = dsub.add_parser("list", help="list the evaluation datasets and their sizes")
     q.set_defaults(func=cmd_datasets_list)
+
+    p = sub.add_parser(
+        "view",
+        help="browse a run's outputs in a local web viewer (slide, nuclei, flags)",
+        description="Serve a read-only viewer of OUT/<slide> (a `nucseg slide` output), of OUT "
+        "(all its slides), or of a `nucseg segment` output folder (with --source) on "
+        "127.0.0.1; prints the address and opens a browser tab. See docs/viewer.md.",
+    )
+    p.add_argument("outputs", type=Path, metavar="OUT", help="output folder to show")
+    p.add_argument("--port", type=int, default=None, help="port (default: a free one)")
+    p.add_argument("--no-browser", action="store_true", help="do not open a browser tab")
+    p.add_argument(
+        "--source", type=Path, default=None, metavar="FOLDER",
+        help="where the slides or images are, if not at the paths the run recorded (needed "
+        "for `nucseg segment` outputs)",
+    )  # fmt: skip
+    p.add_argument("--mpp", type=float, default=None, help="microns per pixel of the images")
+    p.add_argument("--tile-format", choices=["jpeg", "webp"], default="jpeg", help="tile encoding")
+    p.add_argument(
+        "--max-outlines", type=int, default=20_000, metavar="N",
+        help="most outlines drawn at once; a view with more shows the density map",
+    )  # fmt: skip
+    p.set_defaults(func=cmd_view)
 
     from nucseg.slide.cli import add_parser as add_slide_parser  # light: no torch
 

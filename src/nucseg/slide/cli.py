@@ -30,7 +30,8 @@ def add_parser(sub: Any) -> None:
         help="segment whole slides (SVS, NDPI, MRXS, OME-TIFF, ...) chunk by chunk",
         description="Segment every nucleus of whole-slide images, writing OUT/<slide>/: "
         "nuclei.parquet, nuclei.geojson, labels.ome.tif, tissue.png, thumbnail_overlay.png, "
-        "report.json; and OUT/slides.csv, one row per slide. See docs/slides.md.",
+        "report.json, report.html; and OUT/slides.csv, one row per slide, and OUT/cohort.html. "
+        "See docs/slides.md; `nucseg view OUT` to look at them.",
     )
     p.add_argument("slides", nargs="+", type=Path, metavar="SLIDE")
     p.add_argument("--out", type=Path, required=True, help="output folder")
@@ -73,6 +74,10 @@ def add_parser(sub: Any) -> None:
     p.add_argument("--overwrite", action="store_true", help="replace existing outputs")
     p.add_argument("--keep-chunks", action="store_true", help="keep the per-chunk work files")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.add_argument(
+        "--thumbnail-size", type=int, default=4000, metavar="PIXELS",
+        help="longest side of thumbnail_overlay.png (at most 2 MB: palette, then smaller)",
+    )  # fmt: skip
     p.add_argument("--workers", type=int, metavar="N", help="Dask LocalCluster of N processes")
     p.add_argument("--scheduler", metavar="tcp://HOST:PORT", help="existing Dask scheduler")
     p.add_argument("--scheduler-file", type=Path, metavar="FILE", help="Dask scheduler file")
@@ -130,9 +135,12 @@ def cmd_slide(args: argparse.Namespace) -> int:
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     from nucseg.atomic import check_writable_folder, folder_lock
     from nucseg.pipeline import check_segmenter, check_weights
-    from nucseg.slide.summary import exit_status, table, write_summary
+    from nucseg.slide.summary import exit_status, table, write_cohort_report, write_summary
 
     predict = check_options(args)
+    if args.thumbnail_size < 1:
+        raise ValueError(f"--thumbnail-size must be a positive number of pixels, got "
+                         f"{args.thumbnail_size}")  # fmt: skip
     if args.method is not None:
         check_segmenter(args.method)
     else:
@@ -150,6 +158,7 @@ def cmd_slide(args: argparse.Namespace) -> int:
         finally:  # also on Ctrl-C: the slides finished so far keep their rows
             if rows:
                 write_summary(args.out / "slides.csv", rows)
+    write_cohort_report(args.out)
     print(table(rows))
     return exit_status(rows)
 
@@ -170,6 +179,7 @@ def _one_slide(path: Path, args: argparse.Namespace, predict: dict[str, Any]) ->
             chunk=args.chunk, halo=args.halo, predict=predict, labels=not args.no_labels,
             gzip=args.gzip, resume=args.resume, overwrite=args.overwrite,
             keep_chunks=args.keep_chunks, progress=not args.no_progress, argv=sys.argv,
+            thumbnail_size=args.thumbnail_size,
         )  # fmt: skip
         write_partition(args.out, slide_stem(path), report["outputs"]["parquet"],
                         overwrite=args.overwrite)  # fmt: skip

@@ -62,6 +62,7 @@ class SlideOptions:
     resume: bool = False
     overwrite: bool = False
     keep_chunks: bool = False
+    thumbnail_size: int = 4000
 
     @property
     def predict_json(self) -> str:
@@ -206,6 +207,7 @@ def finish_slide(
         assembled = run._assemble(
             reader, plan, chunk_dir, outputs, overview, downsample, mask,
             overwrite=options.overwrite or options.resume, stem=stem, times=times,
+            thumbnail_size=options.thumbnail_size,
         )  # fmt: skip
     finally:
         reader.close()
@@ -232,6 +234,7 @@ def finish_slide(
     }  # fmt: skip
     with atomic_write(outputs["report"], overwrite=options.overwrite or options.resume) as tmp:
         tmp.write_text(json.dumps(report, indent=1) + "\n")
+    run.write_html_report(outputs, overwrite=options.overwrite or options.resume)
     write_partition(job["out_dir"], stem, outputs["parquet"],
                     overwrite=options.overwrite or options.resume)  # fmt: skip
     if not options.keep_chunks:
@@ -403,7 +406,7 @@ def cmd_cohort(args: Any, predict: dict[str, Any]) -> int:
     """``nucseg slide --workers N | --scheduler ADDRESS | --scheduler-file FILE``."""
     import sys
 
-    from nucseg.slide.summary import exit_status, table, write_summary
+    from nucseg.slide.summary import exit_status, table, write_cohort_report, write_summary
 
     options = SlideOptions(
         model=args.model, method=args.method, mpp=args.mpp, force_mpp=args.force_mpp,
@@ -412,6 +415,7 @@ def cmd_cohort(args: Any, predict: dict[str, Any]) -> int:
         chunk=args.chunk, halo=args.halo, predict=tuple(sorted(predict.items())),
         labels=not args.no_labels, gzip=args.gzip, resume=args.resume,
         overwrite=args.overwrite, keep_chunks=args.keep_chunks,
+        thumbnail_size=args.thumbnail_size,
     )  # fmt: skip
     _work(options)  # an unknown model or method fails here, before any cluster starts
     if not args.verbose:  # distributed set its loggers up when imported: INFO, own handler
@@ -442,6 +446,7 @@ def cmd_cohort(args: Any, predict: dict[str, Any]) -> int:
         if row["status"] != "ok" or row.get("refused"):
             print(f"nucseg: error: {row.get('refused') or row['error']}", file=sys.stderr)
     write_summary(Path(args.out) / "slides.csv", rows)
+    write_cohort_report(args.out)
     print(table(rows))
     return exit_status(rows)
 

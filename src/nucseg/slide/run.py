@@ -2,9 +2,9 @@
 
 Everything is written to ``OUT/<slide stem>/``: the final files (``nuclei.parquet``,
 ``nuclei.geojson[.gz]``, ``labels.ome.tif``, ``tissue.png``, ``thumbnail_overlay.png``,
-``report.json``) and, while the run is going, the work folder ``chunks/`` with ``plan.json`` and
-one pair of files per finished chunk. A run killed at any point continues with ``resume=True``
-and redoes only the chunks without their Parquet file.
+``report.json``, ``report.html``) and, while the run is going, the work folder ``chunks/``
+with ``plan.json`` and one pair of files per finished chunk. A run killed at any point
+continues with ``resume=True`` and redoes only the chunks without their Parquet file.
 """
 
 from __future__ import annotations
@@ -60,6 +60,7 @@ def output_paths(folder: Path, *, gzip: bool = False, labels: bool = True) -> di
         "tissue": folder / "tissue.png",
         "overlay": folder / "thumbnail_overlay.png",
         "report": folder / "report.json",
+        "html": folder / "report.html",
     }
     if labels:
         paths["labels"] = folder / "labels.ome.tif"
@@ -182,6 +183,7 @@ def segment_slide(
     overwrite: bool = False,
     keep_chunks: bool = False,
     progress: bool = True,
+    thumbnail_size: int = 4000,
     argv: list[str] | None = None,
 ) -> dict[str, Any]:
     """Segment every nucleus of a whole slide into ``out_dir/<slide stem>/``.
@@ -223,6 +225,9 @@ def segment_slide(
         Keep the ``chunks/`` work folder after the outputs are written.
     progress : bool, optional
         Show a progress bar over the tissue chunks.
+    thumbnail_size : int, optional
+        Longest side of ``thumbnail_overlay.png`` in pixels (a picture over 2 MB is written with
+        a 256-colour palette, and shrunk if still over; full detail is in the label pyramid).
     argv : list of str, optional
         The command line, for the report.
 
@@ -291,6 +296,7 @@ def segment_slide(
         report = _assemble(
             reader, plan, chunk_dir, outputs, overview, downsample, mask,
             overwrite=overwrite or resume, stem=slide_stem(path), times=times,
+            thumbnail_size=thumbnail_size,
         )  # fmt: skip
     finally:
         reader.close()
@@ -330,6 +336,7 @@ def segment_slide(
     }
     with _atomic_json(outputs["report"], overwrite or resume) as tmp:
         tmp.write_text(json.dumps(report, indent=1) + "\n")
+    write_html_report(outputs, overwrite=overwrite or resume)
     if not keep_chunks:
         shutil.rmtree(chunk_dir)
     return report
@@ -358,6 +365,17 @@ def _clean_failed_start(folder: Path, chunk_dir: Path) -> Iterator[None]:
             with contextlib.suppress(OSError):
                 folder.rmdir()
         raise
+
+
+def write_html_report(outputs: dict[str, Path], *, overwrite: bool) -> None:
+    """``report.html`` (:mod:`nucseg.slide.htmlreport`) beside ``report.json``; a failure is
+    one warning line, since every other output is written by then."""
+    from nucseg.slide.htmlreport import write_slide_report
+
+    try:
+        write_slide_report(outputs["report"].parent, overwrite=overwrite)
+    except (OSError, ValueError, KeyError) as err:
+        log.warning("%s: report.html not written: %s", outputs["report"].parent, err)
 
 
 def _atomic_json(path: Path, overwrite: bool):
@@ -573,6 +591,7 @@ def _assemble(
     overwrite: bool,
     stem: str,
     times: dict[str, float],
+    thumbnail_size: int = 4000,
 ) -> dict[str, Any]:
     from nucseg.slide import writers
     from nucseg.slide.chunkio import read_chunk_info
@@ -595,17 +614,18 @@ def _assemble(
     t = time.perf_counter()
     tissue_rgb = np.repeat(mask[..., None] * np.uint8(255), 3, axis=2)
     _write_png(outputs["tissue"], tissue_rgb, overwrite=overwrite)
-    side = max(shape) / 4096
-    # the finest pyramid level with at most 4096 pixels a side (read as it is, never resampled
-    # from a finer level), if finer than the tissue overview
-    side = min((d for d in reader.downsamples if d >= side), default=side)
+    # the slide shrunk to thumbnail_size pixels a side (read from the pyramid level just finer
+    # and resampled), if finer than the tissue overview
+    side = max(shape) / thumbnail_size
     view = overview
     if side < downsample:
         from nucseg.slide.tissue import read_overview
 
         view, _ = read_overview(reader, max(side, 1.0))
-    image = writers.outline_overlay(view, infos, shape=shape, scale=plan.scale)
-    _write_png(outputs["overlay"], image, overwrite=overwrite)
+    writers.write_thumbnail(
+        outputs["overlay"], view, infos, shape=shape, scale=plan.scale, size=thumbnail_size,
+        overwrite=overwrite,
+    )  # fmt: skip
     times["overlay_s"] = time.perf_counter() - t
     summary = _quality_summary(infos, stem)
     summary["scale"] = _scale_check(outputs["parquet"], plan.mpp, stem)

@@ -91,3 +91,15 @@ def write_summary(path: Path, rows: list[dict[str, Any]]) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     with atomic_write(path, overwrite=True) as tmp:
         Path(tmp).write_text(buffer.getvalue())
+
+
+def write_cohort_report(out: Path) -> None:
+    """``OUT/cohort.html`` over the slide folders of ``out`` (a failure: one warning line)."""
+    import sys
+
+    from nucseg.slide.htmlreport import write_cohort_report as write
+
+    try:
+        write(out)
+    except (OSError, ValueError, KeyError) as err:
+        print(f"nucseg: warning: {out / 'cohort.html'} not written: {err}", file=sys.stderr)

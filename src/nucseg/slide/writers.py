@@ -18,6 +18,7 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
+import cv2
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -25,7 +26,13 @@ import pyarrow.parquet as pq
 from nucseg.io import atomic_write
 from nucseg.slide.chunkio import COLUMNS, ChunkInfo
 
-__all__ = ["compose_labels", "write_geojson", "write_label_pyramid", "write_parquet"]
+__all__ = [
+    "compose_labels",
+    "write_geojson",
+    "write_label_pyramid",
+    "write_parquet",
+    "write_thumbnail",
+]
 
 _UUID_NAMESPACE = uuid.UUID("5d1f7c36-7a0c-4c1e-9a51-8e1f0c3b9d42")
 TILE = 256
@@ -39,6 +46,15 @@ def _offsets(chunks: Sequence[ChunkInfo]) -> list[int]:
     return offsets
 
 
+#: GeoParquet 1.0 metadata of the ``geometry`` column (https://geoparquet.org): geopandas,
+#: DuckDB and QGIS read ``nuclei.parquet`` as a layer; ``nucseg view`` reads outlines from it.
+GEO_METADATA = {
+    "version": "1.0.0",
+    "primary_column": "geometry",
+    "columns": {"geometry": {"encoding": "WKB", "geometry_types": ["Polygon", "MultiPolygon"]}},
+}
+
+
 def _type_columns(chunks: Sequence[ChunkInfo]) -> list[str]:
     """``type`` and ``type_prob_<name>`` when the chunks' nuclei were typed, else nothing."""
     from nucseg.nucleus_types import prob_column
@@ -50,14 +66,18 @@ def _type_columns(chunks: Sequence[ChunkInfo]) -> list[str]:
 
 
 def write_parquet(path: Path, chunks: Sequence[ChunkInfo], *, overwrite: bool = False) -> int:
-    """Write ``nuclei.parquet``: id, the :data:`COLUMNS`, chunk, and with a type head ``type``
-    and ``type_prob_<name>`` per type; one row group per chunk."""
+    """Write ``nuclei.parquet``: id, the :data:`COLUMNS`, chunk, the outline as WKB
+    (``geometry``, level-0 pixel corners, as in the GeoJSON; GeoParquet) and, with a type head,
+    ``type`` and ``type_prob_<name>`` per type; one row group per chunk."""
+    import shapely
+
     typed = _type_columns(chunks)
     schema = pa.schema(
         [("id", pa.int64())]
         + [(c, pa.float64()) for c in COLUMNS]
-        + [("chunk_row", pa.int32()), ("chunk_col", pa.int32())]
-        + [(c, pa.string() if c == "type" else pa.float32()) for c in typed]
+        + [("chunk_row", pa.int32()), ("chunk_col", pa.int32()), ("geometry", pa.binary())]
+        + [(c, pa.string() if c == "type" else pa.float32()) for c in typed],
+        metadata={"geo": json.dumps(GEO_METADATA)},
     )
     total = 0
     with atomic_write(path, overwrite=overwrite) as tmp:
@@ -69,6 +89,9 @@ def write_parquet(path: Path, chunks: Sequence[ChunkInfo], *, overwrite: bool = 
                 columns = [ids] + [table[c].cast(pa.float64()) for c in COLUMNS]
                 rc = pq.read_table(chunk.parquet, columns=["chunk_row", "chunk_col"])
                 columns += [rc["chunk_row"], rc["chunk_col"]]
+                outlines = pq.read_table(chunk.parquet, columns=["geometry"])["geometry"]
+                wkb = shapely.to_wkb(shapely.from_geojson(outlines.to_numpy(zero_copy_only=False)))
+                columns.append(pa.array(wkb, type=pa.binary()))
                 if typed:
                     kinds = pq.read_table(chunk.parquet, columns=typed)
                     columns += [kinds[c].cast(schema.field(c).type) for c in typed]
@@ -252,3 +275,63 @@ def outline_overlay(
         edge &= band > 0
         out[start:stop][edge[start - lo : start - lo + stop - start]] = (255, 255, 0)
     return out
+
+
+#: Longest side of ``thumbnail_overlay.png`` (``nucseg slide --thumbnail-size``) and its size cap.
+THUMBNAIL_SIZE = 4000
+THUMBNAIL_MAX_BYTES = 2_000_000
+
+
+def encode_thumbnail(rgb: np.ndarray, *, max_bytes: int = THUMBNAIL_MAX_BYTES) -> bytes | None:
+    """PNG bytes of ``rgb``: true colour if under ``max_bytes``, else a 256-colour palette (Pillow's
+    octree quantiser), else None (the caller then shrinks the picture)."""
+    import io
+
+    from PIL import Image
+
+    from nucseg.io import check_image
+
+    rgb = check_image(rgb, name="rgb")
+    ok, encoded = cv2.imencode(".png", rgb[..., ::-1], [cv2.IMWRITE_PNG_COMPRESSION, 6])
+    if ok and encoded.size <= max_bytes:
+        return encoded.tobytes()
+    image = Image.fromarray(rgb).quantize(256, method=Image.Quantize.FASTOCTREE)
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG", optimize=False, compress_level=9)
+    return buffer.getvalue() if buffer.tell() <= max_bytes else None
+
+
+def write_thumbnail(
+    path: Path,
+    view: np.ndarray,
+    chunks: Sequence[ChunkInfo],
+    *,
+    shape: tuple[int, int],
+    scale: float,
+    size: int = THUMBNAIL_SIZE,
+    max_bytes: int = THUMBNAIL_MAX_BYTES,
+    overwrite: bool = False,
+) -> tuple[int, int]:
+    """Write ``thumbnail_overlay.png``: ``view`` (a low-resolution read of the whole slide)
+    resampled so that its longest side is at most ``size``, with the nuclei outlines drawn.
+
+    A picture over ``max_bytes`` as true-colour PNG is written with a 256-colour palette, and one
+    still over it is shrunk until it fits. Returns the ``(width, height)`` written.
+    """
+    from nucseg.slide.reader import resize
+
+    if size < 1:
+        raise ValueError(f"thumbnail size must be a positive number of pixels, got {size}")
+    side = min(size, max(view.shape[:2]), max(shape))
+    while True:
+        factor = side / max(view.shape[:2])
+        width = max(1, round(view.shape[1] * factor))
+        height = max(1, round(view.shape[0] * factor))
+        image = outline_overlay(resize(view, (width, height)), chunks, shape=shape, scale=scale)
+        encoded = encode_thumbnail(image, max_bytes=max_bytes)
+        if encoded is not None or side <= 64:
+            break
+        side = int(side * 0.8)
+    with atomic_write(path, overwrite=overwrite) as tmp:
+        tmp.write_bytes(encoded or encode_thumbnail(image, max_bytes=1 << 62))
+    return width, height
