@@ -105,7 +105,7 @@ def main(argv: list[str] | None = None) -> int:
     origin = provenance(argv=[sys.argv[0], *(sys.argv[1:] if argv is None else argv)],
                         models=[folder])  # fmt: skip
     segmenter = make_segmenter(model=str(folder))
-    if not getattr(segmenter.predictor, "type_channels", 0):
+    if not getattr(segmenter.segment, "type_channels", 0):  # images.ImageSegmenter's model
         print(f"nucseg: error: {folder}: the model has no type head", file=sys.stderr)
         return 2
     samples = _samples(args.dataset, args.limit, args.crop)
