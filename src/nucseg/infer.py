@@ -1,14 +1,15 @@
 """Tiled, batched network prediction: image -> probability maps -> instance labels.
 
-``image -> normalise stain -> pad_to -> tile_grid -> model on batches (+ flip TTA) -> MapStitcher ->
-softmax maps -> postprocess.to_instances``. Runs in bfloat16 autocast on CPUs with native bf16
-(AMX or AVX512-BF16), fp32 on other CPUs, and mixed precision on a GPU when one is present.
+``image -> normalise stain -> pad_to -> tile_grid -> backend.predict on batches (+ TTA) ->
+MapStitcher -> maps -> postprocess.to_instances``. The network runs through a backend
+(:mod:`nucseg.backends`: torch, the reference, or OpenVINO); the torch helpers that used to live
+here (``autocast``, ``to_tensor``, ``forward_tta``, ...) are in
+:mod:`nucseg.backends.torch_runtime` and re-exported.
 """
 
 from __future__ import annotations
 
-import contextlib
-import functools
+import hashlib
 import json
 import logging
 from collections.abc import Iterator
@@ -19,105 +20,25 @@ import numpy as np
 import torch
 
 from nucseg._checks import check_image
+from nucseg.backends import check_backend, make_backend
+from nucseg.backends.common import TTA_MODES, cpu_has_bf16  # noqa: F401  (re-exported)
+from nucseg.backends.common import transforms as _transforms
+from nucseg.backends.torch_runtime import (  # noqa: F401  (re-exported)
+    MEAN,
+    STD,
+    TorchBackend,
+    autocast,
+    default_device,
+    forward_tta,
+    input_stats,
+    to_tensor,
+)
 from nucseg.tiling import MapStitcher, pad_to, tile_grid
 
 log = logging.getLogger(__name__)
 
-#: Per-channel mean and standard deviation of inputs when the model names none (ImageNet's).
-MEAN = (0.485, 0.456, 0.406)
-STD = (0.229, 0.224, 0.225)
-
-TTA_MODES = ("none", "flips", "d4")
-
 #: Prediction settings a user may override when loading a model (see :meth:`Predictor.load`).
-PREDICT_OPTIONS = ("tile", "overlap", "batch_size", "tta", "precision")
-
-
-@functools.cache
-def cpu_has_bf16() -> bool:
-    """True if this CPU computes bfloat16 natively (AMX or AVX512-BF16 in /proc/cpuinfo)."""
-    try:
-        flags = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return False
-    return "amx_bf16" in flags or "avx512_bf16" in flags
-
-
-def default_device() -> torch.device:
-    """The first CUDA GPU if there is one, else the CPU."""
-    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-
-
-def autocast(device: torch.device, precision: str = "auto") -> contextlib.AbstractContextManager:
-    """Autocast context for ``precision`` in {"auto", "bf16", "fp32"} on ``device``.
-
-    "auto" is bf16 on a GPU with bf16 support and on a CPU with native bf16, else fp32.
-    """
-    if precision not in ("auto", "bf16", "fp32"):
-        raise ValueError(f"precision must be 'auto', 'bf16' or 'fp32', got {precision!r}")
-    if precision == "auto":
-        if device.type == "cuda":
-            precision = "bf16" if torch.cuda.is_bf16_supported() else "fp32"
-        else:
-            precision = "bf16" if cpu_has_bf16() else "fp32"
-    if precision == "fp32":
-        return contextlib.nullcontext()
-    return torch.autocast(device.type, dtype=torch.bfloat16)
-
-
-def input_stats(model: torch.nn.Module) -> tuple[tuple[float, ...], tuple[float, ...]]:
-    """Mean and standard deviation the encoder of ``model`` expects its inputs standardised with.
-
-    They are those of its pretrained weights (ImageNet's for most encoders; 0.5 and 0.5 for the
-    TensorFlow-origin efficientnet-lite0 and Inception-v3), read from the model registry.
-    """
-    from nucseg.models import get_model_entry
-
-    config = getattr(model, "nucseg_config", None)
-    if config is None:
-        return MEAN, STD
-    entry = get_model_entry(config.name)
-    return tuple(entry.input_mean), tuple(entry.input_std)
-
-
-def to_tensor(
-    tiles: np.ndarray,
-    device: torch.device,
-    *,
-    mean: tuple[float, ...] = MEAN,
-    std: tuple[float, ...] = STD,
-) -> torch.Tensor:
-    """``(N, H, W, 3) uint8`` tiles -> standardised ``(N, 3, H, W)`` float32, channels_last."""
-    x = torch.from_numpy(np.ascontiguousarray(tiles)).to(device).permute(0, 3, 1, 2).float()
-    mean_t = torch.tensor(mean, device=device).view(1, 3, 1, 1) * 255
-    std_t = torch.tensor(std, device=device).view(1, 3, 1, 1) * 255
-    return ((x - mean_t) / std_t).contiguous(memory_format=torch.channels_last)
-
-
-def _transforms(tta: str) -> list[tuple[int, bool]]:
-    """(number of 90-degree rotations, flip columns) pairs of each TTA mode."""
-    if tta not in TTA_MODES:
-        raise ValueError(f"tta must be one of {TTA_MODES}, got {tta!r}")
-    if tta == "none":
-        return [(0, False)]
-    if tta == "flips":
-        return [(0, False), (0, True), (2, False), (2, True)]
-    return [(k, f) for k in range(4) for f in (False, True)]
-
-
-@torch.inference_mode()
-def forward_tta(model: torch.nn.Module, x: torch.Tensor, *, tta: str = "none") -> torch.Tensor:
-    """Mean of the model's logits over the TTA transforms, each mapped back to the input frame."""
-    total = None
-    transforms = _transforms(tta)
-    for k, flip in transforms:
-        y = torch.rot90(x, k, dims=(2, 3)) if k else x
-        y = torch.flip(y, dims=(3,)) if flip else y
-        out = model(y).float()
-        out = torch.flip(out, dims=(3,)) if flip else out
-        out = torch.rot90(out, -k, dims=(2, 3)) if k else out
-        total = out if total is None else total + out
-    return total / len(transforms)
+PREDICT_OPTIONS = ("tile", "overlap", "batch_size", "tta", "precision", "backend")
 
 
 def _batches(grid: list, size: int) -> Iterator[list]:
@@ -137,6 +58,7 @@ def predict_maps(
     device: torch.device | None = None,
     precision: str = "auto",
     softmax: bool = True,
+    backend: Any = "torch",
 ) -> np.ndarray:
     """Predict per-pixel maps for a whole image from overlapping tiles.
 
@@ -162,6 +84,8 @@ def predict_maps(
     softmax : bool, optional
         Turn the class logits into probabilities (default); False keeps the logits (the
         pre-softmax maps that GB U-Net stacks).
+    backend : {"torch", "openvino", "auto"} or a backend, optional
+        What runs the network (:mod:`nucseg.backends`); default torch, the reference.
 
     Returns
     -------
@@ -171,20 +95,18 @@ def predict_maps(
     """
     image = check_image(image)
     device = default_device() if device is None else device
+    if isinstance(backend, str):
+        model.eval()
+        backend = make_backend(
+            model, backend, num_classes=num_classes, device=device, precision=precision, tta=tta
+        )
     padded, crop = pad_to(image, (tile, tile))
     grid = tile_grid(padded.shape[:2], tile=tile, overlap=overlap)
     stitcher = MapStitcher(padded.shape[:2])
-    mean, std = input_stats(model)
-    model.eval()
-    with torch.inference_mode(), autocast(device, precision):
-        for batch in _batches(grid, batch_size):
-            x = to_tensor(np.stack([padded[s] for s in batch]), device, mean=mean, std=std)
-            out = forward_tta(model, x, tta=tta)
-            if softmax:
-                out[:, :num_classes] = torch.softmax(out[:, :num_classes], dim=1)
-            maps = out.permute(0, 2, 3, 1).cpu().numpy()
-            for tile_map, slices in zip(maps, batch, strict=True):
-                stitcher.add(tile_map, slices)
+    for batch in _batches(grid, batch_size):
+        maps = backend.predict(np.stack([padded[s] for s in batch]), softmax=softmax)
+        for tile_map, slices in zip(maps, batch, strict=True):
+            stitcher.add(tile_map, slices)
     return np.ascontiguousarray(stitcher.result()[crop], dtype=np.float32)
 
 
@@ -205,6 +127,13 @@ class Predictor:
         Keyword arguments of that post-processing (e.g. tuned thresholds).
     tile, overlap, batch_size, tta, device, precision
         As in :func:`predict_maps`.
+    backend : {"auto", "torch", "openvino"}, optional
+        What runs the network (:func:`nucseg.backends.make_backend`), built at the first
+        prediction: "auto" (default) is OpenVINO on a CPU where it is installed and agrees with
+        torch on a probe tile, else torch.
+    weights_sha256 : str, optional
+        SHA-256 of the weights file: the key of the OpenVINO backend's cache (computed from the
+        network's state if None).
     fold_bn : bool, optional
         Fold the network's batch norms into its convolutions
         (:func:`nucseg.models.fuse.fold_batchnorm`): the same maps, about a fifth faster on a
@@ -225,7 +154,9 @@ class Predictor:
         tta: str = "none",
         device: torch.device | None = None,
         precision: str = "auto",
+        backend: str = "auto",
         fold_bn: bool = True,
+        weights_sha256: str | None = None,
     ) -> None:
         from nucseg.models.fuse import fold_batchnorm
 
@@ -244,21 +175,39 @@ class Predictor:
             "batch_size": batch_size,
             "tta": tta,
             "precision": precision,
+            "backend": check_backend(backend),
         }
         _transforms(tta)  # validate early
+        self.weights_sha256 = weights_sha256
+        self._backend: Any = None
+
+    @property
+    def backend(self) -> Any:
+        """The backend running the network (:mod:`nucseg.backends`), built at first use."""
+        if self._backend is None:
+            options = self.options
+            self._backend = make_backend(
+                self.model, options["backend"], num_classes=self.num_classes,
+                device=self.device, precision=options["precision"], tta=options["tta"],
+                weights_sha256=self.weights_sha256,
+            )  # fmt: skip
+            log.info("network backend: %s", self._backend.name)
+        return self._backend
 
     def predict_maps(self, image: np.ndarray, *, softmax: bool = True) -> np.ndarray:
         """Stain-normalise ``image`` and return its ``(H, W, C)`` probability maps (or logits)."""
         image = check_image(image)
         if self.normaliser is not None:
             image = self.normaliser.transform(image)
+        options = {k: v for k, v in self.options.items() if k != "backend"}
         return predict_maps(
             self.model,
             image,
             num_classes=self.num_classes,
             device=self.device,
             softmax=softmax,
-            **self.options,
+            backend=self.backend,
+            **options,
         )
 
     def maps_to_labels(self, maps: np.ndarray) -> np.ndarray:
@@ -294,6 +243,7 @@ class Predictor:
         post = json.loads((folder / "thresholds.json").read_text())
         normaliser = read_normaliser(folder)
         settings = {**post.get("predict", {}), **options}
+        settings.setdefault("weights_sha256", hashlib.sha256(weights.read_bytes()).hexdigest())
         return cls(
             model,
             num_classes=int(meta["num_classes"]),

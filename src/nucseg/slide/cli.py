@@ -56,6 +56,12 @@ def add_parser(sub: Any) -> None:
         "--overlap", type=float, default=None, help="network tile overlap (default 16 pixels)"
     )
     p.add_argument("--batch-size", type=int, default=None, help="network tiles per batch")
+    p.add_argument(
+        "--backend",
+        choices=("auto", "torch", "openvino"),
+        default=None,
+        help="what runs the network (default auto: OpenVINO where installed, else torch)",
+    )
     p.add_argument("--no-labels", action="store_true", help="do not write labels.ome.tif")
     p.add_argument("--gzip", action="store_true", help="write nuclei.geojson.gz")
     p.add_argument("--resume", action="store_true", help="continue an interrupted run")
@@ -99,6 +105,7 @@ def cmd_slide(args: argparse.Namespace) -> int:
             ("tile", args.tile),
             ("overlap", args.overlap),
             ("batch_size", args.batch_size),
+            ("backend", args.backend),
         )
         if v is not None
     }

@@ -401,9 +401,6 @@ def predict_tissue_maps(predictor: Any, image: np.ndarray, *, tissue: np.ndarray
     when the caller already has it. Skipped tiles contribute background probabilities, blended
     like any other tile.
     """
-    import torch
-
-    from nucseg.infer import autocast, forward_tta, input_stats, to_tensor
     from nucseg.tiling import MapStitcher, pad_to, spread_grid
 
     options = predictor.options
@@ -417,22 +414,15 @@ def predict_tissue_maps(predictor: Any, image: np.ndarray, *, tissue: np.ndarray
     dark, _ = pad_to(mask.view(np.uint8), (tile, tile))
     tissue_pixels = [int(np.count_nonzero(dark[s])) for s in grid]
     stitcher = MapStitcher(padded.shape[:2])
-    mean, std = input_stats(predictor.model)
-    num_classes = predictor.num_classes
     run = [s for s, n in zip(grid, tissue_pixels, strict=True) if n >= MIN_TILE_TISSUE]
     channels = None
-    with torch.inference_mode(), autocast(predictor.device, options["precision"]):
-        for start in range(0, len(run), batch_size):
-            batch = run[start : start + batch_size]
-            x = to_tensor(
-                np.stack([padded[s] for s in batch]), predictor.device, mean=mean, std=std
-            )
-            out = forward_tta(predictor.model, x, tta=options["tta"])
-            out[:, :num_classes] = torch.softmax(out[:, :num_classes], dim=1)
-            maps = out.permute(0, 2, 3, 1).cpu().numpy()
-            channels = maps.shape[-1]
-            for tile_map, slices in zip(maps, batch, strict=True):
-                stitcher.add(tile_map, slices)
+    backend = predictor.backend
+    for start in range(0, len(run), batch_size):
+        batch = run[start : start + batch_size]
+        maps = backend.predict(np.stack([padded[s] for s in batch]))
+        channels = maps.shape[-1]
+        for tile_map, slices in zip(maps, batch, strict=True):
+            stitcher.add(tile_map, slices)
     skipped = [s for s, n in zip(grid, tissue_pixels, strict=True) if n < MIN_TILE_TISSUE]
     if skipped:
         if channels is None:

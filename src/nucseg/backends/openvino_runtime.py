@@ -1,0 +1,123 @@
+"""The OpenVINO backend: the network exported to ONNX (:mod:`nucseg.models.export`) and compiled
+for the CPU, bf16 where the CPU computes it natively (``INFERENCE_PRECISION_HINT``).
+
+The exported file and OpenVINO's compiled blob are cached in
+``<cache>/nucseg/openvino/<weights SHA-256>-ov<runtime version>-v<export version>/`` (``<cache>``:
+``$NUCSEG_CACHE``, else ``$XDG_CACHE_HOME``, else ``~/.cache``), so a second start neither
+exports nor compiles: it reads the blob.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from nucseg.backends.common import (
+    check_precision,
+    cpu_has_bf16,
+    softmax_classes,
+    transforms,
+    tta_numpy,
+)
+
+log = logging.getLogger(__name__)
+
+
+def available() -> bool:
+    """Whether the ``openvino`` package can be imported."""
+    try:
+        import openvino  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def cache_root() -> Path:
+    """``$NUCSEG_CACHE``, else ``$XDG_CACHE_HOME/nucseg``, else ``~/.cache/nucseg``."""
+    if os.environ.get("NUCSEG_CACHE"):
+        return Path(os.environ["NUCSEG_CACHE"])
+    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+    return Path(base) / "nucseg"
+
+
+def cache_folder(weights_sha256: str) -> Path:
+    """The cache folder of one network's weights for this OpenVINO version."""
+    import openvino as ov
+
+    from nucseg.models.export import EXPORT_VERSION
+
+    version = re.sub(r"[^0-9A-Za-z.]+", "_", ov.get_version().split("-")[0])
+    return cache_root() / "openvino" / f"{weights_sha256[:16]}-ov{version}-v{EXPORT_VERSION}"
+
+
+def ov_precision(precision: str) -> str:
+    """OpenVINO's ``INFERENCE_PRECISION_HINT`` for ``precision`` ("auto": bf16 where native)."""
+    check_precision(precision)
+    if precision == "auto":
+        precision = "bf16" if cpu_has_bf16() else "fp32"
+    return "bf16" if precision == "bf16" else "f32"
+
+
+class OpenVINOBackend:
+    """``predict(tiles) -> maps`` through OpenVINO on the CPU.
+
+    Parameters
+    ----------
+    model : torch.nn.Module
+        The network (exported once per weights and runtime version, see the module docstring).
+    num_classes : int
+        Class channels, turned into probabilities by :meth:`predict`; the output may hold any
+        number of further channels.
+    precision : {"auto", "bf16", "fp32"}
+        "auto" is bf16 on CPUs with native bf16 (AMX or AVX512-BF16), else fp32.
+    tta : {"none", "flips", "d4"}
+        Test-time augmentation, applied to the pixels and undone on the maps.
+    weights_sha256 : str, optional
+        SHA-256 of the weights file (the cache key); computed from the network's state if None.
+    """
+
+    name = "openvino"
+
+    def __init__(
+        self,
+        model: Any,
+        *,
+        num_classes: int,
+        precision: str = "auto",
+        tta: str = "none",
+        weights_sha256: str | None = None,
+    ) -> None:
+        import openvino as ov
+
+        from nucseg.models.export import export_onnx, weights_digest
+
+        transforms(tta)
+        self.num_classes, self.tta = num_classes, tta
+        self.precision = ov_precision(precision)
+        folder = cache_folder(weights_sha256 or weights_digest(model))
+        onnx_path = folder / "model.onnx"
+        if not onnx_path.is_file():
+            folder.mkdir(parents=True, exist_ok=True)
+            log.info("exporting the network to %s", onnx_path)
+            export_onnx(model, onnx_path, num_classes=num_classes)
+        self.cache = folder
+        core = ov.Core()
+        core.set_property({"CACHE_DIR": str(folder / "compiled")})
+        config = {"INFERENCE_PRECISION_HINT": self.precision, "PERFORMANCE_HINT": "LATENCY"}
+        self.compiled = core.compile_model(str(onnx_path), "CPU", config)
+        self.request = self.compiled.create_infer_request()
+
+    def _forward(self, tiles: np.ndarray) -> np.ndarray:
+        self.request.infer({0: np.ascontiguousarray(tiles, dtype=np.uint8)})
+        return np.array(self.request.get_output_tensor(0).data, dtype=np.float32, copy=True)
+
+    def predict(self, tiles: np.ndarray, *, softmax: bool = True) -> np.ndarray:
+        """``(N, H, W, 3) uint8`` tiles -> ``(N, H, W, C)`` float32 maps, as
+        :meth:`nucseg.backends.torch_runtime.TorchBackend.predict`."""
+        maps = tta_numpy(self._forward, tiles, self.tta)
+        return softmax_classes(maps, self.num_classes) if softmax else maps
