@@ -42,8 +42,9 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=Path("results/backends/agreement.json"))
     args = parser.parse_args()
     origin = provenance(models=[resolve_model(args.model)])
-    ids = datasets.ids(*datasets.resolve_eval_dataset("monuseg-breast"))
-    samples = [datasets.load_sample("monuseg", i) for i in ids]
+    name, split = datasets.resolve_eval_dataset("monuseg-breast")
+    ids = datasets.ids(name, split=split)
+    samples = [datasets.load_sample(name, i) for i in ids]
     labels = labels_by_setting(args.model, samples)
     reference = labels["torch/fp32"]
     record: dict = {"benchmark": "backend agreement, MoNuSeg breast test (8 images)",
