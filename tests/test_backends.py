@@ -77,11 +77,12 @@ def test_every_registered_network_exports_and_runs_in_openvino(tmp_path, name):
 
 
 @needs_openvino
-def test_openvino_matches_torch_on_any_channel_count(tiny):
+@pytest.mark.parametrize("tta", ["none", "flips"])  # softmax in the graph; in NumPy after the TTA
+def test_openvino_matches_torch_on_any_channel_count(tiny, tta):
     cpu = torch.device("cpu")
     ov_backend = backends.make_backend(tiny, "openvino", num_classes=3, device=cpu,
-                                       precision="fp32", tta="flips")  # fmt: skip
-    ref = TorchBackend(tiny, num_classes=3, device=cpu, precision="fp32", tta="flips")
+                                       precision="fp32", tta=tta)  # fmt: skip
+    ref = TorchBackend(tiny, num_classes=3, device=cpu, precision="fp32", tta=tta)
     x = tiles(3, 64, seed=3)
     got, want = ov_backend.predict(x), ref.predict(x)
     assert ov_backend.name == "openvino" and got.shape == want.shape == (3, 64, 64, 5)

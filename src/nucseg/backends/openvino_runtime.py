@@ -106,18 +106,55 @@ class OpenVINOBackend:
             log.info("exporting the network to %s", onnx_path)
             export_onnx(model, onnx_path, num_classes=num_classes)
         self.cache = folder
-        core = ov.Core()
-        core.set_property({"CACHE_DIR": str(folder / "compiled")})
-        config = {"INFERENCE_PRECISION_HINT": self.precision, "PERFORMANCE_HINT": "LATENCY"}
-        self.compiled = core.compile_model(str(onnx_path), "CPU", config)
-        self.request = self.compiled.create_infer_request()
+        self.core = ov.Core()
+        self.core.set_property({"CACHE_DIR": str(folder / "compiled")})
+        self.network = self.core.read_model(str(onnx_path))
+        self._requests: dict[bool, Any] = {}
+        self._request(softmax=tta == "none")  # compiled now: start-up, not the first batch
 
-    def _forward(self, tiles: np.ndarray) -> np.ndarray:
-        self.request.infer({0: np.ascontiguousarray(tiles, dtype=np.uint8)})
-        return np.array(self.request.get_output_tensor(0).data, dtype=np.float32, copy=True)
+    def _request(self, *, softmax: bool) -> Any:
+        """The infer request of the network, with the class softmax inside the graph or not."""
+        if softmax not in self._requests:
+            network = with_softmax(self.network, self.num_classes) if softmax else self.network
+            config = {"INFERENCE_PRECISION_HINT": self.precision, "PERFORMANCE_HINT": "LATENCY"}
+            compiled = self.core.compile_model(network, "CPU", config)
+            self._requests[softmax] = compiled.create_infer_request()
+        return self._requests[softmax]
+
+    def _forward(self, tiles: np.ndarray, *, softmax: bool = False) -> np.ndarray:
+        request = self._request(softmax=softmax)
+        request.infer({0: np.ascontiguousarray(tiles, dtype=np.uint8)})
+        return np.array(request.get_output_tensor(0).data, dtype=np.float32, copy=True)
 
     def predict(self, tiles: np.ndarray, *, softmax: bool = True) -> np.ndarray:
         """``(N, H, W, 3) uint8`` tiles -> ``(N, H, W, C)`` float32 maps, as
-        :meth:`nucseg.backends.torch_runtime.TorchBackend.predict`."""
+        :meth:`nucseg.backends.torch_runtime.TorchBackend.predict`. Without TTA the softmax runs
+        inside the compiled graph; with TTA, on the mean of the logits, as torch does."""
+        if softmax and self.tta == "none":
+            return self._forward(tiles, softmax=True)
         maps = tta_numpy(self._forward, tiles, self.tta)
         return softmax_classes(maps, self.num_classes) if softmax else maps
+
+
+def with_softmax(network: Any, num_classes: int) -> Any:
+    """The OpenVINO model ``network`` (NHWC logits) with a softmax over its first
+    ``num_classes`` channels; the further channels pass through unchanged."""
+    import openvino.opset13 as ops
+    from openvino.preprocess import PrePostProcessor
+
+    channels = network.output(0).get_partial_shape()[3].get_length()
+
+    def softmax(logits: Any) -> Any:
+        def part(start: int, stop: int) -> Any:
+            i64 = np.int64
+            return ops.slice(logits, np.array([start], i64), np.array([stop], i64),
+                             np.array([1], i64), np.array([3], i64))  # fmt: skip
+
+        maps = ops.softmax(part(0, num_classes), 3)
+        if channels > num_classes:
+            maps = ops.concat([maps, part(num_classes, channels)], 3)
+        return maps.output(0)
+
+    steps = PrePostProcessor(network.clone())
+    steps.output(0).postprocess().custom(softmax)
+    return steps.build()
