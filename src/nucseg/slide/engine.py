@@ -279,6 +279,8 @@ class ChunkSegmenter:
         self.predictor = predictor
         self.source = source
         self.colour_table = colour_table
+        #: Work pixels given to the network so far (tiles times their area, overlaps counted).
+        self.network_pixels = 0
 
     def normalise(self, image: np.ndarray) -> np.ndarray:
         """The normalised pixels; with ``colour_table``, through the slide's table of all
@@ -308,7 +310,11 @@ class ChunkSegmenter:
         if box is None:
             return None
         part = image[box]
-        return box, predict_tissue_maps(self.predictor, self.normalise(part), tissue=dark[box])
+        stats = {"network_pixels": 0}
+        maps = predict_tissue_maps(self.predictor, self.normalise(part), tissue=dark[box],
+                                   stats=stats)  # fmt: skip
+        self.network_pixels += stats["network_pixels"]
+        return box, maps
 
     def labels(
         self, shape: tuple[int, int], predicted: tuple[tuple[slice, slice], np.ndarray] | None
@@ -391,7 +397,9 @@ def _mask_box(mask: np.ndarray, *, margin: int = 0) -> tuple[slice, slice] | Non
 MIN_TILE_TISSUE = 16
 
 
-def predict_tissue_maps(predictor: Any, image: np.ndarray, *, tissue: np.ndarray) -> np.ndarray:
+def predict_tissue_maps(
+    predictor: Any, image: np.ndarray, *, tissue: np.ndarray, stats: dict[str, int] | None = None
+) -> np.ndarray:
     """:func:`nucseg.infer.predict_maps` that skips the network on tiles without tissue.
 
     Tiles are spread evenly with at least the settings' overlap (:func:`nucseg.tiling.spread_grid`).
@@ -399,7 +407,8 @@ def predict_tissue_maps(predictor: Any, image: np.ndarray, *, tissue: np.ndarray
     ``image`` is the (normalised) network input and ``tissue`` the raw pixels on which tissue is
     detected, as in :mod:`nucseg.slide.tissue`, or their :func:`stained` mask (2-D boolean)
     when the caller already has it. Skipped tiles contribute background probabilities, blended
-    like any other tile.
+    like any other tile. ``stats["network_pixels"]``, when given, grows by the pixels of the
+    tiles given to the network.
     """
     from nucseg.tiling import MapStitcher, pad_to, spread_grid
 
@@ -417,6 +426,8 @@ def predict_tissue_maps(predictor: Any, image: np.ndarray, *, tissue: np.ndarray
     run = [s for s, n in zip(grid, tissue_pixels, strict=True) if n >= MIN_TILE_TISSUE]
     channels = None
     backend = predictor.backend
+    if stats is not None:
+        stats["network_pixels"] = stats.get("network_pixels", 0) + len(run) * tile * tile
     for start in range(0, len(run), batch_size):
         batch = run[start : start + batch_size]
         maps = backend.predict(np.stack([padded[s] for s in batch]))

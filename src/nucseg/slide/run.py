@@ -300,6 +300,7 @@ def segment_slide(
         "nuclei_per_mm2": n / tissue_mm2 if tissue_mm2 > 0 else None,
         "tissue_mpx": tissue_mm2 * 1e6 / slide_mpp**2 / 1e6,
         "chunk_mpx": chunk_stats["pixels"] * plan.scale**2 / 1e6,
+        "network_mpx": getattr(segment, "network_pixels", 0) * plan.scale**2 / 1e6,
         "seconds": time.perf_counter() - started,
         "times": times,
         "quality": quality_summary,
