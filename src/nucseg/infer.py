@@ -17,23 +17,26 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import torch
 
 from nucseg._checks import check_image
 from nucseg.backends import check_backend, make_backend
-from nucseg.backends.common import TTA_MODES, cpu_has_bf16  # noqa: F401  (re-exported)
+from nucseg.backends.common import TTA_MODES, cpu_has_bf16, weights_metadata  # noqa: F401
 from nucseg.backends.common import transforms as _transforms
-from nucseg.backends.torch_runtime import (  # noqa: F401  (re-exported)
-    MEAN,
-    STD,
-    TorchBackend,
-    autocast,
-    default_device,
-    forward_tta,
-    input_stats,
-    to_tensor,
-)
 from nucseg.tiling import MapStitcher, pad_to, tile_grid
+
+#: The torch helpers re-exported from :mod:`nucseg.backends.torch_runtime`, imported on first use
+#: (importing this module does not import torch: a network cached for OpenVINO runs without it).
+_TORCH_NAMES = ("MEAN", "STD", "TorchBackend", "autocast", "default_device", "forward_tta",
+                "input_stats", "to_tensor")  # fmt: skip
+
+
+def __getattr__(name: str) -> Any:
+    if name in _TORCH_NAMES:
+        from nucseg.backends import torch_runtime
+
+        return getattr(torch_runtime, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
 
 log = logging.getLogger(__name__)
 
@@ -47,7 +50,7 @@ def _batches(grid: list, size: int) -> Iterator[list]:
 
 
 def predict_maps(
-    model: torch.nn.Module,
+    model: Any,
     image: np.ndarray,
     *,
     num_classes: int,
@@ -55,7 +58,7 @@ def predict_maps(
     overlap: float = 0.5,
     batch_size: int = 8,
     tta: str = "none",
-    device: torch.device | None = None,
+    device: Any = None,
     precision: str = "auto",
     softmax: bool = True,
     backend: Any = "torch",
@@ -78,7 +81,7 @@ def predict_maps(
     tta : {"none", "flips", "d4"}, optional
         Test-time augmentation: none, the 4 flips, or the 8 rotations and flips.
     device : torch.device, optional
-        Where to run; default :func:`default_device`.
+        Where torch runs; default :func:`default_device`.
     precision : {"auto", "bf16", "fp32"}, optional
         See :func:`autocast`.
     softmax : bool, optional
@@ -94,7 +97,6 @@ def predict_maps(
         regression channels, blended over tiles with a Hann window.
     """
     image = check_image(image)
-    device = default_device() if device is None else device
     if isinstance(backend, str):
         model.eval()
         backend = make_backend(
@@ -115,8 +117,9 @@ class Predictor:
 
     Parameters
     ----------
-    model : torch.nn.Module
-        The network.
+    model : torch.nn.Module or callable
+        The network, or a function returning it (:meth:`load` gives one: the network is then
+        built only when it is needed, which a network cached for OpenVINO is not).
     num_classes : int
         Class channels of its output (2: background/nucleus; 3: background/interior/boundary).
     normaliser : nucseg.stain.StainNormalizer, optional
@@ -131,18 +134,18 @@ class Predictor:
         What runs the network (:func:`nucseg.backends.make_backend`), built at the first
         prediction: "auto" (default) is OpenVINO on a CPU where it is installed and agrees with
         torch on a probe tile, else torch.
-    weights_sha256 : str, optional
-        SHA-256 of the weights file: the key of the OpenVINO backend's cache (computed from the
-        network's state if None).
     fold_bn : bool, optional
         Fold the network's batch norms into its convolutions
         (:func:`nucseg.models.fuse.fold_batchnorm`): the same maps, about a fifth faster on a
         CPU.
+    weights_sha256 : str, optional
+        SHA-256 of the weights file: the key of the OpenVINO backend's cache (computed from the
+        network's state if None).
     """
 
     def __init__(
         self,
-        model: torch.nn.Module,
+        model: Any,
         *,
         num_classes: int,
         normaliser: Any = None,
@@ -152,19 +155,16 @@ class Predictor:
         overlap: float = 0.5,
         batch_size: int = 8,
         tta: str = "none",
-        device: torch.device | None = None,
+        device: Any = None,
         precision: str = "auto",
         backend: str = "auto",
         fold_bn: bool = True,
         weights_sha256: str | None = None,
     ) -> None:
-        from nucseg.models.fuse import fold_batchnorm
-
-        self.device = default_device() if device is None else device
-        model = model.to(self.device).eval()
-        if fold_bn:
-            model = fold_batchnorm(model)
-        self.model = model.to(memory_format=torch.channels_last).eval()
+        self._device, self._fold_bn = device, fold_bn
+        self._source, self._model = model, None
+        if hasattr(model, "state_dict"):  # a network: prepared now, as before
+            self._model = self._prepare(model)
         self.num_classes = num_classes
         self.normaliser = normaliser
         self.postprocess = postprocess
@@ -181,14 +181,40 @@ class Predictor:
         self.weights_sha256 = weights_sha256
         self._backend: Any = None
 
+    def _prepare(self, model: Any) -> Any:
+        import torch
+
+        from nucseg.models.fuse import fold_batchnorm
+
+        model = model.to(self.device).eval()
+        if self._fold_bn:
+            model = fold_batchnorm(model)
+        return model.to(memory_format=torch.channels_last).eval()
+
+    @property
+    def device(self) -> Any:
+        """Where torch runs the network (default: a GPU if there is one, else the CPU)."""
+        if self._device is None:
+            from nucseg.backends.torch_runtime import default_device
+
+            self._device = default_device()
+        return self._device
+
+    @property
+    def model(self) -> Any:
+        """The torch network (built at first use when a function was given)."""
+        if self._model is None:
+            self._model = self._prepare(self._source())
+        return self._model
+
     @property
     def backend(self) -> Any:
         """The backend running the network (:mod:`nucseg.backends`), built at first use."""
         if self._backend is None:
             options = self.options
             self._backend = make_backend(
-                self.model, options["backend"], num_classes=self.num_classes,
-                device=self.device, precision=options["precision"], tta=options["tta"],
+                lambda: self.model, options["backend"], num_classes=self.num_classes,
+                device=self._device, precision=options["precision"], tta=options["tta"],
                 weights_sha256=self.weights_sha256,
             )  # fmt: skip
             log.info("network backend: %s", self._backend.name)
@@ -201,10 +227,9 @@ class Predictor:
             image = self.normaliser.transform(image)
         options = {k: v for k, v in self.options.items() if k != "backend"}
         return predict_maps(
-            self.model,
+            None,
             image,
             num_classes=self.num_classes,
-            device=self.device,
             softmax=softmax,
             backend=self.backend,
             **options,
@@ -232,20 +257,25 @@ class Predictor:
         was trained on stain-normalised images, ``normaliser.json``. ``options`` override the
         prediction settings (e.g. ``tta="d4"``, ``device``).
         """
-        from nucseg.models import load_model
         from nucseg.stain import read_normaliser
 
         folder = Path(path)
         weights = folder / "model.safetensors"
         if not weights.is_file():
             raise FileNotFoundError(f"{folder} holds no model.safetensors: not a model folder")
-        model, meta = load_model(weights, return_meta=True)
+        meta = weights_metadata(weights)  # the header only: the network is built when needed
         post = json.loads((folder / "thresholds.json").read_text())
         normaliser = read_normaliser(folder)
         settings = {**post.get("predict", {}), **options}
         settings.setdefault("weights_sha256", hashlib.sha256(weights.read_bytes()).hexdigest())
+
+        def network() -> Any:
+            from nucseg.models import load_model
+
+            return load_model(weights)
+
         return cls(
-            model,
+            network,
             num_classes=int(meta["num_classes"]),
             normaliser=normaliser,
             postprocess=post["method"],

@@ -79,3 +79,32 @@ def probe_tile(size: int = 256) -> np.ndarray:
     tile[:] = (230, 170, 200)
     tile[blobs] = (90, 50, 140)
     return tile[None]
+
+
+def weights_metadata(path: str | Path) -> dict:
+    """The network's settings (``name``, ``num_classes``, ...) recorded in a ``model.safetensors``
+    written by :func:`nucseg.models.save_model`, read from the file's JSON header alone (no torch:
+    a backend that has the network cached need not import it).
+
+    Raises
+    ------
+    ValueError
+        If the file has no readable safetensors header with nucseg's settings.
+    """
+    import json
+    import struct
+
+    try:
+        with open(path, "rb") as fh:
+            (size,) = struct.unpack("<Q", fh.read(8))
+            if not 0 < size < 100_000_000:
+                raise ValueError(f"header size {size}")
+            header = json.loads(fh.read(size))
+        return json.loads(header["__metadata__"]["nucseg.config"])
+    except (OSError, ValueError, KeyError, TypeError, struct.error) as error:
+        raise ValueError(f"{path}: not a readable nucseg model file ({error})") from None
+
+
+def cuda_possible() -> bool:
+    """Whether an NVIDIA driver is loaded (without importing torch): if not, torch has no GPU."""
+    return Path("/proc/driver/nvidia/version").exists()

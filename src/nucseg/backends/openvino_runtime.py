@@ -27,6 +27,10 @@ from nucseg.backends.common import (
 
 log = logging.getLogger(__name__)
 
+#: Part of the cache key: raise it when the exported graph's interface changes
+#: (:data:`nucseg.models.export.EXPORT_VERSION`; not imported here, which would import torch).
+CACHE_VERSION = 1
+
 
 def available() -> bool:
     """Whether the ``openvino`` package can be imported."""
@@ -49,10 +53,8 @@ def cache_folder(weights_sha256: str) -> Path:
     """The cache folder of one network's weights for this OpenVINO version."""
     import openvino as ov
 
-    from nucseg.models.export import EXPORT_VERSION
-
     version = re.sub(r"[^0-9A-Za-z.]+", "_", ov.get_version().split("-")[0])
-    return cache_root() / "openvino" / f"{weights_sha256[:16]}-ov{version}-v{EXPORT_VERSION}"
+    return cache_root() / "openvino" / f"{weights_sha256[:16]}-ov{version}-v{CACHE_VERSION}"
 
 
 def ov_precision(precision: str) -> str:
@@ -68,8 +70,9 @@ class OpenVINOBackend:
 
     Parameters
     ----------
-    model : torch.nn.Module
-        The network (exported once per weights and runtime version, see the module docstring).
+    model : torch.nn.Module or callable
+        The network, or a function returning it: it is needed (and the function called) only
+        to export it, once per weights and runtime version (see the module docstring).
     num_classes : int
         Class channels, turned into probabilities by :meth:`predict`; the output may hold any
         number of further channels.
@@ -79,6 +82,14 @@ class OpenVINOBackend:
         Test-time augmentation, applied to the pixels and undone on the maps.
     weights_sha256 : str, optional
         SHA-256 of the weights file (the cache key); computed from the network's state if None.
+
+    Attributes
+    ----------
+    out_channels : int
+        Channels of the maps :meth:`predict` returns.
+    probe : Path
+        The cache's record of this precision's agreement with torch (see
+        :func:`nucseg.backends.make_backend`).
     """
 
     name = "openvino"
@@ -94,21 +105,28 @@ class OpenVINOBackend:
     ) -> None:
         import openvino as ov
 
-        from nucseg.models.export import export_onnx, weights_digest
-
         transforms(tta)
         self.num_classes, self.tta = num_classes, tta
         self.precision = ov_precision(precision)
-        folder = cache_folder(weights_sha256 or weights_digest(model))
+        if weights_sha256 is None:
+            from nucseg.models.export import weights_digest
+
+            model = materialise(model)
+            weights_sha256 = weights_digest(model)
+        folder = cache_folder(weights_sha256)
         onnx_path = folder / "model.onnx"
         if not onnx_path.is_file():
             folder.mkdir(parents=True, exist_ok=True)
+            from nucseg.models.export import export_onnx
+
             log.info("exporting the network to %s", onnx_path)
-            export_onnx(model, onnx_path, num_classes=num_classes)
+            export_onnx(materialise(model), onnx_path, num_classes=num_classes)
         self.cache = folder
         self.core = ov.Core()
         self.core.set_property({"CACHE_DIR": str(folder / "compiled")})
         self.network = self.core.read_model(str(onnx_path))
+        self.out_channels = int(self.network.output(0).get_partial_shape()[3].get_length())
+        self.probe = folder / f"probe-{self.precision}.json"
         self._requests: dict[bool, Any] = {}
         self._request(softmax=tta == "none")  # compiled now: start-up, not the first batch
 
@@ -134,6 +152,11 @@ class OpenVINOBackend:
             return self._forward(tiles, softmax=True)
         maps = tta_numpy(self._forward, tiles, self.tta)
         return softmax_classes(maps, self.num_classes) if softmax else maps
+
+
+def materialise(model: Any) -> Any:
+    """``model`` itself if it is a network, else the network the function ``model`` returns."""
+    return model if hasattr(model, "state_dict") else model()
 
 
 def with_softmax(network: Any, num_classes: int) -> Any:

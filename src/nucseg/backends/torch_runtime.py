@@ -101,6 +101,9 @@ class TorchBackend:
         self.precision, self.tta = check_precision(precision), tta
         transforms(tta)  # validate early
         self.mean, self.std = input_stats(model)
+        config = getattr(model, "nucseg_config", None)
+        #: Channels of the maps (from the network's settings; None when it has none).
+        self.out_channels = None if config is None else int(config.out_channels)
 
     def predict(self, tiles: np.ndarray, *, softmax: bool = True) -> np.ndarray:
         """``(N, H, W, 3) uint8`` tiles -> ``(N, H, W, C)`` float32 maps: class probabilities

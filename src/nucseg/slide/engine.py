@@ -242,12 +242,14 @@ def read_chunk(reader: SlideReader, plan: SlidePlan, index: tuple[int, int]) -> 
 
 def engine_predictor(folder: str | os.PathLike, **predict: Any) -> Any:
     """The model of ``folder`` with prediction settings ``predict``, for the engine: its tiles
-    overlap by at least :data:`MIN_OVERLAP_PX` pixels unless ``predict`` gives an overlap."""
+    overlap by at least :data:`MIN_OVERLAP_PX` pixels unless ``predict`` gives an overlap; its
+    backend is built."""
     from nucseg.infer import Predictor
 
     predictor = Predictor.load(folder, **predict)
     if "overlap" not in predict:
         predictor.options["overlap"] = MIN_OVERLAP_PX / predictor.options["tile"]
+    _ = predictor.backend  # built now: a damaged model fails here; compiling overlaps other work
     return predictor
 
 
@@ -467,10 +469,8 @@ def stained(image: np.ndarray) -> np.ndarray:
 
 
 def _output_channels(predictor: Any, tile: int) -> int:
-    config = getattr(predictor.model, "nucseg_config", None)
-    if config is not None:
-        return int(config.num_classes + (config.distance_channels or 0))
-    return int(predictor.num_classes)
+    channels = getattr(predictor.backend, "out_channels", None)
+    return int(predictor.num_classes if channels is None else channels)
 
 
 def fit_stain(reader: SlideReader, plan: SlidePlan, normaliser: Any, *, samples: int = 8) -> Any:
