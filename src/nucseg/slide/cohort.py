@@ -362,7 +362,8 @@ def cmd_cohort(args: Any, predict: dict[str, Any]) -> int:
     """``nucseg slide --workers N | --scheduler ADDRESS | --scheduler-file FILE``."""
     import sys
 
-    from nucseg.slide.cli import _table, _write_summary
+    from nucseg.slide.summary import table as _table
+    from nucseg.slide.summary import write_summary as _write_summary
 
     options = SlideOptions(
         model=args.model, method=args.method, mpp=args.mpp,

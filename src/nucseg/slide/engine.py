@@ -27,7 +27,14 @@ from typing import Any
 
 import numpy as np
 
+from nucseg.slide.chunkio import chunk_name
 from nucseg.slide.reader import SlideReader, open_slide, resize
+from nucseg.slide.tissue import (  # noqa: F401  (re-exported: the engine's tissue test)
+    BLACK_LEVEL,
+    _mask_box,
+    stained,
+    tissue_box,
+)
 
 log = logging.getLogger(__name__)
 
@@ -206,11 +213,6 @@ def _tissue_read(tissue: np.ndarray, f: float, window: tuple[int, int, int, int]
     return (r0, c0, r1, c1)
 
 
-def chunk_name(index: tuple[int, int]) -> str:
-    """File stem of a chunk's outputs, e.g. ``r0003_c0012``."""
-    return f"r{index[0]:04d}_c{index[1]:04d}"
-
-
 def chunk_done(chunk_dir: str | os.PathLike, index: tuple[int, int]) -> bool:
     """Whether a chunk's files are complete (its Parquet file exists)."""
     return (Path(chunk_dir) / f"{chunk_name(index)}.parquet").is_file()
@@ -378,22 +380,6 @@ def _colour_table(normaliser: Any, source: dict[str, Any]) -> np.ndarray:
 TISSUE_MARGIN = 64
 
 
-def tissue_box(image: np.ndarray, *, margin: int = 0) -> tuple[slice, slice] | None:
-    """Rows and columns of the bounding box of the tissue pixels of ``image`` (:func:`stained`),
-    grown by ``margin`` and clipped; None when there is none."""
-    return _mask_box(stained(image), margin=margin)
-
-
-def _mask_box(mask: np.ndarray, *, margin: int = 0) -> tuple[slice, slice] | None:
-    """:func:`tissue_box` of a 2-D boolean mask (the :func:`stained` pixels)."""
-    rows, cols = np.flatnonzero(mask.any(axis=1)), np.flatnonzero(mask.any(axis=0))
-    if not rows.size:
-        return None
-    r0, r1 = max(rows[0] - margin, 0), min(rows[-1] + 1 + margin, mask.shape[0])
-    c0, c1 = max(cols[0] - margin, 0), min(cols[-1] + 1 + margin, mask.shape[1])
-    return slice(int(r0), int(r1)), slice(int(c0), int(c1))
-
-
 #: Tiles with fewer tissue pixels (:func:`stained`) than this are not given to the network; their
 #: maps are pure background.
 MIN_TILE_TISSUE = 16
@@ -445,27 +431,6 @@ def predict_tissue_maps(
         for slices in skipped:
             stitcher.add(background, slices)
     return np.ascontiguousarray(stitcher.result()[crop], dtype=np.float32)
-
-
-def _darkest(image: np.ndarray) -> np.ndarray:
-    """Per-pixel minimum over the three channels (``image.min(axis=2)``, several times faster)."""
-    return np.minimum(np.minimum(image[..., 0], image[..., 1]), image[..., 2])
-
-
-# intensity below which a channel's optical density -ln((I + 1) / 256) exceeds 0.15
-_TISSUE_LEVEL = int(np.floor(256 * np.exp(-0.15) - 1)) + 1
-#: Pixels whose brightest channel is below this are black, not stain: an optical density above 2
-#: in all three channels, which H&E does not reach (eosin lets red through, haematoxylin blue). A
-#: label area, a pen mark, a scanner's black fill or an all-black image is not given to the
-#: network, which would take large parts of it for nuclei.
-BLACK_LEVEL = 32
-
-
-def stained(image: np.ndarray) -> np.ndarray:
-    """Pixels that may be stained tissue: some channel's optical density above 0.15 (darker than
-    glass) and not black (:data:`BLACK_LEVEL`)."""
-    brightest = np.maximum(np.maximum(image[..., 0], image[..., 1]), image[..., 2])
-    return (_darkest(image) < _TISSUE_LEVEL) & (brightest >= BLACK_LEVEL)
 
 
 def _output_channels(predictor: Any, tile: int) -> int:
@@ -599,9 +564,9 @@ def chunk_task(
     if (model is None) == (method is None):
         raise ValueError("give exactly one of a model folder and a method")
     if method is not None:
-        from nucseg.pipeline import make_segmenter
+        from nucseg.classical import get_method
 
-        segmenter = make_segmenter(method)
+        segmenter = get_method(method)
     else:
         predictor = load_predictor(str(model), json.dumps(predict or {}, sort_keys=True))
         saved = json.loads((chunk_dir / "stain.json").read_text())
