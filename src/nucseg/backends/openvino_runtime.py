@@ -135,6 +135,8 @@ class OpenVINOBackend:
         if softmax not in self._requests:
             network = with_softmax(self.network, self.num_classes) if softmax else self.network
             config = {"INFERENCE_PRECISION_HINT": self.precision, "PERFORMANCE_HINT": "LATENCY"}
+            if os.environ.get("NUCSEG_OPENVINO_THREADS"):
+                config["INFERENCE_NUM_THREADS"] = int(os.environ["NUCSEG_OPENVINO_THREADS"])
             compiled = self.core.compile_model(network, "CPU", config)
             self._requests[softmax] = compiled.create_infer_request()
         return self._requests[softmax]
