@@ -1,22 +1,26 @@
-"""Whole-slide benchmark: memory and throughput of ``nucseg slide`` against the network's limit.
+"""Whole-slide benchmark of this checkout against the landed commit b9e4836, in one run.
 
-Builds two synthetic pyramidal 40x slides (tiled JPEG TIFF, mpp 0.25 in the resolution tags,
-4 levels): the same block of MoNuSeg non-breast training images (``--images``, mosaicked with
-48-pixel gaps) on a white background of about 0.1 Gpx ("small") and about 1 Gpx ("large",
-mostly background). Then, in the same run:
+Builds two synthetic pyramidal 40x slides (tiled JPEG TIFF, mpp 0.25, 4 levels) on a white
+background: "s32", 5792 x 5792 (34 Mpx) holding one block of 12 MoNuSeg training images (4 x 3,
+48-pixel gaps), and "s128", 11584 x 11584 (134 Mpx) holding four such blocks. Then, interleaved
+repeat after repeat (the order rotating), each slide goes through ``nucseg slide`` of
 
-- each slide through ``nucseg slide`` in its own process (peak RSS from its report, which reads
-  ``getrusage`` in that process), with its tissue throughput: level-0 megapixels of the tissue
-  mask per second of the whole run (model loading and output writing included), and per second
-  of the chunk phase;
-- the network's forward-only throughput: batches of non-overlapping tiles of the slide run's tile
-  size, no stitching, no post-processing (the limit);
-- ``nucseg segment`` on 1000x1000 images (MPx/s from the cost of 4 more images, start-up
-  excluded), with the model's own prediction settings.
+- ``base``: the landed commit (``git worktree add --detach`` into ``--base-dir``; its own ``src``
+  on PYTHONPATH, the same Python);
+- ``new``: this checkout, default settings (backend auto);
+- ``new-torch``: this checkout with ``--backend torch`` (s32 only);
 
-Writes results/slide/bench.json with the machine load (``uptime``) before and after.
+each in its own process, recording wall seconds (start-up and outputs included), the child's CPU
+seconds (``getrusage``), the report's stage times, peak RSS and pixels computed by the network.
+Tissue MPx/s = the report's level-0 tissue megapixels / wall seconds; core-seconds per tissue MPx =
+CPU seconds / tissue megapixels. ``nucseg segment`` on one 1000 x 1000 MoNuSeg breast image (start-
+up included) is timed the same way for the three variants, and ``profile_chunk.py`` of each side
+gives its per-stage CPU seconds per megapixel. One warm-up run of each variant comes first (page
+cache; this checkout's OpenVINO cache). Medians with min and max; the machine's load is recorded
+before, after and at every run, since ratios from one interleaved run are what count on a shared
+machine.
 
-    python benchmarks/bench_slide.py
+    python benchmarks/bench_slide.py --out results/slide/bench_engine.json
 """
 
 from __future__ import annotations
@@ -24,6 +28,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import resource
 import statistics
 import subprocess
 import sys
@@ -31,157 +36,173 @@ import tempfile
 import time
 from pathlib import Path
 
-import numpy as np
-from _segment_timing import run_segment
-
 from nucseg import datasets
-from nucseg.pipeline import provenance
+from nucseg.atomic import write_json
+from nucseg.pipeline import provenance, resolve_model
 from nucseg.slide.synthetic import mosaic_region, write_slide
 
-SIZES = {"small": (10240, 10240), "large": (32768, 32768)}
+ROOT = Path(__file__).resolve().parents[1]
+BASE_COMMIT = "b9e4836"
+SIZES = {"s32": 5792, "s128": 11584}
+BLOCK_ORIGINS = {"s32": [(1024, 1024)], "s128": [(1024, 1024), (1024, 6816), (6816, 1024),
+                                                  (6816, 6816)]}  # fmt: skip
 
 
-def load_average() -> list[float]:
+def load() -> list[float]:
     return [round(v, 2) for v in os.getloadavg()]
 
 
-def build_slides(folder: Path, n_images: int) -> dict[str, Path]:
-    """The two slides, with the same image block at the same place (chunk-aligned)."""
-    samples = list(datasets.load("monuseg", split="train"))[:n_images]
-    per_row = 4
-    gap = 48
-    origins = [
-        (2048 + (k // per_row) * (1000 + gap), 2048 + (k % per_row) * (1000 + gap))
-        for k in range(len(samples))
-    ]
-    region = mosaic_region([s.image for s in samples], origins)
+def base_tree(folder: Path, commit: str) -> Path:
+    """The landed commit checked out at ``folder`` (added once, reused)."""
+    if not (folder / "src" / "nucseg").is_dir():
+        subprocess.run(["git", "-C", str(ROOT), "worktree", "add", "--detach", str(folder),
+                        commit], check=True, capture_output=True)  # fmt: skip
+    return folder
+
+
+def build_slides(folder: Path) -> dict[str, Path]:
+    samples = list(datasets.load("monuseg", split="train"))[:12]
     paths = {}
-    for name, shape in SIZES.items():
-        start = time.perf_counter()
-        paths[name] = write_slide(folder / f"{name}.tif", shape, region, mpp=0.25, levels=4)
-        print(f"wrote {name} slide {shape} in {time.perf_counter() - start:.0f} s", flush=True)
+    for name, side in SIZES.items():
+        images, origins = [], []
+        for r0, c0 in BLOCK_ORIGINS[name]:
+            for k, s in enumerate(samples):
+                images.append(s.image)
+                origins.append((r0 + (k // 4) * 1048, c0 + (k % 4) * 1048))
+        region = mosaic_region(images, origins)
+        paths[name] = write_slide(folder / f"{name}.tif", (side, side), region, mpp=0.25, levels=4)
+        print(f"wrote {name} ({side} x {side})", flush=True)
     return paths
 
 
-def run_slide(path: Path, out: Path, extra: list[str]) -> dict:
-    command = [sys.executable, "-m", "nucseg.cli", "slide", str(path), "--out", str(out),
-               "--no-progress", *extra]  # fmt: skip
+def timed(command: list[str], src: Path) -> tuple[float, float]:
+    """Wall and CPU seconds (user + system, this child alone) of ``command``."""
+    env = {**os.environ, "PYTHONPATH": str(src)}
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
     start = time.perf_counter()
-    subprocess.run(command, check=True)
+    subprocess.run(command, check=True, capture_output=True, env=env)
     wall = time.perf_counter() - start
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return wall, (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
+
+
+def run_slide(path: Path, out: Path, src: Path, extra: list[str]) -> dict:
+    command = [sys.executable, "-m", "nucseg.cli", "slide", str(path), "--out", str(out),
+               "--no-progress", "--overwrite", *extra]  # fmt: skip
+    load_before = load()
+    wall, cpu = timed(command, src)
     report = json.loads((out / path.stem / "report.json").read_text())
-    mpx = report["tissue_mpx"]  # level-0 megapixels of the tissue mask
+    tissue = report["tissue_mpx"]
+    network = report.get("network_mpx")
     return {
-        "dimensions": report["dimensions"],
-        "chunks": report["chunks"],
-        "nuclei": report["nuclei"],
-        "tissue_mm2": report["tissue_mm2"],
-        "tissue_mpx": mpx,
-        "chunk_mpx": report["chunk_mpx"],
-        "wall_s": wall,
-        "report_seconds": report["seconds"],
-        "times": report["times"],
-        "peak_rss_mb": report["peak_rss_mb"],
-        "mpx_per_s": mpx / report["seconds"],
-        "mpx_per_s_chunks": mpx / report["times"]["chunks_s"],
-        "predict": report["predict"],
-    }
+        "wall_s": wall, "cpu_s": cpu, "tissue_mpx": tissue, "nuclei": report["nuclei"],
+        "mpx_per_s": tissue / wall, "core_s_per_tissue_mpx": cpu / tissue,
+        "network_mpx": network,
+        "network_pixels_per_tissue_pixel": None if network is None else network / tissue,
+        "peak_rss_mb": report["peak_rss_mb"], "times": report["times"],
+        "report_seconds": report["seconds"], "predict": report.get("predict"),
+        "load_before": load_before,
+    }  # fmt: skip
 
 
-def forward_throughput(model: str, tile: int, batch: int, seconds: float = 20.0) -> dict:
-    """Level-0 MPx/s of the network alone on batches of non-overlapping tiles."""
-    import torch
-
-    from nucseg.infer import Predictor, autocast, input_stats, to_tensor
-    from nucseg.pipeline import resolve_model
-
-    predictor = Predictor.load(resolve_model(model))
-    images = [s.image for s in datasets.load("monuseg", split="train")][:4]
-    tiles = []
-    for image in images:
-        for r in range(0, image.shape[0] - tile + 1, tile):
-            for c in range(0, image.shape[1] - tile + 1, tile):
-                tiles.append(image[r : r + tile, c : c + tile])
-    if not tiles:  # tiles larger than the images: reflect-pad one image
-        tiles = [np.pad(images[0], ((0, tile - 1000), (0, tile - 1000), (0, 0)), mode="reflect")]
-    mean, std = input_stats(predictor.model)
-    pixels, elapsed, k = 0, 0.0, 0
-    with torch.inference_mode(), autocast(predictor.device, "auto"):
-        predictor.model(to_tensor(np.stack(tiles[:batch]), predictor.device, mean=mean, std=std))
-        while elapsed < seconds:
-            chosen = [tiles[(k + i) % len(tiles)] for i in range(batch)]
-            k += batch
-            start = time.perf_counter()
-            x = to_tensor(np.stack(chosen), predictor.device, mean=mean, std=std)
-            predictor.model(x).float()
-            elapsed += time.perf_counter() - start
-            pixels += batch * tile * tile
-    return {"tile": tile, "batch": batch, "mpx_per_s": pixels / 1e6 / elapsed, "seconds": elapsed}
+def run_segment(image: Path, src: Path, extra: list[str]) -> dict:
+    with tempfile.TemporaryDirectory() as out:
+        command = [sys.executable, "-m", "nucseg.cli", "segment", str(image), "--out", out]
+        load_before = load()
+        wall, cpu = timed(command + extra, src)
+    return {"wall_s": wall, "cpu_s": cpu, "load_before": load_before}
 
 
-def segment_throughput(extra: list[str]) -> dict:
-    """``nucseg segment`` MPx/s from (t5 - t1) / 4 on 1000x1000 MoNuSeg breast images."""
-    root = datasets.data_root() / "monuseg" / "images"
-    images = [str(root / f"{i}.tif") for i in datasets.ids("monuseg", split="test")[:5]]
-    runs: dict[int, list[float]] = {1: [], 5: []}
-    for _ in range(3):  # the median of three runs of each: one run alone varies by a second
-        for n in (1, 5):
-            runs[n].append(run_segment(images[:n], extra))
-    times = {n: statistics.median(v) for n, v in runs.items()}
-    per_image = (times[5] - times[1]) / 4
-    return {
-        "t1_s": times[1],
-        "t5_s": times[5],
-        "per_image_s": per_image,
-        "mpx_per_s": 1.0 / per_image,
-        "runs": runs,
-    }
+def profile(src: Path, script: Path, out: Path) -> dict:
+    env = {**os.environ, "PYTHONPATH": str(src)}
+    subprocess.run([sys.executable, str(script), "--out", str(out)], check=True,
+                   capture_output=True, env=env, cwd=script.parents[1])  # fmt: skip
+    return json.loads(out.read_text())
+
+
+def summary(values: list[float]) -> dict:
+    return {"median": statistics.median(values), "min": min(values), "max": max(values)}
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--model", default="default")
-    parser.add_argument("--images", type=int, default=12, help="training images in the block")
-    parser.add_argument("--tile", type=int, default=None, help="network tile of the slide runs")
-    parser.add_argument("--overlap", type=float, default=None)
-    parser.add_argument("--batch-size", type=int, default=None)
-    parser.add_argument("--out", type=Path, default=Path("results/slide/bench.json"))
+    parser.add_argument("--base", default=BASE_COMMIT)
+    parser.add_argument("--base-dir", type=Path, default=Path("/tmp/nucseg-base"))
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--no-profile", action="store_true")
+    parser.add_argument("--out", type=Path, default=Path("results/slide/bench_engine.json"))
     args = parser.parse_args()
-    from nucseg.pipeline import resolve_model
-
-    origin = provenance(models=[resolve_model(args.model)])
-    record = {"benchmark": "nucseg slide: memory and throughput", "load_before": load_average()}
-    extra = ["--model", args.model]
-    for flag, value in (("--tile", args.tile), ("--overlap", args.overlap),
-                        ("--batch-size", args.batch_size)):  # fmt: skip
-        if value is not None:
-            extra += [flag, str(value)]
-    with tempfile.TemporaryDirectory() as tmp:
-        slides = build_slides(Path(tmp), args.images)
-        runs = {}
-        for name, path in slides.items():
-            runs[name] = run_slide(path, Path(tmp) / "out", extra)
-            print(name, json.dumps(runs[name]), flush=True)
-    predict = runs["small"]["predict"]
-    forward = forward_throughput(args.model, predict["tile"], predict["batch_size"])
-    print("forward", forward, flush=True)
-    segment = segment_throughput(["--model", args.model])
-    print("segment", segment, flush=True)
-    small, large = runs["small"], runs["large"]
-    record.update(
-        slides=runs,
-        forward_only=forward,
-        segment=segment,
-        memory_ratio_large_small=large["peak_rss_mb"] / small["peak_rss_mb"],
-        slide_vs_forward=small["mpx_per_s"] / forward["mpx_per_s"],
-        slide_chunks_vs_forward=small["mpx_per_s_chunks"] / forward["mpx_per_s"],
-        slide_vs_segment=small["mpx_per_s"] / segment["mpx_per_s"],
-        load_after=load_average(),
-        **origin,
+    origin = provenance(models=[resolve_model("default")])
+    base = base_tree(args.base_dir, args.base)
+    variants = {"base": (base / "src", []), "new": (ROOT / "src", []),
+                "new-torch": (ROOT / "src", ["--backend", "torch"])}  # fmt: skip
+    record: dict = {
+        "benchmark": f"nucseg slide and segment, this checkout against {args.base}",
+        "base_commit": args.base,
+        "repeats": args.repeats,
+        "load_before": load(),
+    }
+    name, split = datasets.resolve_eval_dataset("monuseg-breast")
+    image = (
+        datasets.data_root() / "monuseg" / "images" / f"{datasets.ids(name, split=split)[0]}.tif"
     )
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(record, indent=1) + "\n")
+    runs: dict = {"slides": {}, "segment": {v: [] for v in variants}}
+    with tempfile.TemporaryDirectory() as tmp:
+        slides = build_slides(Path(tmp))
+        out = Path(tmp) / "out"
+        for v, (src, extra) in variants.items():  # warm-up: page cache, OpenVINO cache
+            run_slide(slides["s32"], out / v, src, extra)
+        for repeat in range(args.repeats):
+            order = list(variants)[repeat % 3 :] + list(variants)[: repeat % 3]
+            for slide, path in slides.items():
+                for v in order:
+                    if v == "new-torch" and slide != "s32":
+                        continue
+                    src, extra = variants[v]
+                    result = run_slide(path, out / v, src, extra)
+                    runs["slides"].setdefault(slide, {}).setdefault(v, []).append(result)
+                    show = (f"{result['wall_s']:.1f} s", f"{result['mpx_per_s']:.2f} MPx/s",
+                            f"{result['core_s_per_tissue_mpx']:.2f} core-s/MPx",
+                            f"{result['peak_rss_mb']:.0f} MB", result["load_before"])  # fmt: skip
+                    print(slide, v, *show, flush=True)
+            for v in order:
+                src, extra = variants[v]
+                runs["segment"][v].append(run_segment(image, src, extra))
+                print("segment", v, f"{runs['segment'][v][-1]['wall_s']:.2f} s", flush=True)
+        if not args.no_profile:
+            script = "benchmarks/profile_chunk.py"
+            record["chunk_profile"] = {
+                v: profile(tree / "src", tree / script, Path(tmp) / f"{v}.json")
+                for v, tree in (("base", base), ("new", ROOT))
+            }
+    record.update(runs=runs, summary=summarise(runs), load_after=load(), provenance=origin)
+    write_json(args.out, record, overwrite=True)
+    print(json.dumps(record["summary"], indent=1))
     print(f"wrote {args.out}")
+
+
+def summarise(runs: dict) -> dict:
+    """Medians (min, max) of each figure, and the ratios the issue's targets are stated in."""
+    out: dict = {"slides": {}, "segment": {}}
+    keys = ("wall_s", "mpx_per_s", "core_s_per_tissue_mpx", "peak_rss_mb",
+            "network_pixels_per_tissue_pixel")  # fmt: skip
+    for slide, by_variant in runs["slides"].items():
+        for v, results in by_variant.items():
+            out["slides"].setdefault(slide, {})[v] = {
+                k: summary([r[k] for r in results]) for k in keys if results[0][k] is not None
+            }
+    for v, results in runs["segment"].items():
+        out["segment"][v] = summary([r["wall_s"] for r in results])
+    med = {s: {v: f["mpx_per_s"]["median"] for v, f in d.items()} for s, d in out["slides"].items()}
+    rss = out["slides"]
+    out["ratios"] = {
+        "throughput_new_vs_base": {s: m["new"] / m["base"] for s, m in med.items()},
+        "throughput_new_vs_new_torch_s32": med["s32"]["new"] / med["s32"]["new-torch"],
+        "peak_rss_s128_vs_s32_new": rss["s128"]["new"]["peak_rss_mb"]["median"]
+        / rss["s32"]["new"]["peak_rss_mb"]["median"],
+        "segment_base_vs_new": out["segment"]["base"]["median"] / out["segment"]["new"]["median"],
+    }
+    return out
 
 
 if __name__ == "__main__":

@@ -122,6 +122,8 @@ PREDICT_CHECKS: dict[str, tuple[Callable[[Any], bool], str]] = {
     ),
     "tta": (lambda v: v in ("none", "flips", "d4"), "one of 'none', 'flips', 'd4'"),
     "precision": (lambda v: v in ("auto", "bf16", "fp32"), "one of 'auto', 'bf16', 'fp32'"),
+    "backend": (lambda v: v in ("auto", "torch", "openvino"), "one of 'auto', 'torch', 'openvino'"),
+    "stain": (lambda v: v in ("auto", "always", "never"), "one of 'auto', 'always', 'never'"),
 }
 
 

@@ -51,12 +51,22 @@ def _choose(args: argparse.Namespace) -> None:
             args.method = DEFAULT_METHOD
 
 
+def _params(args: argparse.Namespace) -> dict[str, Any]:
+    """--param pairs, with --backend (a model's option) added."""
+    params = dict(args.param)
+    if getattr(args, "backend", None) is not None:
+        if args.method is not None:
+            raise ValueError(f"--backend applies to a model, not to the {args.method} method")
+        params["backend"] = args.backend
+    return params
+
+
 def _check_segmenter(args: argparse.Namespace) -> Path | None:
     """Check --method/--model/--param without loading the model; returns the model folder."""
     from nucseg.pipeline import check_segmenter
 
     _choose(args)
-    return check_segmenter(args.method, model=args.model, **dict(args.param))
+    return check_segmenter(args.method, model=args.model, **_params(args))
 
 
 def _segmenter(args: argparse.Namespace):
@@ -64,7 +74,7 @@ def _segmenter(args: argparse.Namespace):
 
     _choose(args)
     return make_segmenter(
-        args.method, model=args.model, mpp=getattr(args, "mpp", None), **dict(args.param)
+        args.method, model=args.model, mpp=getattr(args, "mpp", None), **_params(args)
     )
 
 
@@ -175,7 +185,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     result = {
         "method": _method_name(args),
         "dataset": args.dataset,
-        "params": {**params, **dict(args.param)},
+        "params": {**params, **_params(args)},
         **result,
         "provenance": origin,
     }
@@ -275,6 +285,19 @@ def cmd_compare(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_export(args: argparse.Namespace) -> int:
+    from nucseg.models import export_model
+    from nucseg.pipeline import resolve_model
+
+    folder = resolve_model(args.model)
+    if args.out.suffix.lower() != ".onnx":
+        raise ValueError(f"{args.out}: the output must be an .onnx file")
+    _check_output_file(args.out, "OUT", overwrite=args.overwrite)
+    meta = export_model(folder, args.out)
+    print(f"wrote {args.out} ({meta['model']}, {meta['out_channels']} output channels)")
+    return 0
+
+
 def cmd_datasets_verify(args: argparse.Namespace) -> int:
     from nucseg.datasets.manifest import COLUMNS, verify
     from nucseg.report import markdown_table
@@ -356,6 +379,13 @@ def build_parser() -> argparse.ArgumentParser:
             "overlap (0 to <1), batch_size (>= 1), tta (none, flips, d4), precision (auto, "
             "bf16, fp32). A method's: see `nucseg evaluate --method M --param x=1` (the error "
             "lists them), e.g. fiji's sigma, e.g. --param tile=512",
+        )
+        p.add_argument(
+            "--backend",
+            choices=("auto", "torch", "openvino"),
+            default=None,
+            help="what runs a model's network: auto (default: OpenVINO where installed and in "
+            "agreement with torch, else torch), torch (the reference) or openvino",
         )
         p.add_argument("--overwrite", action="store_true", help="replace existing output files")
 
@@ -474,6 +504,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", type=Path, help="write the table to this Markdown file")
     p.add_argument("--overwrite", action="store_true", help="replace an existing output file")
     p.set_defaults(func=cmd_compare)
+
+    p = sub.add_parser(
+        "export",
+        help="write a model's network as ONNX (uint8 pixels in, logits out)",
+        description="Write the network of a model folder (or bundled model) as an ONNX file: "
+        "input 'pixels' (N, rows, cols, 3) uint8 RGB, output 'logits' (N, rows, cols, C) "
+        "float32, the class logits first; rows and cols multiples of the metadata's "
+        "size_multiple. Runs in OpenVINO or ONNX Runtime.",
+    )
+    p.add_argument("model", metavar="MODEL", help="a run folder or a bundled model name")
+    p.add_argument("out", type=Path, metavar="OUT", help="the .onnx file to write")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing file")
+    p.set_defaults(func=cmd_export)
 
     p = sub.add_parser("datasets", help="dataset utilities")
     dsub = p.add_subparsers(dest="datasets_command", required=True)

@@ -1,14 +1,15 @@
 """Tiled, batched network prediction: image -> probability maps -> instance labels.
 
-``image -> normalise stain -> pad_to -> tile_grid -> model on batches (+ flip TTA) -> MapStitcher ->
-softmax maps -> postprocess.to_instances``. Runs in bfloat16 autocast on CPUs with native bf16
-(AMX or AVX512-BF16), fp32 on other CPUs, and mixed precision on a GPU when one is present.
+``image -> normalise stain -> pad_to -> tile_grid -> backend.predict on batches (+ TTA) ->
+MapStitcher -> maps -> postprocess.to_instances``. The network runs through a backend
+(:mod:`nucseg.backends`: torch, the reference, or OpenVINO); the torch helpers that used to live
+here (``autocast``, ``to_tensor``, ``forward_tta``, ...) are in
+:mod:`nucseg.backends.torch_runtime` and re-exported.
 """
 
 from __future__ import annotations
 
-import contextlib
-import functools
+import hashlib
 import json
 import logging
 from collections.abc import Iterator
@@ -16,108 +17,31 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import torch
 
 from nucseg._checks import check_image
+from nucseg.backends import check_backend, make_backend
+from nucseg.backends.common import TTA_MODES, cpu_has_bf16, weights_metadata  # noqa: F401
+from nucseg.backends.common import transforms as _transforms
 from nucseg.tiling import MapStitcher, pad_to, tile_grid
+
+#: The torch helpers re-exported from :mod:`nucseg.backends.torch_runtime`, imported on first use
+#: (importing this module does not import torch: a network cached for OpenVINO runs without it).
+_TORCH_NAMES = ("MEAN", "STD", "TorchBackend", "autocast", "default_device", "forward_tta",
+                "input_stats", "to_tensor")  # fmt: skip
+
+
+def __getattr__(name: str) -> Any:
+    if name in _TORCH_NAMES:
+        from nucseg.backends import torch_runtime
+
+        return getattr(torch_runtime, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
 
 log = logging.getLogger(__name__)
 
-#: Per-channel mean and standard deviation of inputs when the model names none (ImageNet's).
-MEAN = (0.485, 0.456, 0.406)
-STD = (0.229, 0.224, 0.225)
-
-TTA_MODES = ("none", "flips", "d4")
-
 #: Prediction settings a user may override when loading a model (see :meth:`Predictor.load`).
-PREDICT_OPTIONS = ("tile", "overlap", "batch_size", "tta", "precision")
-
-
-@functools.cache
-def cpu_has_bf16() -> bool:
-    """True if this CPU computes bfloat16 natively (AMX or AVX512-BF16 in /proc/cpuinfo)."""
-    try:
-        flags = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return False
-    return "amx_bf16" in flags or "avx512_bf16" in flags
-
-
-def default_device() -> torch.device:
-    """The first CUDA GPU if there is one, else the CPU."""
-    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-
-
-def autocast(device: torch.device, precision: str = "auto") -> contextlib.AbstractContextManager:
-    """Autocast context for ``precision`` in {"auto", "bf16", "fp32"} on ``device``.
-
-    "auto" is bf16 on a GPU with bf16 support and on a CPU with native bf16, else fp32.
-    """
-    if precision not in ("auto", "bf16", "fp32"):
-        raise ValueError(f"precision must be 'auto', 'bf16' or 'fp32', got {precision!r}")
-    if precision == "auto":
-        if device.type == "cuda":
-            precision = "bf16" if torch.cuda.is_bf16_supported() else "fp32"
-        else:
-            precision = "bf16" if cpu_has_bf16() else "fp32"
-    if precision == "fp32":
-        return contextlib.nullcontext()
-    return torch.autocast(device.type, dtype=torch.bfloat16)
-
-
-def input_stats(model: torch.nn.Module) -> tuple[tuple[float, ...], tuple[float, ...]]:
-    """Mean and standard deviation the encoder of ``model`` expects its inputs standardised with.
-
-    They are those of its pretrained weights (ImageNet's for most encoders; 0.5 and 0.5 for the
-    TensorFlow-origin efficientnet-lite0 and Inception-v3), read from the model registry.
-    """
-    from nucseg.models import get_model_entry
-
-    config = getattr(model, "nucseg_config", None)
-    if config is None:
-        return MEAN, STD
-    entry = get_model_entry(config.name)
-    return tuple(entry.input_mean), tuple(entry.input_std)
-
-
-def to_tensor(
-    tiles: np.ndarray,
-    device: torch.device,
-    *,
-    mean: tuple[float, ...] = MEAN,
-    std: tuple[float, ...] = STD,
-) -> torch.Tensor:
-    """``(N, H, W, 3) uint8`` tiles -> standardised ``(N, 3, H, W)`` float32, channels_last."""
-    x = torch.from_numpy(np.ascontiguousarray(tiles)).to(device).permute(0, 3, 1, 2).float()
-    mean_t = torch.tensor(mean, device=device).view(1, 3, 1, 1) * 255
-    std_t = torch.tensor(std, device=device).view(1, 3, 1, 1) * 255
-    return ((x - mean_t) / std_t).contiguous(memory_format=torch.channels_last)
-
-
-def _transforms(tta: str) -> list[tuple[int, bool]]:
-    """(number of 90-degree rotations, flip columns) pairs of each TTA mode."""
-    if tta not in TTA_MODES:
-        raise ValueError(f"tta must be one of {TTA_MODES}, got {tta!r}")
-    if tta == "none":
-        return [(0, False)]
-    if tta == "flips":
-        return [(0, False), (0, True), (2, False), (2, True)]
-    return [(k, f) for k in range(4) for f in (False, True)]
-
-
-@torch.inference_mode()
-def forward_tta(model: torch.nn.Module, x: torch.Tensor, *, tta: str = "none") -> torch.Tensor:
-    """Mean of the model's logits over the TTA transforms, each mapped back to the input frame."""
-    total = None
-    transforms = _transforms(tta)
-    for k, flip in transforms:
-        y = torch.rot90(x, k, dims=(2, 3)) if k else x
-        y = torch.flip(y, dims=(3,)) if flip else y
-        out = model(y).float()
-        out = torch.flip(out, dims=(3,)) if flip else out
-        out = torch.rot90(out, -k, dims=(2, 3)) if k else out
-        total = out if total is None else total + out
-    return total / len(transforms)
+PREDICT_OPTIONS = ("tile", "overlap", "batch_size", "tta", "precision", "backend")
 
 
 def _batches(grid: list, size: int) -> Iterator[list]:
@@ -125,8 +49,17 @@ def _batches(grid: list, size: int) -> Iterator[list]:
         yield grid[start : start + size]
 
 
+def softmax_last(maps: np.ndarray, channels: int) -> np.ndarray:
+    """``(N, H, W, C)`` maps with a softmax over their last ``channels`` channels."""
+    maps = np.array(maps, dtype=np.float32, copy=True)
+    logits = maps[..., -channels:]
+    logits = np.exp(logits - logits.max(axis=-1, keepdims=True))
+    maps[..., -channels:] = logits / logits.sum(axis=-1, keepdims=True)
+    return maps
+
+
 def predict_maps(
-    model: torch.nn.Module,
+    model: Any,
     image: np.ndarray,
     *,
     num_classes: int,
@@ -134,10 +67,11 @@ def predict_maps(
     overlap: float = 0.5,
     batch_size: int = 8,
     tta: str = "none",
-    device: torch.device | None = None,
+    device: Any = None,
     precision: str = "auto",
     softmax: bool = True,
     type_channels: int = 0,
+    backend: Any = "torch",
 ) -> np.ndarray:
     """Predict per-pixel maps for a whole image from overlapping tiles.
 
@@ -157,7 +91,7 @@ def predict_maps(
     tta : {"none", "flips", "d4"}, optional
         Test-time augmentation: none, the 4 flips, or the 8 rotations and flips.
     device : torch.device, optional
-        Where to run; default :func:`default_device`.
+        Where torch runs; default :func:`default_device`.
     precision : {"auto", "bf16", "fp32"}, optional
         See :func:`autocast`.
     softmax : bool, optional
@@ -166,6 +100,8 @@ def predict_maps(
     type_channels : int, optional
         The last ``type_channels`` channels are a type head's logits, also turned into
         probabilities (their own softmax) when ``softmax``.
+    backend : {"torch", "openvino", "auto"} or a backend, optional
+        What runs the network (:mod:`nucseg.backends`); default torch, the reference.
 
     Returns
     -------
@@ -174,23 +110,20 @@ def predict_maps(
         regression channels, then any type probabilities, blended over tiles with a Hann window.
     """
     image = check_image(image)
-    device = default_device() if device is None else device
+    if isinstance(backend, str):
+        model.eval()
+        backend = make_backend(
+            model, backend, num_classes=num_classes, device=device, precision=precision, tta=tta
+        )
     padded, crop = pad_to(image, (tile, tile))
     grid = tile_grid(padded.shape[:2], tile=tile, overlap=overlap)
     stitcher = MapStitcher(padded.shape[:2])
-    mean, std = input_stats(model)
-    model.eval()
-    with torch.inference_mode(), autocast(device, precision):
-        for batch in _batches(grid, batch_size):
-            x = to_tensor(np.stack([padded[s] for s in batch]), device, mean=mean, std=std)
-            out = forward_tta(model, x, tta=tta)
-            if softmax:
-                out[:, :num_classes] = torch.softmax(out[:, :num_classes], dim=1)
-                if type_channels:
-                    out[:, -type_channels:] = torch.softmax(out[:, -type_channels:], dim=1)
-            maps = out.permute(0, 2, 3, 1).cpu().numpy()
-            for tile_map, slices in zip(maps, batch, strict=True):
-                stitcher.add(tile_map, slices)
+    for batch in _batches(grid, batch_size):
+        maps = backend.predict(np.stack([padded[s] for s in batch]), softmax=softmax)
+        if softmax and type_channels:  # the type head's own softmax
+            maps = softmax_last(maps, type_channels)
+        for tile_map, slices in zip(maps, batch, strict=True):
+            stitcher.add(tile_map, slices)
     return np.ascontiguousarray(stitcher.result()[crop], dtype=np.float32)
 
 
@@ -199,8 +132,9 @@ class Predictor:
 
     Parameters
     ----------
-    model : torch.nn.Module
-        The network.
+    model : torch.nn.Module or callable
+        The network, or a function returning it (:meth:`load` gives one: the network is then
+        built only when it is needed, which a network cached for OpenVINO is not).
     num_classes : int
         Class channels of its output (2: background/nucleus; 3: background/interior/boundary).
     normaliser : nucseg.stain.StainNormalizer, optional
@@ -211,6 +145,10 @@ class Predictor:
         Keyword arguments of that post-processing (e.g. tuned thresholds).
     tile, overlap, batch_size, tta, device, precision
         As in :func:`predict_maps`.
+    backend : {"auto", "torch", "openvino"}, optional
+        What runs the network (:func:`nucseg.backends.make_backend`), built at the first
+        prediction: "auto" (default) is OpenVINO on a CPU where it is installed and agrees with
+        torch on a probe tile, else torch.
     fold_bn : bool, optional
         Fold the network's batch norms into its convolutions
         (:func:`nucseg.models.fuse.fold_batchnorm`): the same maps, about a fifth faster on a
@@ -218,11 +156,14 @@ class Predictor:
     type_channels : int, optional
         Channels of the network's type head (0: none), the last of its output; see
         :mod:`nucseg.nucleus_types`.
+    weights_sha256 : str, optional
+        SHA-256 of the weights file: the key of the OpenVINO backend's cache (computed from the
+        network's state if None).
     """
 
     def __init__(
         self,
-        model: torch.nn.Module,
+        model: Any,
         *,
         num_classes: int,
         normaliser: Any = None,
@@ -232,18 +173,17 @@ class Predictor:
         overlap: float = 0.5,
         batch_size: int = 8,
         tta: str = "none",
-        device: torch.device | None = None,
+        device: Any = None,
         precision: str = "auto",
+        backend: str = "auto",
         fold_bn: bool = True,
         type_channels: int = 0,
+        weights_sha256: str | None = None,
     ) -> None:
-        from nucseg.models.fuse import fold_batchnorm
-
-        self.device = default_device() if device is None else device
-        model = model.to(self.device).eval()
-        if fold_bn:
-            model = fold_batchnorm(model)
-        self.model = model.to(memory_format=torch.channels_last).eval()
+        self._device, self._fold_bn = device, fold_bn
+        self._source, self._model = model, None
+        if hasattr(model, "state_dict"):  # a network: prepared now, as before
+            self._model = self._prepare(model)
         self.num_classes = num_classes
         self.type_channels = int(type_channels)
         self.normaliser = normaliser
@@ -255,22 +195,65 @@ class Predictor:
             "batch_size": batch_size,
             "tta": tta,
             "precision": precision,
+            "backend": check_backend(backend),
         }
         _transforms(tta)  # validate early
+        self.weights_sha256 = weights_sha256
+        self._backend: Any = None
+
+    def _prepare(self, model: Any) -> Any:
+        import torch
+
+        from nucseg.models.fuse import fold_batchnorm
+
+        model = model.to(self.device).eval()
+        if self._fold_bn:
+            model = fold_batchnorm(model)
+        return model.to(memory_format=torch.channels_last).eval()
+
+    @property
+    def device(self) -> Any:
+        """Where torch runs the network (default: a GPU if there is one, else the CPU)."""
+        if self._device is None:
+            from nucseg.backends.torch_runtime import default_device
+
+            self._device = default_device()
+        return self._device
+
+    @property
+    def model(self) -> Any:
+        """The torch network (built at first use when a function was given)."""
+        if self._model is None:
+            self._model = self._prepare(self._source())
+        return self._model
+
+    @property
+    def backend(self) -> Any:
+        """The backend running the network (:mod:`nucseg.backends`), built at first use."""
+        if self._backend is None:
+            options = self.options
+            self._backend = make_backend(
+                lambda: self.model, options["backend"], num_classes=self.num_classes,
+                device=self._device, precision=options["precision"], tta=options["tta"],
+                weights_sha256=self.weights_sha256,
+            )  # fmt: skip
+            log.info("network backend: %s", self._backend.name)
+        return self._backend
 
     def predict_maps(self, image: np.ndarray, *, softmax: bool = True) -> np.ndarray:
         """Stain-normalise ``image`` and return its ``(H, W, C)`` probability maps (or logits)."""
         image = check_image(image)
         if self.normaliser is not None:
             image = self.normaliser.transform(image)
+        options = {k: v for k, v in self.options.items() if k != "backend"}
         return predict_maps(
-            self.model,
+            None,
             image,
             num_classes=self.num_classes,
-            device=self.device,
             softmax=softmax,
             type_channels=self.type_channels,
-            **self.options,
+            backend=self.backend,
+            **options,
         )
 
     def maps_to_labels(self, maps: np.ndarray) -> np.ndarray:
@@ -306,19 +289,25 @@ class Predictor:
         was trained on stain-normalised images, ``normaliser.json``. ``options`` override the
         prediction settings (e.g. ``tta="d4"``, ``device``).
         """
-        from nucseg.models import load_model
         from nucseg.stain import read_normaliser
 
         folder = Path(path)
         weights = folder / "model.safetensors"
         if not weights.is_file():
             raise FileNotFoundError(f"{folder} holds no model.safetensors: not a model folder")
-        model, meta = load_model(weights, return_meta=True)
+        meta = weights_metadata(weights)  # the header only: the network is built when needed
         post = json.loads((folder / "thresholds.json").read_text())
         normaliser = read_normaliser(folder)
         settings = {**post.get("predict", {}), **options}
+        settings.setdefault("weights_sha256", hashlib.sha256(weights.read_bytes()).hexdigest())
+
+        def network() -> Any:
+            from nucseg.models import load_model
+
+            return load_model(weights)
+
         return cls(
-            model,
+            network,
             num_classes=int(meta["num_classes"]),
             normaliser=normaliser,
             postprocess=post["method"],

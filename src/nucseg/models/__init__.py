@@ -13,6 +13,7 @@ Every network maps ``(N, 3, H, W)`` float images, H and W multiples of 32, to
 
 from nucseg.models import plain as _plain  # noqa: F401  (registers gb-unet)
 from nucseg.models import unet as _unet  # noqa: F401  (registers the U-Nets)
+from nucseg.models.export import export_model, export_onnx
 from nucseg.models.io import load_model, read_model_metadata, save_model
 from nucseg.models.registry import (
     MODELS,
@@ -36,6 +37,8 @@ __all__ = [
     "build_unet",
     "convert_lite0_state_dict",
     "create_model",
+    "export_model",
+    "export_onnx",
     "get_model_entry",
     "list_models",
     "load_encoder_weights",

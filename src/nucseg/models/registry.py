@@ -252,3 +252,17 @@ def model_info(name: str, **kwargs: Any) -> dict[str, Any]:
         "in_paper": entry.in_paper,
         "note": entry.note,
     }
+
+
+def input_stats(model: torch.nn.Module) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """Mean and standard deviation the encoder of ``model`` expects its inputs standardised with.
+
+    They are those of its pretrained weights (ImageNet's for most encoders; 0.5 and 0.5 for the
+    TensorFlow-origin efficientnet-lite0 and Inception-v3), read from the registry; ImageNet's
+    for a network that :func:`create_model` did not build.
+    """
+    config = getattr(model, "nucseg_config", None)
+    if config is None:
+        return IMAGENET_MEAN, IMAGENET_STD
+    entry = get_model_entry(config.name)
+    return tuple(entry.input_mean), tuple(entry.input_std)

@@ -16,10 +16,8 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import pyarrow as pa
-import pyarrow.parquet as pq
 
-__all__ = ["ChunkInfo", "read_chunk_info", "write_chunk"]
+__all__ = ["ChunkInfo", "chunk_name", "read_chunk_info", "write_chunk"]
 
 #: Per-nucleus columns of the chunk tables and of ``nuclei.parquet`` (which adds ``id``, ``chunk``).
 COLUMNS = (
@@ -54,6 +52,11 @@ class ChunkInfo:
     types: tuple[str, ...] | None = None  # names of the nucleus types (None: no type head)
 
 
+def chunk_name(index: tuple[int, int]) -> str:
+    """File stem of a chunk's outputs, e.g. ``r0003_c0012``."""
+    return f"r{index[0]:04d}_c{index[1]:04d}"
+
+
 def write_chunk(
     plan: Any,
     index: tuple[int, int],
@@ -69,12 +72,13 @@ def write_chunk(
     ``types`` (:class:`nucseg.nucleus_types.NucleusTypes` of ``labels``) adds the columns
     ``type`` and ``type_prob_<name>``.
     """
+    import pyarrow as pa
+    import pyarrow.parquet as pq
     import shapely
     from shapely import wkt
 
     from nucseg.geometry import nucleus_polygons, polygon_measurements
     from nucseg.measure import measure_nuclei
-    from nucseg.slide.engine import chunk_name
 
     name = chunk_name(index)
     figures = chunk_quality(pixels, labels, mpp=plan.work_mpp)
@@ -186,7 +190,7 @@ _CHUNK_IGNORED = ("little or no tissue",)
 def chunk_quality(pixels: np.ndarray, labels: np.ndarray, *, mpp: float) -> dict[str, Any] | None:
     """:func:`nucseg.quality.assess` of a chunk's tissue bounding box (None: no tissue)."""
     from nucseg import quality
-    from nucseg.slide.engine import tissue_box
+    from nucseg.slide.tissue import tissue_box
 
     box = tissue_box(pixels)
     if box is None:
@@ -198,6 +202,8 @@ def chunk_quality(pixels: np.ndarray, labels: np.ndarray, *, mpp: float) -> dict
 
 def read_chunk_info(chunk_dir: Path, name: str) -> ChunkInfo:
     """The metadata of a finished chunk."""
+    import pyarrow.parquet as pq
+
     parquet = chunk_dir / f"{name}.parquet"
     meta = json.loads(pq.read_schema(parquet).metadata[b"nucseg.chunk"])
     return ChunkInfo(

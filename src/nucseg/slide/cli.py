@@ -9,6 +9,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from nucseg.slide.summary import SUMMARY_COLUMNS  # noqa: F401  (re-exported)
+
 log = logging.getLogger("nucseg")
 
 
@@ -68,6 +70,12 @@ def add_parser(sub: Any) -> None:
         "--batch-size", type=int, default=None, help="network tiles per batch, >= 1 (default: "
         "the model's)"
     )  # fmt: skip
+    p.add_argument(
+        "--backend",
+        choices=("auto", "torch", "openvino"),
+        default=None,
+        help="what runs the network (default auto: OpenVINO where installed, else torch)",
+    )
     p.add_argument("--no-labels", action="store_true", help="do not write labels.ome.tif")
     p.add_argument("--gzip", action="store_true", help="write nuclei.geojson.gz")
     p.add_argument("--resume", action="store_true", help="continue an interrupted run")
@@ -112,13 +120,13 @@ def check_options(args: argparse.Namespace) -> dict[str, Any]:
             raise ValueError(f"--roi {x},{y},{w},{h}: width and height must be positive")
     predict = {}
     for key, value in (("tile", args.tile), ("overlap", args.overlap),
-                       ("batch_size", args.batch_size)):  # fmt: skip
+                       ("batch_size", args.batch_size), ("backend", args.backend)):  # fmt: skip
         if value is not None:
             option = f"--{key.replace('_', '-')} {value}"
             predict[key] = check_predict_option(key, value, option=option)
     if predict and args.method is not None:
-        raise ValueError(f"--method {args.method} has no network: --tile, --overlap and "
-                         "--batch-size apply to a model")  # fmt: skip
+        raise ValueError(f"--method {args.method} has no network: --tile, --overlap, "
+                         "--batch-size and --backend apply to a model")  # fmt: skip
     stems = [slide_stem(p) for p in args.slides]
     clash = sorted({s for s in stems if stems.count(s) > 1})
     if clash:

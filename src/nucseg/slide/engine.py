@@ -27,7 +27,14 @@ from typing import Any
 
 import numpy as np
 
+from nucseg.slide.chunkio import chunk_name
 from nucseg.slide.reader import SlideReader, open_slide, resize
+from nucseg.slide.tissue import (  # noqa: F401  (re-exported: the engine's tissue test)
+    BLACK_LEVEL,
+    _mask_box,
+    stained,
+    tissue_box,
+)
 
 log = logging.getLogger(__name__)
 
@@ -49,6 +56,31 @@ Segmenter = Callable[[np.ndarray], np.ndarray]
 
 #: Relative difference between the slide's and the model's mpp below which no resampling is done.
 MPP_TOLERANCE = 0.01
+
+#: Microns per pixel of a model whose files do not record it: every model trained by nucseg so
+#: far learned from 40x MoNuSeg and TNBC images (about 0.25 um/px).
+DEFAULT_MODEL_MPP = 0.25
+
+
+#: Default chunk core: 4080 = 17 x 240, so that a core with its two 128-pixel halos is covered by
+#: exactly 18 x 18 tiles of 256 pixels overlapping by 16; the halos then add 13 % to the pixels
+#: computed (25 % for 2160-pixel cores), for a peak of about 2 GB per slide process.
+DEFAULT_CHUNK = 4080
+
+
+def model_mpp(folder: str | os.PathLike) -> tuple[float, str]:
+    """Microns per pixel a model was trained at, and where that came from.
+
+    Read from the ``"mpp"`` key of the model folder's ``thresholds.json``, else of its
+    ``config.json``; :data:`DEFAULT_MODEL_MPP` when neither has it.
+    """
+    for name in ("thresholds.json", "config.json"):
+        file = Path(folder) / name
+        if file.is_file():
+            value = json.loads(file.read_text()).get("mpp")
+            if value is not None:
+                return float(value), name
+    return DEFAULT_MODEL_MPP, "default (not recorded by the model)"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -205,11 +237,6 @@ def _tissue_read(tissue: np.ndarray, f: float, window: tuple[int, int, int, int]
     return (r0, c0, r1, c1)
 
 
-def chunk_name(index: tuple[int, int]) -> str:
-    """File stem of a chunk's outputs, e.g. ``r0003_c0012``."""
-    return f"r{index[0]:04d}_c{index[1]:04d}"
-
-
 def chunk_done(chunk_dir: str | os.PathLike, index: tuple[int, int]) -> bool:
     """Whether a chunk's files are complete (its Parquet file exists)."""
     return (Path(chunk_dir) / f"{chunk_name(index)}.parquet").is_file()
@@ -245,7 +272,9 @@ def engine_predictor(folder: str | os.PathLike, **predict: Any) -> Any:
     entry point (``segment``, ``evaluate``, ``slide``, the Python API) loads a model here."""
     from nucseg.infer import Predictor
 
-    return Predictor.load(folder, **predict)
+    predictor = Predictor.load(folder, **predict)
+    _ = predictor.backend  # built now: a damaged model fails here; compiling overlaps other work
+    return predictor
 
 
 @functools.lru_cache(maxsize=2)
@@ -269,6 +298,8 @@ class ChunkSegmenter:
         self.predictor = predictor
         self.source = None if source is None or "remedy" in source else source
         self.colour_table = colour_table
+        #: Work pixels given to the network so far (tiles times their area, overlaps counted).
+        self.network_pixels = 0
 
     def normalise(self, image: np.ndarray) -> np.ndarray:
         """The normalised pixels; with ``colour_table``, through the slide's table of all
@@ -298,7 +329,11 @@ class ChunkSegmenter:
         if box is None:
             return None
         part = image[box]
-        return box, predict_tissue_maps(self.predictor, self.normalise(part), tissue=dark[box])
+        stats = {"network_pixels": 0}
+        maps = predict_tissue_maps(self.predictor, self.normalise(part), tissue=dark[box],
+                                   stats=stats)  # fmt: skip
+        self.network_pixels += stats["network_pixels"]
+        return box, maps
 
     def labels(
         self, shape: tuple[int, int], predicted: tuple[tuple[slice, slice], np.ndarray] | None
@@ -345,28 +380,14 @@ def _colour_table(normaliser: Any, source: dict[str, Any]) -> np.ndarray:
 TISSUE_MARGIN = 64
 
 
-def tissue_box(image: np.ndarray, *, margin: int = 0) -> tuple[slice, slice] | None:
-    """Rows and columns of the bounding box of the tissue pixels of ``image`` (:func:`stained`),
-    grown by ``margin`` and clipped; None when there is none."""
-    return _mask_box(stained(image), margin=margin)
-
-
-def _mask_box(mask: np.ndarray, *, margin: int = 0) -> tuple[slice, slice] | None:
-    """:func:`tissue_box` of a 2-D boolean mask (the :func:`stained` pixels)."""
-    rows, cols = np.flatnonzero(mask.any(axis=1)), np.flatnonzero(mask.any(axis=0))
-    if not rows.size:
-        return None
-    r0, r1 = max(rows[0] - margin, 0), min(rows[-1] + 1 + margin, mask.shape[0])
-    c0, c1 = max(cols[0] - margin, 0), min(cols[-1] + 1 + margin, mask.shape[1])
-    return slice(int(r0), int(r1)), slice(int(c0), int(c1))
-
-
 #: Tiles with fewer tissue pixels (:func:`stained`) than this are not given to the network; their
 #: maps are pure background.
 MIN_TILE_TISSUE = 16
 
 
-def predict_tissue_maps(predictor: Any, image: np.ndarray, *, tissue: np.ndarray) -> np.ndarray:
+def predict_tissue_maps(
+    predictor: Any, image: np.ndarray, *, tissue: np.ndarray, stats: dict[str, int] | None = None
+) -> np.ndarray:
     """:func:`nucseg.infer.predict_maps` that skips the network on tiles without tissue.
 
     Tiles are spread evenly with at least the settings' overlap (:func:`nucseg.tiling.spread_grid`).
@@ -374,11 +395,10 @@ def predict_tissue_maps(predictor: Any, image: np.ndarray, *, tissue: np.ndarray
     ``image`` is the (normalised) network input and ``tissue`` the raw pixels on which tissue is
     detected, as in :mod:`nucseg.slide.tissue`, or their :func:`stained` mask (2-D boolean)
     when the caller already has it. Skipped tiles contribute background probabilities, blended
-    like any other tile.
+    like any other tile. ``stats["network_pixels"]``, when given, grows by the pixels of the
+    tiles given to the network.
     """
-    import torch
-
-    from nucseg.infer import autocast, forward_tta, input_stats, to_tensor
+    from nucseg.infer import softmax_last
     from nucseg.tiling import MapStitcher, pad_to, spread_grid
 
     options = predictor.options
@@ -392,24 +412,20 @@ def predict_tissue_maps(predictor: Any, image: np.ndarray, *, tissue: np.ndarray
     dark, _ = pad_to(mask.view(np.uint8), (tile, tile))
     tissue_pixels = [int(np.count_nonzero(dark[s])) for s in grid]
     stitcher = MapStitcher(padded.shape[:2])
-    mean, std = input_stats(predictor.model)
-    num_classes, types = predictor.num_classes, getattr(predictor, "type_channels", 0)
     run = [s for s, n in zip(grid, tissue_pixels, strict=True) if n >= MIN_TILE_TISSUE]
     channels = None
-    with torch.inference_mode(), autocast(predictor.device, options["precision"]):
-        for start in range(0, len(run), batch_size):
-            batch = run[start : start + batch_size]
-            x = to_tensor(
-                np.stack([padded[s] for s in batch]), predictor.device, mean=mean, std=std
-            )
-            out = forward_tta(predictor.model, x, tta=options["tta"])
-            out[:, :num_classes] = torch.softmax(out[:, :num_classes], dim=1)
-            if types:
-                out[:, -types:] = torch.softmax(out[:, -types:], dim=1)
-            maps = out.permute(0, 2, 3, 1).cpu().numpy()
-            channels = maps.shape[-1]
-            for tile_map, slices in zip(maps, batch, strict=True):
-                stitcher.add(tile_map, slices)
+    backend = predictor.backend
+    types = getattr(predictor, "type_channels", 0)
+    if stats is not None:
+        stats["network_pixels"] = stats.get("network_pixels", 0) + len(run) * tile * tile
+    for start in range(0, len(run), batch_size):
+        batch = run[start : start + batch_size]
+        maps = backend.predict(np.stack([padded[s] for s in batch]))
+        if types:  # the type head's own softmax
+            maps = softmax_last(maps, types)
+        channels = maps.shape[-1]
+        for tile_map, slices in zip(maps, batch, strict=True):
+            stitcher.add(tile_map, slices)
     skipped = [s for s, n in zip(grid, tissue_pixels, strict=True) if n < MIN_TILE_TISSUE]
     if skipped:
         if channels is None:
@@ -423,32 +439,9 @@ def predict_tissue_maps(predictor: Any, image: np.ndarray, *, tissue: np.ndarray
     return np.ascontiguousarray(stitcher.result()[crop], dtype=np.float32)
 
 
-def _darkest(image: np.ndarray) -> np.ndarray:
-    """Per-pixel minimum over the three channels (``image.min(axis=2)``, several times faster)."""
-    return np.minimum(np.minimum(image[..., 0], image[..., 1]), image[..., 2])
-
-
-# intensity below which a channel's optical density -ln((I + 1) / 256) exceeds 0.15
-_TISSUE_LEVEL = int(np.floor(256 * np.exp(-0.15) - 1)) + 1
-#: Pixels whose brightest channel is below this are black, not stain: an optical density above 2
-#: in all three channels, which H&E does not reach (eosin lets red through, haematoxylin blue). A
-#: label area, a pen mark, a scanner's black fill or an all-black image is not given to the
-#: network, which would take large parts of it for nuclei.
-BLACK_LEVEL = 32
-
-
-def stained(image: np.ndarray) -> np.ndarray:
-    """Pixels that may be stained tissue: some channel's optical density above 0.15 (darker than
-    glass) and not black (:data:`BLACK_LEVEL`)."""
-    brightest = np.maximum(np.maximum(image[..., 0], image[..., 1]), image[..., 2])
-    return (_darkest(image) < _TISSUE_LEVEL) & (brightest >= BLACK_LEVEL)
-
-
 def _output_channels(predictor: Any, tile: int) -> int:
-    config = getattr(predictor.model, "nucseg_config", None)
-    if config is not None:
-        return int(config.out_channels)
-    return int(predictor.num_classes)
+    channels = getattr(predictor.backend, "out_channels", None)
+    return int(predictor.num_classes if channels is None else channels)
 
 
 def fit_stain(reader: SlideReader, plan: SlidePlan, normaliser: Any, *, samples: int = 8) -> Any:
@@ -592,9 +585,9 @@ def chunk_task(
     if (model is None) == (method is None):
         raise ValueError("give exactly one of a model folder and a method")
     if method is not None:
-        from nucseg.pipeline import make_segmenter
+        from nucseg.classical import get_method
 
-        segmenter = make_segmenter(method)
+        segmenter = get_method(method)
     else:
         predictor = load_predictor(str(model), json.dumps(predict or {}, sort_keys=True))
         saved = json.loads((chunk_dir / "stain.json").read_text())

@@ -76,7 +76,7 @@ def segment_typed_image(
     """:func:`segment_image` with the nuclei's voted types (a
     :class:`nucseg.nucleus_types.NucleusTypes` of the returned labels; None for a model without
     a type head or a classical method): ``(labels, types, stain statistics)``."""
-    from nucseg.slide.run import DEFAULT_CHUNK
+    from nucseg.slide.engine import DEFAULT_CHUNK
 
     reader = ArrayReader(image, mpp=mpp if mpp is not None else model_mpp)
     plan = engine.make_plan(reader, mpp=reader.mpp, model_mpp=model_mpp,
@@ -180,7 +180,7 @@ class ImageSegmenter:
         **predict: Any,
     ) -> ImageSegmenter:  # fmt: skip
         """The model of ``folder`` (its own prediction settings, ``predict`` overriding them)."""
-        from nucseg.slide.run import model_mpp
+        from nucseg.slide.engine import model_mpp
 
         return cls(engine.engine_predictor(folder, **predict), model_mpp=model_mpp(folder)[0],
                    mpp=mpp, chunk=chunk)  # fmt: skip
@@ -188,7 +188,7 @@ class ImageSegmenter:
     @classmethod
     def from_method(cls, segment: Any, *, mpp: float | None = None) -> ImageSegmenter:
         """A classical method's ``image -> labels``, whose parameters suit 40x images."""
-        from nucseg.slide.run import DEFAULT_MODEL_MPP
+        from nucseg.slide.engine import DEFAULT_MODEL_MPP
 
         return cls(segment, model_mpp=DEFAULT_MODEL_MPP, mpp=mpp)
 

@@ -26,21 +26,12 @@ from typing import Any
 import numpy as np
 
 from nucseg.slide import engine, tissue
+from nucseg.slide.engine import DEFAULT_CHUNK, DEFAULT_MODEL_MPP, model_mpp  # noqa: F401 (public)
 from nucseg.slide.reader import open_slide
 
 log = logging.getLogger(__name__)
 
 __all__ = ["DEFAULT_MODEL_MPP", "model_mpp", "output_paths", "segment_slide", "slide_stem"]
-
-#: Microns per pixel of a model whose files do not record it: every model trained by nucseg so
-#: far learned from 40x MoNuSeg and TNBC images (about 0.25 um/px).
-DEFAULT_MODEL_MPP = 0.25
-
-
-#: Default chunk core: 4080 = 17 x 240, so that a core with its two 128-pixel halos is covered by
-#: exactly 18 x 18 tiles of 256 pixels overlapping by 16; the halos then add 13 % to the pixels
-#: computed (25 % for 2160-pixel cores), for a peak of about 2 GB per slide process.
-DEFAULT_CHUNK = 4080
 
 
 def slide_stem(path: str | os.PathLike) -> str:
@@ -65,21 +56,6 @@ def output_paths(folder: Path, *, gzip: bool = False, labels: bool = True) -> di
     if labels:
         paths["labels"] = folder / "labels.ome.tif"
     return paths
-
-
-def model_mpp(folder: str | os.PathLike) -> tuple[float, str]:
-    """Microns per pixel a model was trained at, and where that came from.
-
-    Read from the ``"mpp"`` key of the model folder's ``thresholds.json``, else of its
-    ``config.json``; :data:`DEFAULT_MODEL_MPP` when neither has it.
-    """
-    for name in ("thresholds.json", "config.json"):
-        file = Path(folder) / name
-        if file.is_file():
-            value = json.loads(file.read_text()).get("mpp")
-            if value is not None:
-                return float(value), name
-    return DEFAULT_MODEL_MPP, "default (not recorded by the model)"
 
 
 def _sha256(path: Path) -> str:
@@ -327,6 +303,7 @@ def segment_slide(
         **_types_entry(outputs["parquet"], tissue_mm2),
         "tissue_mpx": tissue_mm2 * 1e6 / slide_mpp**2 / 1e6,
         "chunk_mpx": chunk_stats["pixels"] * plan.scale**2 / 1e6,
+        "network_mpx": getattr(segment, "network_pixels", 0) * plan.scale**2 / 1e6,
         "seconds": time.perf_counter() - started,
         "times": times,
         "quality": quality_summary,

@@ -1,0 +1,159 @@
+"""Inference backends: torch (the reference) and OpenVINO behind one contract.
+
+A backend's ``predict(tiles, *, softmax=True) -> maps`` takes ``(N, H, W, 3) uint8`` tiles and
+returns ``(N, H, W, C)`` float32 maps: the probabilities of the first ``num_classes`` channels,
+then whatever further channels the network has (distance, type logits), averaged over the test-time
+augmentation. The engine (:mod:`nucseg.infer`) tiles, calls it and stitches.
+
+``make_backend(model, name="auto", ...)``: "auto" is OpenVINO on a CPU when it is installed and
+its maps agree with torch's on a probe tile (:data:`AUTO_TOLERANCE`), else torch.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from typing import Any, Protocol
+
+import numpy as np
+
+from nucseg.backends.common import (  # noqa: F401
+    TTA_MODES,
+    cpu_has_bf16,
+    cuda_possible,
+    probe_tile,
+    transforms,
+)
+
+log = logging.getLogger(__name__)
+
+BACKENDS = ("auto", "torch", "openvino")
+
+#: Largest mean absolute difference of class probabilities between OpenVINO and torch on the probe
+#: tile (:func:`nucseg.backends.common.probe_tile`) for "auto" to choose OpenVINO.
+AUTO_TOLERANCE = 0.02
+
+
+class Backend(Protocol):
+    name: str
+
+    def predict(self, tiles: np.ndarray, *, softmax: bool = True) -> np.ndarray: ...
+
+
+def check_backend(name: str) -> str:
+    """``name`` if it is one of :data:`BACKENDS`; else a ValueError listing them."""
+    if name not in BACKENDS:
+        raise ValueError(f"backend must be one of {', '.join(BACKENDS)}, got {name!r}")
+    return name
+
+
+def make_backend(
+    model: Any,
+    name: str = "auto",
+    *,
+    num_classes: int,
+    device: Any = None,
+    precision: str = "auto",
+    tta: str = "none",
+    weights_sha256: str | None = None,
+) -> Backend:
+    """The backend ``name`` for ``model`` (see the module docstring for "auto").
+
+    Parameters
+    ----------
+    model : torch.nn.Module or callable
+        The network, or a function returning it, called only when the network is needed: for
+        torch, or to export it for OpenVINO when the cache does not hold it yet.
+    name : {"auto", "torch", "openvino"}
+        The backend.
+    num_classes : int
+        Class channels of the output.
+    device : torch.device, optional
+        Where torch runs (default: a GPU if there is one); OpenVINO runs on the CPU.
+    precision, tta : str
+        As in :func:`nucseg.infer.predict_maps`.
+    weights_sha256 : str, optional
+        SHA-256 of the weights file, OpenVINO's cache key.
+
+    Raises
+    ------
+    ValueError
+        If ``name`` is unknown, or "openvino" is asked for a GPU device.
+    ImportError
+        If "openvino" is asked for and the package is not installed.
+    """
+    from nucseg.backends import openvino_runtime
+
+    check_backend(name)
+    if name == "auto" and not (openvino_runtime.available() and _on_cpu(device)):
+        name = "torch"
+    if name == "torch":
+        return _torch_backend(model, num_classes, device, precision, tta)
+    if not _on_cpu(device):
+        raise ValueError(f"the openvino backend runs on the CPU, not on {device}")
+    if not openvino_runtime.available():
+        raise ImportError("the openvino backend needs the openvino package: pip install openvino")
+    try:
+        backend = openvino_runtime.OpenVINOBackend(
+            model, num_classes=num_classes, precision=precision, tta=tta,
+            weights_sha256=weights_sha256,
+        )  # fmt: skip
+        if name == "auto" and not _agrees(backend, model, num_classes, device, precision):
+            return _torch_backend(model, num_classes, device, precision, tta)
+    except Exception as error:  # noqa: BLE001  (auto falls back; an explicit choice fails)
+        if name == "openvino":
+            raise
+        fallback = _torch_backend(model, num_classes, device, precision, tta)  # a damaged model
+        log.warning("OpenVINO failed (%s); using torch", error)  # fails here, as itself
+        return fallback
+    return backend
+
+
+def _on_cpu(device: Any) -> bool:
+    """Whether ``device`` is the CPU; None (the default device) is, unless torch sees a GPU."""
+    if device is None:
+        if not cuda_possible():
+            return True
+        from nucseg.backends.torch_runtime import default_device
+
+        device = default_device()
+    return getattr(device, "type", str(device)) == "cpu"
+
+
+def _torch_backend(model: Any, num_classes: int, device: Any, precision: str, tta: str) -> Any:
+    from nucseg.backends.openvino_runtime import materialise
+    from nucseg.backends.torch_runtime import TorchBackend, default_device
+
+    return TorchBackend(
+        materialise(model), num_classes=num_classes, precision=precision, tta=tta,
+        device=default_device() if device is None else device,
+    )  # fmt: skip
+
+
+def _agrees(backend: Any, model: Any, num_classes: int, device: Any, precision: str) -> bool:
+    """Whether OpenVINO's class probabilities agree with torch's on the probe tile (mean
+    absolute difference at most :data:`AUTO_TOLERANCE`). Measured once per weights, runtime
+    version and precision and kept in the cache (``backend.probe``), so that a cached network
+    is used without building the torch one."""
+    import json
+
+    if backend.probe.is_file():
+        gap = float(json.loads(backend.probe.read_text())["gap"])
+    else:
+        reference = _torch_backend(model, num_classes, device, precision, backend.tta)
+        gap = probe_gap(backend, reference, num_classes)
+        tmp = backend.probe.with_name(f".{backend.probe.name}.tmp{os.getpid()}")
+        tmp.write_text(json.dumps({"gap": gap, "tolerance": AUTO_TOLERANCE}))
+        os.replace(tmp, backend.probe)
+    if gap > AUTO_TOLERANCE:
+        log.warning("OpenVINO's maps differ from torch's by %.3f on the probe: torch", gap)
+        return False
+    return True
+
+
+def probe_gap(backend: Backend, reference: Backend, num_classes: int) -> float:
+    """Mean absolute difference of the class probabilities of two backends on the probe tile."""
+    tile = probe_tile()
+    a = backend.predict(tile)[..., :num_classes]
+    b = reference.predict(tile)[..., :num_classes]
+    return float(np.abs(a - b).mean())
