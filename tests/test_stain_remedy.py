@@ -66,3 +66,19 @@ def test_real_flagged_tiles_get_a_remedy(data_root):
         assert stain_remedy(image, source, policy="never").startswith("normalisation off")
     with pytest.raises(ValueError, match="auto, always, never"):
         stain_remedy(image, source, policy="sometimes")
+
+
+def test_the_stain_policy_is_a_model_parameter(crop):
+    from nucseg.pipeline import check_segmenter, make_segmenter
+
+    image, _ = crop
+    swapped = _swapped(image)
+    check_segmenter(model="default", stain="never")
+    with pytest.raises(ValueError, match="stain must be one of"):
+        check_segmenter(model="default", stain="sometimes")
+    auto = make_segmenter(model="default")
+    auto(swapped)
+    assert auto.normaliser.last_estimate["remedy"].endswith("segmented as scanned")
+    forced = make_segmenter(model="default", stain="always")
+    forced(swapped)
+    assert not forced.normaliser.last_estimate.get("remedy")

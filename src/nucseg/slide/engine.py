@@ -444,7 +444,9 @@ def _output_channels(predictor: Any, tile: int) -> int:
     return int(predictor.num_classes if channels is None else channels)
 
 
-def fit_stain(reader: SlideReader, plan: SlidePlan, normaliser: Any, *, samples: int = 8) -> Any:
+def fit_stain(
+    reader: SlideReader, plan: SlidePlan, normaliser: Any, *, samples: int = 8, policy: str = "auto"
+) -> Any:
     """Source stain statistics of a slide from up to ``samples`` 512-pixel tissue windows.
 
     Returns None (and logs why) when the tissue holds too little stain to estimate them, and
@@ -468,7 +470,7 @@ def fit_stain(reader: SlideReader, plan: SlidePlan, normaliser: Any, *, samples:
 
     mosaic = np.concatenate(pieces, axis=0)
     source = normaliser.estimate(mosaic)
-    remedy = stain_remedy(mosaic, source)
+    remedy = stain_remedy(mosaic, source, policy=policy)
     if remedy:
         log.warning("%s: %s", plan.slide, remedy)
         return {"remedy": remedy}

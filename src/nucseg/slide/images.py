@@ -72,6 +72,7 @@ def segment_typed_image(
     model_mpp: float,
     chunk: int | None = None,
     halo: int = 128,
+    stain: str = "auto",
 ) -> tuple[np.ndarray, Any, dict[str, Any] | None]:
     """:func:`segment_image` with the nuclei's voted types (a
     :class:`nucseg.nucleus_types.NucleusTypes` of the returned labels; None for a model without
@@ -83,7 +84,7 @@ def segment_typed_image(
                             chunk=chunk or DEFAULT_CHUNK, halo=halo)  # fmt: skip
     source = None
     if hasattr(segment, "maps_to_labels"):  # a model: the slide's stain fit, then its chunks
-        source = engine.fit_stain(reader, plan, segment.normaliser)
+        source = engine.fit_stain(reader, plan, segment.normaliser, policy=stain)
         segment = engine.ChunkSegmenter(segment, source)
     rows, cols = np.arange(image.shape[0]), np.arange(image.shape[1])
     if len(plan.chunks) == 1:  # the window is the whole image: every nucleus is the chunk's
@@ -169,9 +170,11 @@ class ImageSegmenter:
     """
 
     def __init__(
-        self, segment: Any, *, model_mpp: float, mpp: float | None = None, chunk: int | None = None
-    ) -> None:
+        self, segment: Any, *, model_mpp: float, mpp: float | None = None, chunk: int | None = None,
+        stain: str = "auto",
+    ) -> None:  # fmt: skip
         self.segment, self.model_mpp, self.mpp, self.chunk = segment, model_mpp, mpp, chunk
+        self.stain = stain  # what the model's normaliser does: nucseg.quality.STAIN_POLICIES
         self.normaliser = getattr(segment, "normaliser", None)
 
     @classmethod
@@ -179,11 +182,13 @@ class ImageSegmenter:
         cls, folder: str | Path, *, mpp: float | None = None, chunk: int | None = None,
         **predict: Any,
     ) -> ImageSegmenter:  # fmt: skip
-        """The model of ``folder`` (its own prediction settings, ``predict`` overriding them)."""
+        """The model of ``folder`` (its own prediction settings, ``predict`` overriding them;
+        ``stain`` in ``predict`` sets the stain policy, :data:`nucseg.quality.STAIN_POLICIES`)."""
         from nucseg.slide.engine import model_mpp
 
+        stain = predict.pop("stain", "auto")
         return cls(engine.engine_predictor(folder, **predict), model_mpp=model_mpp(folder)[0],
-                   mpp=mpp, chunk=chunk)  # fmt: skip
+                   mpp=mpp, chunk=chunk, stain=stain)  # fmt: skip
 
     @classmethod
     def from_method(cls, segment: Any, *, mpp: float | None = None) -> ImageSegmenter:
@@ -201,8 +206,9 @@ class ImageSegmenter:
 
         image = check_image(image)
         labels, types, source = segment_typed_image(
-            image, self.segment, mpp=self.mpp, model_mpp=self.model_mpp, chunk=self.chunk
-        )
+            image, self.segment, mpp=self.mpp, model_mpp=self.model_mpp, chunk=self.chunk,
+            stain=self.stain,
+        )  # fmt: skip
         if self.normaliser is not None:
             self.normaliser.last_estimate = (
                 {"accepted": True, "reason": None, "remedy": source["remedy"]}
