@@ -132,6 +132,44 @@ JOBS: dict[str, Job] = {
         ),  # fmt: skip
         model=False,
     ),
+    "backend-agreement": Job(
+        ((PY, "benchmarks/backend_agreement.py"),), ("results/backends/agreement.json",)
+    ),
+    "slide-engine": Job(
+        ((PY, "benchmarks/bench_slide.py", "--out", "results/slide/bench_engine.json"),),
+        ("results/slide/bench_engine.json",),
+    ),
+    "viewer": Job(((PY, "benchmarks/bench_viewer.py"),), ("results/viewer/bench.json",)),
+    "generalisation": Job(
+        (
+            (PY, "benchmarks/select_multisource.py", "--run", "runs/ms-types", "--overwrite"),
+            (
+                PY,
+                "-m",
+                "nucseg.cli",
+                "evaluate",
+                "--dataset",
+                "consep-test",
+                "--overwrite",
+                "--json",
+                "results/generalisation/default_consep-test.json",
+            ),
+        ),  # fmt: skip
+        (
+            "results/generalisation/selection.json",
+            "results/generalisation/validation_default.json",
+            "results/generalisation/validation_ms-types.json",
+            "results/generalisation/default_consep-test.json",
+        ),  # fmt: skip
+        record=True,
+        needs=("runs/ms-types",),
+    ),
+    "types": Job(
+        ((PY, "benchmarks/score_types.py", "runs/ms-types", "--overwrite"),),
+        ("results/types/ms-types.json",),
+        record=True,
+        needs=("runs/ms-types",),
+    ),
     "stain-candidates": Job(
         tuple(_stain(n, model=f"runs/{n}") for n in ("base32", *CANDIDATES))
         + ((PY, "benchmarks/select_stain.py"),),
