@@ -297,4 +297,5 @@ def test_metadata_reads_without_weights(tmp_path):
         "options": {},
         "meta": {},
         "dtype": "float16",
+        "type_channels": 0,
     }

@@ -221,7 +221,8 @@ def test_score_types_script_on_training_tiles(typed_folder, data_root, tmp_path,
     assert module.main(args) == 0
     record = json.loads((tmp_path / "tiny.json").read_text())
     assert record["images"] == ["consep_train_01"] and record["crop"] == 192
-    assert record["provenance"]["models"][str(typed_folder)]["model.safetensors"]
+    (hashes,) = record["provenance"]["models"].values()  # keyed without machine paths
+    assert hashes["model.safetensors"]
     confusion = np.array(record["types"]["confusion"])
     assert confusion.sum() == record["types"]["detection"]["tp"]
     assert (tmp_path / "tiny_confusion.png").read_bytes()[:4] == b"\x89PNG"
