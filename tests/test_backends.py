@@ -112,11 +112,19 @@ def test_compiled_model_is_cached_by_weights(tiny, monkeypatch, tmp_path):
 
 def test_auto_is_torch_without_openvino_or_when_they_disagree(tiny, monkeypatch):
     cpu = torch.device("cpu")
+    monkeypatch.setenv("NUCSEG_BACKEND", "openvino")  # the environment's meaning of auto
+    if openvino_runtime.available():
+        assert backends.make_backend(tiny, "auto", num_classes=3, device=cpu).name == "openvino"
+    monkeypatch.setenv("NUCSEG_BACKEND", "typo")
+    with pytest.raises(ValueError, match="auto, torch, openvino"):
+        backends.make_backend(tiny, "auto", num_classes=3, device=cpu)
+    monkeypatch.delenv("NUCSEG_BACKEND")
     monkeypatch.setattr(openvino_runtime, "available", lambda: False)
     assert backends.make_backend(tiny, "auto", num_classes=3, device=cpu).name == "torch"
     with pytest.raises(ImportError, match="pip install openvino"):
         backends.make_backend(tiny, "openvino", num_classes=3, device=cpu)
     monkeypatch.undo()
+    monkeypatch.delenv("NUCSEG_BACKEND")
     if openvino_runtime.available():
         assert backends.make_backend(tiny, "auto", num_classes=3, device=cpu).name == "openvino"
         monkeypatch.setattr(backends, "AUTO_TOLERANCE", -1.0)
