@@ -45,8 +45,10 @@ def segment_image(
     model_mpp: float,
     chunk: int | None = None,
     halo: int = 128,
-) -> tuple[np.ndarray, dict[str, Any] | None]:
-    """Labels of ``image`` on its own pixel grid, and the stain statistics used.
+    stain: str = "auto",
+) -> tuple[np.ndarray, Any, dict[str, Any] | None]:
+    """Labels of ``image`` on its own pixel grid, the nuclei's voted types and the stain
+    statistics used: ``(labels, types, source)``.
 
     Parameters
     ----------
@@ -59,24 +61,17 @@ def segment_image(
         The model's microns per pixel; the image is resampled to it and the labels back.
     chunk, halo : int
         Chunk core and halo in model pixels (default: ``nucseg slide``'s).
+    stain : {"auto", "always", "never"}
+        What the model's normaliser does (:data:`nucseg.quality.STAIN_POLICIES`).
+
+    Returns
+    -------
+    labels : (H, W) int32 array
+    types : nucseg.nucleus_types.NucleusTypes or None
+        None for a model without a type head or a classical method.
+    source : dict or None
+        The stain statistics (:func:`nucseg.slide.engine.fit_stain`).
     """
-    return segment_typed_image(image, segment, mpp=mpp, model_mpp=model_mpp, chunk=chunk,
-                               halo=halo)[::2]  # fmt: skip
-
-
-def segment_typed_image(
-    image: np.ndarray,
-    segment: Any,
-    *,
-    mpp: float | None = None,
-    model_mpp: float,
-    chunk: int | None = None,
-    halo: int = 128,
-    stain: str = "auto",
-) -> tuple[np.ndarray, Any, dict[str, Any] | None]:
-    """:func:`segment_image` with the nuclei's voted types (a
-    :class:`nucseg.nucleus_types.NucleusTypes` of the returned labels; None for a model without
-    a type head or a classical method): ``(labels, types, stain statistics)``."""
     from nucseg.slide.engine import DEFAULT_CHUNK
 
     reader = ArrayReader(image, mpp=mpp if mpp is not None else model_mpp)
@@ -205,7 +200,7 @@ class ImageSegmenter:
         from nucseg._checks import check_image
 
         image = check_image(image)
-        labels, types, source = segment_typed_image(
+        labels, types, source = segment_image(
             image, self.segment, mpp=self.mpp, model_mpp=self.model_mpp, chunk=self.chunk,
             stain=self.stain,
         )  # fmt: skip
