@@ -25,15 +25,21 @@ import tifffile
 OTSU = ["--method", "otsu", "--no-progress"]
 
 
-def disk_slide(path: Path, *, size: int = 512, mpp: float | None = 0.25, seed: int = 0) -> Path:
-    """A tiled pyramidal TIFF that OpenSlide opens (SubIFD levels, resolution tags): pink
-    tissue with dark disks."""
+def disk_pixels(size: int, seed: int) -> np.ndarray:
+    """``(size, size, 3) uint8``: pink tissue with dark disks of radius 8 at seeded places."""
     rng = np.random.default_rng(seed)
     rows, cols = np.mgrid[:size, :size]
     image = np.empty((size, size, 3), dtype=np.uint8)
     image[:] = (225, 170, 215)
     for r, c in rng.integers(12, size - 12, (size * size // 4000, 2)):
         image[(rows - r) ** 2 + (cols - c) ** 2 <= 64] = (60, 30, 120)
+    return image
+
+
+def disk_slide(path: Path, *, size: int = 512, mpp: float | None = 0.25, seed: int = 0) -> Path:
+    """A tiled pyramidal TIFF that OpenSlide opens (SubIFD levels, resolution tags): pink
+    tissue with dark disks."""
+    image = disk_pixels(size, seed)
     path.parent.mkdir(parents=True, exist_ok=True)
     extra = {} if mpp is None else {"resolution": (1e4 / mpp, 1e4 / mpp),
                                     "resolutionunit": "CENTIMETER"}  # fmt: skip

@@ -19,6 +19,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import tifffile
+from slide_cases import disk_pixels
 
 from nucseg.cli import main
 from nucseg.slide.synthetic import write_slide
@@ -29,12 +30,7 @@ OPTIONS = ["--method", "otsu", "--chunk", str(CHUNK), "--halo", str(HALO), "--no
 
 def disk_slide(path: Path, size: int, seed: int) -> Path:
     """A pink slide with dark disks at random places (some on chunk seams)."""
-    rng = np.random.default_rng(seed)
-    rows, cols = np.mgrid[:size, :size]
-    image = np.empty((size, size, 3), dtype=np.uint8)
-    image[:] = (225, 170, 215)
-    for r, c in rng.integers(12, size - 12, (size * size // 4000, 2)):
-        image[(rows - r) ** 2 + (cols - c) ** 2 <= 64] = (60, 30, 120)
+    image = disk_pixels(size, seed)
     return write_slide(path, (size, size), image, mpp=0.25, compression="zlib")
 
 
