@@ -160,7 +160,18 @@ def test_hovering_a_flagged_chunk_shows_the_reason(page):
     tip.wait_for(state="visible", timeout=WAIT_MS)
     assert "r0003_c0000" in tip.inner_text() and "a nucleus of" in tip.inner_text()
     page.uncheck("#show-flags")
+    flag.wait_for(state="hidden", timeout=WAIT_MS)
+    # OpenSeadragon redraws overlays (setting their inline display) as the view moves: a pan
+    # and two animation frames later the flag must still be hidden.
+    box = page.locator("#osd").bounding_box()
+    page.mouse.move(box["x"] + box["width"] / 2, box["y"] + box["height"] / 2)
+    page.mouse.down()
+    page.mouse.move(box["x"] + box["width"] / 2 + 40, box["y"] + box["height"] / 2 + 30, steps=5)
+    page.mouse.up()
+    page.evaluate("new Promise(r => requestAnimationFrame(() => requestAnimationFrame(r)))")
     assert not flag.is_visible()
+    page.check("#show-flags")
+    flag.wait_for(state="visible", timeout=WAIT_MS)
 
 
 def test_zoomed_out_past_the_outline_limit_shows_the_density(browser, run):

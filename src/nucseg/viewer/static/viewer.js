@@ -243,10 +243,10 @@ function showTip(event, flag) {
 }
 
 function styleFlags() {
-  for (const element of state.flags) {
-    element.style.display = $("show-flags").checked ? "" : "none";
-    element.style.opacity = $("opacity-flags").value;
-  }
+  // OpenSeadragon sets each overlay's inline display to "block" on every redraw, so the
+  // checkbox hides the flags through a class on the viewer (an !important rule), not inline.
+  $("osd").classList.toggle("hide-flags", !$("show-flags").checked);
+  for (const element of state.flags) element.style.opacity = $("opacity-flags").value;
 }
 
 async function pick(x, y) {
