@@ -142,7 +142,13 @@ JOBS: dict[str, Job] = {
     "viewer": Job(((PY, "benchmarks/bench_viewer.py"),), ("results/viewer/bench.json",)),
     "generalisation": Job(
         (
-            (PY, "benchmarks/select_multisource.py", "--run", "runs/ms-types", "--overwrite"),
+            (
+                PY,
+                "benchmarks/select_multisource.py",
+                "--candidate",
+                "ms-types=runs/ms-types",
+                "--overwrite",
+            ),
             (
                 PY,
                 "-m",

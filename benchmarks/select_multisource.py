@@ -1,12 +1,13 @@
 """Score candidate models on each source's held-out validation images; apply the rule of
 docs/generalisation.md (committed before any candidate was scored).
 
-    python benchmarks/select_multisource.py --run runs/ms-types [--candidate default ...]
+    python benchmarks/select_multisource.py --candidate ms-types=runs/ms-types \\
+        --candidate ms-types-2=runs/ms-types-2 --out-name selection-round2
 
 The validation images are those the run held out (its seed draws them per source:
 ``nucseg.training.data.split_ids`` and ``source_split``); every candidate is scored on the same
 images, each brought to the model's resolution (``nucseg.scale``). Writes
-``results/generalisation/validation_<name>.json`` per candidate and ``selection.json``. Only
+``results/generalisation/validation_<name>.json`` per candidate and ``<out-name>.json``. Only
 validation images are read: no test set plays a part.
 """
 
@@ -61,39 +62,77 @@ def score(name: str, folder: Path, ids: dict[str, list[str]], overwrite: bool) -
     return record
 
 
+def _network_facts(folder: Path) -> dict:
+    """The weights' size and the network's parameter count (speed per pixel follows them)."""
+    from nucseg.models import load_model
+
+    weights = folder / "model.safetensors"
+    model = load_model(weights)
+    return {
+        "network": model.nucseg_config.name,
+        "weights_mib": weights.stat().st_size / 2**20,
+        "parameters": int(sum(p.numel() for p in model.parameters())),
+    }
+
+
+def _eligible(new: dict, default: dict, facts: dict, base: dict) -> dict[str, bool]:
+    """The rule's conditions for a candidate other than the default."""
+    monuseg = "monuseg"
+    return {
+        "monuseg_within_margin": new["sources"][monuseg]["aji"]
+        >= default["sources"][monuseg]["aji"] - MONUSEG_MARGIN,
+        "weights_within_16_mib": facts["weights_mib"] <= 16,
+        # the same network with at most a few more output channels: no slower per pixel
+        "same_network": facts["network"] == base["network"]
+        and facts["parameters"] <= base["parameters"] * 1.01,
+    }
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--run", type=Path, required=True, help="the multi-source run folder")
-    parser.add_argument("--name", default="ms-types", help="the run's candidate name")
+    parser.add_argument(
+        "--candidate",
+        action="append",
+        required=True,
+        metavar="NAME=RUN",
+        help="a candidate run folder (repeat for several; the first's validation images are used)",
+    )
+    parser.add_argument(
+        "--out-name", default="selection", help="the selection file's name under results/"
+    )
     parser.add_argument("--overwrite", action="store_true", help="score again")
     args = parser.parse_args()
     OUT.mkdir(parents=True, exist_ok=True)
-    ids = validation_ids(args.run)
-    default = score("default", resolve_model("default"), ids, args.overwrite)
-    new = score(args.name, args.run, ids, args.overwrite)
-    monuseg = "monuseg"
-    checks = {
-        "source_mean_higher": new["source_mean_aji"] > default["source_mean_aji"],
-        "monuseg_within_margin": new["sources"][monuseg]["aji"]
-        >= default["sources"][monuseg]["aji"] - MONUSEG_MARGIN,
-    }
-    chosen = args.name if all(checks.values()) else "default"
+    runs = dict(item.split("=", 1) for item in args.candidate)
+    runs = {name: Path(folder) for name, folder in runs.items()}
+    ids = validation_ids(next(iter(runs.values())))
+    for run in runs.values():
+        if validation_ids(run) != ids:
+            raise SystemExit(f"{run}: holds out other validation images than the first candidate")
+    default_folder = resolve_model("default")
+    default = score("default", default_folder, ids, args.overwrite)
+    base = _network_facts(default_folder)
+    records, checks, facts = {"default": default}, {}, {"default": base}
+    for name, run in runs.items():
+        records[name] = score(name, run, ids, args.overwrite)
+        facts[name] = _network_facts(run)
+        checks[name] = _eligible(records[name], default, facts[name], base)
+    eligible = ["default"] + [n for n in runs if all(checks[n].values())]
+    chosen = max(eligible, key=lambda n: records[n]["source_mean_aji"])
     selection = {
-        "rule": "docs/generalisation.md, 'The selection rule' (source-mean validation AJI higher "
-        f"and MoNuSeg validation AJI at least the default's minus {MONUSEG_MARGIN})",
-        "source_mean_aji": {
-            "default": default["source_mean_aji"],
-            args.name: new["source_mean_aji"],
-        },
-        "per_source_aji": {
-            d: {"default": default["sources"][d]["aji"], args.name: new["sources"][d]["aji"]}
-            for d in ids
-        },
+        "rule": "docs/generalisation.md: a candidate is eligible if its MoNuSeg validation AJI is "
+        f"at least the default's minus {MONUSEG_MARGIN}, its weights within 16 MiB and its "
+        "network no slower; the eligible one (default included) with the highest source-mean "
+        "validation AJI is chosen",
+        "source_mean_aji": {n: r["source_mean_aji"] for n, r in records.items()},
+        "per_source_aji": {d: {n: r["sources"][d]["aji"] for n, r in records.items()} for d in ids},
+        "network": facts,
         "checks": checks,
+        "eligible": eligible,
         "chosen": chosen,
-        "provenance": provenance(models=[resolve_model("default"), args.run]),
+        "provenance": provenance(models=[default_folder, *runs.values()]),
     }
-    with atomic_write(OUT / "selection.json", overwrite=True) as tmp:
+    with atomic_write(OUT / f"{args.out_name}.json", overwrite=True) as tmp:
         tmp.write_text(json.dumps(selection, indent=1) + "\n")
     print(json.dumps({k: selection[k] for k in ("source_mean_aji", "checks", "chosen")}, indent=1))
 
