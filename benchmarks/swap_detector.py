@@ -81,7 +81,7 @@ def main() -> None:
         )
     record["seconds"] = round(time.perf_counter() - start, 1)
     OUT.parent.mkdir(parents=True, exist_ok=True)
-    with atomic_write(OUT) as tmp:
+    with atomic_write(OUT, overwrite=True) as tmp:
         tmp.write_text(json.dumps(record, indent=1) + "\n")
     print(f"wrote {OUT}")
 
