@@ -32,8 +32,10 @@ def _score(image: np.ndarray) -> dict[str, float | None]:
         warnings.simplefilter("ignore")
         _, ratio = quality.stain_check(image)
     swap = quality.swap_score(image)
+    cues = quality._swap_cues(image)
     return {
         "swap_score": None if swap is None else round(swap, 4),
+        "cues": None if cues is None else [round(c, 5) for c in cues],
         "sparsity_ratio": None if ratio is None else round(ratio, 4),
         "flagged": quality.swapped_stains(ratio, swap) is not None,
     }
@@ -53,6 +55,14 @@ def _summary(rows: dict[str, dict], side: str) -> dict[str, object]:
         "worst_image": worst_id,
         "combined_flagged": sum(r[side]["flagged"] for r in rows.values()),
     }
+
+
+def weight_window(cues: np.ndarray) -> list[float] | None:
+    """The weights (steps of 0.01) at which the score is > 0 on every genuine image's ``cues``
+    (rows: nuclear contrast, colour lean), the scales kept; None if no weight is."""
+    scaled = cues / np.asarray(quality.SWAP_SCALES)[:, None]
+    good = [w for w in np.arange(0, 1.001, 0.01) if (w * scaled[0] + (1 - w) * scaled[1]).min() > 0]
+    return [round(float(min(good)), 2), round(float(max(good)), 2)] if good else None
 
 
 def main() -> None:
@@ -79,6 +89,23 @@ def main() -> None:
             f"{s['images']} fired (highest {s['worst_score']:.3f}); with the sparsity check: "
             f"genuine {g['combined_flagged']} flagged, swapped {s['combined_flagged']}"
         )
+    cues = {
+        name: np.array(
+            [r["genuine"]["cues"] for r in d["images"].values() if r["genuine"]["cues"]]
+        ).T
+        for name, d in record["datasets"].items()
+    }
+    everything = np.concatenate(list(cues.values()), axis=1)
+    record["weight"] = quality.SWAP_WEIGHT
+    record["weight_window"] = weight_window(everything)
+    record["scales_measured"] = np.median(np.abs(everything), axis=1).round(4).tolist()
+    # the weight window each set allows alone: where a set's window misses the weight, a weight
+    # chosen without that set would have failed on it
+    record["weight_window_by_dataset"] = {name: weight_window(c) for name, c in cues.items()}
+    print(
+        f"weights separating all genuine images: {record['weight_window']} (used "
+        f"{quality.SWAP_WEIGHT}); per dataset: {record['weight_window_by_dataset']}"
+    )
     record["seconds"] = round(time.perf_counter() - start, 1)
     OUT.parent.mkdir(parents=True, exist_ok=True)
     with atomic_write(OUT, overwrite=True) as tmp:
