@@ -8,6 +8,8 @@ the data by ``tests/test_quality.py``):
 
 - ``stain_estimate``: whether a Macenko estimate of the image's stains is plausible
   (``accepted``), was rejected (the reason), or found too little tissue;
+- ``stain_sparsity_ratio`` and ``stain_swap_score``: whether the stains look swapped, H and E
+  (:func:`stain_check`) or the red and blue channels (:func:`swap_score`);
 - ``tissue_fraction``: pixels that look like stained tissue (neither near-white nor near-black);
 - ``smoothness``: correlation of horizontally neighbouring grey values (of the <= 512-pixel
   thumbnail the image-level figures are measured on); a microscope image is smooth (training
