@@ -18,8 +18,8 @@ from typing import Any
 from _slide_matrix import Ctx, Done, chunks_done, wait_for
 
 Result = tuple[bool, str]
-MODEL_OUTPUTS = ["labels.ome.tif", "nuclei.geojson", "nuclei.parquet", "report.json",
-                 "thumbnail_overlay.png", "tissue.png"]  # fmt: skip
+MODEL_OUTPUTS = ["labels.ome.tif", "nuclei.geojson", "nuclei.parquet", "report.html",
+                 "report.json", "thumbnail_overlay.png", "tissue.png"]  # fmt: skip
 
 
 def clean(d: Done) -> bool:

@@ -104,3 +104,50 @@ def test_training_range_is_that_of_the_training_images(data_root):
     assert r["nuclei_fraction_max"] == pytest.approx(max(fractions), abs=0.005)
     assert r["area_px_p99"] == pytest.approx(np.percentile(np.concatenate(areas), 99), rel=0.01)
     assert r["smoothness_min"] == pytest.approx(min(smooth), abs=0.01)
+
+
+#: Images nearest the swap detector's threshold in results/stain/swap_detector.json (TNBC 09_1:
+#: 0.028, the lowest of the 257; the DSB-2018 and CoNSeP lowest) and the slide matrix's field.
+SWAP_CASES = (
+    ("tnbc", "09_1"),
+    ("dsb2018-he", "92f31f591929a30e4309ab75185c96ff4314ce0a7ead2ed2c2171897ad1da0c7"),
+    ("consep", "consep_train_04"),
+    ("monuseg", "TCGA-18-5592-01Z-00-DX1"),
+)
+
+
+@pytest.mark.data
+@pytest.mark.parametrize(("name", "image_id"), SWAP_CASES, ids=[c[0] for c in SWAP_CASES])
+def test_swap_score_tells_real_images_from_their_red_blue_swaps(data_root, name, image_id):
+    from nucseg import datasets
+
+    image = datasets.load_sample(name, image_id, root=data_root).image
+    genuine = quality.swap_score(image)
+    swapped = quality.swap_score(np.ascontiguousarray(image[..., ::-1]))
+    assert genuine > 0 > swapped
+    assert swapped == pytest.approx(-genuine, rel=1e-6)  # the swap changes the sign, exactly
+    assert quality.swapped_stains(None, genuine) is None
+
+
+def test_swap_score_of_grey_or_blank_images_decides_nothing():
+    grey = np.repeat(np.linspace(40, 200, 256 * 256).reshape(256, 256, 1), 3, axis=2)
+    assert quality.swap_score(grey.astype(np.uint8)) == 0
+    assert quality.swap_score(np.full((256, 256, 3), 255, np.uint8)) is None
+
+
+@pytest.mark.data
+def test_the_slide_matrix_field_swapped_is_flagged_and_remedied(data_root):
+    """Row 27 of the slide matrix: TCGA-18-5592 with red and blue swapped (its sparsity ratio
+    is 2.2: only the swap score flags the field itself)."""
+    from nucseg import datasets
+    from nucseg.stain import read_normaliser
+
+    image = datasets.load_sample("monuseg", "TCGA-18-5592-01Z-00-DX1", root=data_root).image
+    swapped = np.ascontiguousarray(image[..., ::-1])
+    figures = quality.assess(swapped, np.zeros(swapped.shape[:2], np.int32))
+    assert figures["stain_sparsity_ratio"] > quality.SWAPPED_SPARSITY_RATIO
+    assert [w for w in figures["warnings"] if "red and blue exchanged?" in w]
+    normaliser = read_normaliser("src/nucseg/data/models/default")
+    remedy = quality.stain_remedy(swapped, normaliser.estimate(swapped, warn=False))
+    assert remedy.startswith("stains look swapped") and "swap score" in remedy
+    assert quality.stain_remedy(image, normaliser.estimate(image, warn=False)) is None

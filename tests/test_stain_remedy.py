@@ -82,3 +82,22 @@ def test_the_stain_policy_is_a_model_parameter(crop):
     forced = make_segmenter(model="default", stain="always")
     forced(swapped)
     assert not forced.normaliser.last_estimate.get("remedy")
+
+
+def test_the_remedy_and_the_quality_figures_share_one_stain_estimate(crop, monkeypatch):
+    """``segment`` of a 512-pixel image: the stain windows are the image, so stain_remedy and
+    assess measure the same pixels, and the Macenko estimate of quality.stain_check runs once."""
+    from nucseg import quality
+    from nucseg.pipeline import make_segmenter
+
+    image, _ = crop
+    calls = []
+    check = quality.stain_check
+    monkeypatch.setattr(quality, "stain_check", lambda img: calls.append(1) or check(img))
+    monkeypatch.setattr(quality, "_LAST_STAIN", (None, None))
+    segmenter = make_segmenter(model="default")
+    labels = segmenter(image)
+    figures = assess(image, labels, stain_estimate=segmenter.normaliser.last_estimate)
+    assert len(calls) == 1 and figures["stain_swap_score"] > 0
+    assess(image[::-1].copy(), labels[::-1].copy())  # other pixels: estimated anew
+    assert len(calls) == 2

@@ -8,6 +8,8 @@ the data by ``tests/test_quality.py``):
 
 - ``stain_estimate``: whether a Macenko estimate of the image's stains is plausible
   (``accepted``), was rejected (the reason), or found too little tissue;
+- ``stain_sparsity_ratio`` and ``stain_swap_score``: whether the stains look swapped, H and E
+  (:func:`stain_check`) or the red and blue channels (:func:`swap_score`);
 - ``tissue_fraction``: pixels that look like stained tissue (neither near-white nor near-black);
 - ``smoothness``: correlation of horizontally neighbouring grey values (of the <= 512-pixel
   thumbnail the image-level figures are measured on); a microscope image is smooth (training
@@ -21,6 +23,7 @@ prefixed with the image's name. Numpy only.
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import warnings as _warnings
 from typing import Any
@@ -156,6 +159,106 @@ def stain_check(image: np.ndarray) -> tuple[str, float | None]:
     return "accepted", float(sparsity[0] / max(sparsity[1], 1e-6))
 
 
+#: The R/B swap detector (:func:`swap_score`): its two cues' scales (the median absolute value
+#: of each over the 257 genuine images of MoNuSeg, TNBC, CoNSeP, CPM-15 and DSB-2018 stained)
+#: and the weight of the first. Measured by ``benchmarks/swap_detector.py``
+#: (results/stain/swap_detector.json), which also records the margins.
+SWAP_SCALES = (0.0159, 0.155)
+SWAP_WEIGHT = 0.46
+
+
+def _swap_cues(image: np.ndarray) -> tuple[float, float] | None:
+    """The two cues of :func:`swap_score` on the image shrunk to at most 512 x 512 pixels' area
+    (None: fewer than 500 tissue pixels)."""
+    from nucseg._stain_base import IO, _channel_od, _tissue_mask
+
+    scale = np.sqrt(512 * 512 / max(image.shape[0] * image.shape[1], 1))
+    small = thumbnail(image, size=round(max(image.shape[:2]) * scale)) if scale < 1 else image
+    mask = _tissue_mask(small, IO, 0.15)
+    if np.count_nonzero(mask) < 500:
+        return None
+    od = _channel_od(small.reshape(-1, 3), IO).reshape(3, *small.shape[:2])
+    total = od.sum(axis=0)
+    chroma = (od[0] - od[2]) / np.maximum(total, 1e-6)
+    # nuclei: dark blobs (a top-hat of the optical density), against their surroundings' colour
+    blobs = total - cv2.morphologyEx(
+        total, cv2.MORPH_OPEN, cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (9, 9))
+    )
+    nuclei = mask & (blobs >= np.percentile(blobs[mask], 95))
+    weight = total * mask
+    around = cv2.blur(chroma * weight, (31, 31)) / np.maximum(cv2.blur(weight, (31, 31)), 1e-6)
+    contrast = float(np.median((chroma - around)[nuclei]))
+    low, high = np.percentile(chroma[mask], [5, 95])
+    return contrast, float(low + high)
+
+
+def swap_score(image: np.ndarray) -> float | None:
+    """Whether an image's red and blue channels look exchanged: > 0 like H&E, < 0 swapped.
+
+    Haematoxylin absorbs red more than blue (nuclei look blue-purple), eosin blue more than red
+    (stroma looks pink). Per tissue pixel, ``(OD_R - OD_B) / (OD_R + OD_G + OD_B)`` (optical
+    densities) is therefore higher in nuclei than around them, and over the tissue its range
+    (5th plus 95th percentile) leans to the red-absorbing side. The score is the weighted sum of
+    those two cues (the first measured on the darkest 5 % of small dark blobs, 9-pixel top-hat,
+    against the optical-density-weighted mean of a 31-pixel box), each divided by its scale
+    (:data:`SWAP_SCALES`, :data:`SWAP_WEIGHT`). Exchanging red and blue changes the sign of the
+    score exactly, so 0 is the threshold. Neither cue alone separates the 257 genuine images
+    from their swapped copies (lymphocytes on glass have no surroundings; a violet haematoxylin
+    leans to blue); the sum does, with a small margin: ``benchmarks/swap_detector.py``.
+
+    Parameters
+    ----------
+    image : (H, W, 3) uint8 array
+        RGB, as scanned; shrunk to at most 512 x 512 pixels' area here.
+
+    Returns
+    -------
+    float or None
+        The score; None when the image holds fewer than 500 tissue pixels.
+    """
+    cues = _swap_cues(check_image(image))
+    if cues is None:
+        return None
+    (contrast, lean), (s1, s2) = cues, SWAP_SCALES
+    return float(SWAP_WEIGHT * contrast / s1 + (1 - SWAP_WEIGHT) * lean / s2)
+
+
+def swapped_stains(sparsity_ratio: float | None, swap: float | None) -> str | None:
+    """Why the stains look swapped (the H/E sparsity check or the R/B swap score), or None."""
+    found = []
+    if sparsity_ratio is not None and sparsity_ratio < SWAPPED_SPARSITY_RATIO:
+        found.append(
+            f"the haematoxylin-like stain is spread like eosin (sparsity ratio "
+            f"{sparsity_ratio:.2f} < {SWAPPED_SPARSITY_RATIO})"
+        )
+    if swap is not None and swap < 0:
+        found.append(
+            f"nuclei look red, stroma blue (red and blue exchanged? swap score {swap:.2f} < 0)"
+        )
+    return "; ".join(found) or None
+
+
+#: The last image's stain figures: (key, figures), replaced as a whole (one assignment).
+_LAST_STAIN: tuple[Any, Any] = (None, None)
+
+
+def stain_figures(image: np.ndarray) -> tuple[str, float | None, float | None]:
+    """:func:`stain_check` (status, sparsity ratio) and :func:`swap_score` of ``image``.
+
+    Computed once per distinct image: :func:`stain_remedy` and :func:`assess` of the same pixels
+    (``segment`` of an image of at most 512 pixels, whose stain windows are the image itself)
+    share one Macenko estimate. The image's bytes are the key (a hash: about 1 ms a megapixel).
+    """
+    global _LAST_STAIN
+    image = np.ascontiguousarray(image)
+    key = (image.shape, hashlib.blake2b(image.data, digest_size=16).digest())
+    last_key, figures = _LAST_STAIN
+    if last_key != key:
+        figures = (*stain_check(image), swap_score(image))
+        _LAST_STAIN = (key, figures)
+    return figures
+
+
 #: What a model's stain normaliser does with an image. ``"auto"``: normalise unless the image is
 #: flagged (the normaliser's estimate is implausible, or the stains look swapped, so that
 #: normalising would map eosin onto haematoxylin), in which case the image reaches the network
@@ -194,11 +297,12 @@ def stain_remedy(
     if not source.get("accepted", True):
         flag = f"the normaliser's stain estimate is implausible ({reason})"
     else:  # the checks of assess(): what it would warn about, it remedies
-        status, ratio = stain_check(image)
+        status, ratio, swap = stain_figures(image)
+        swapped = swapped_stains(ratio, swap)
         if status.startswith("rejected"):
             flag = f"stain estimate {status}"
-        elif ratio is not None and ratio < SWAPPED_SPARSITY_RATIO:
-            flag = f"stains look swapped (sparsity ratio {ratio:.2f} < {SWAPPED_SPARSITY_RATIO})"
+        elif swapped:
+            flag = f"stains look swapped: {swapped}"
         else:
             return None
     return f"{flag}: not normalised, segmented as scanned"
@@ -237,7 +341,7 @@ def assess(
     areas = areas[areas > 0]
     pixels = max(labels.size, 1)
     small = thumbnail(image)
-    status, sparsity_ratio = stain_check(small)
+    status, sparsity_ratio, swap = stain_figures(image)
     if stain_estimate is not None and not stain_estimate.get("accepted", True):
         status = f"rejected by the model's normaliser ({stain_estimate.get('reason')})"
     remedy = None if stain_estimate is None else stain_estimate.get("remedy")
@@ -245,6 +349,7 @@ def assess(
         "stain_estimate": status,
         "stain_remedy": remedy,
         "stain_sparsity_ratio": None if sparsity_ratio is None else round(sparsity_ratio, 3),
+        "stain_swap_score": None if swap is None else round(swap, 3),
         "tissue_fraction": round(tissue_fraction(small), 4),
         "smoothness": round(smoothness(small), 4),
         "n_nuclei": int(areas.size),
@@ -259,7 +364,8 @@ def assess(
     done = f"; remedy: {remedy}" if remedy else ""
     if figures["stain_estimate"].startswith("rejected"):
         found.append(f"stain estimate {figures['stain_estimate']}: colours unlike H&E{done}")
-    if sparsity_ratio is not None and sparsity_ratio < SWAPPED_SPARSITY_RATIO:
+    swapped = swapped_stains(sparsity_ratio, figures["stain_swap_score"])
+    if swapped:
         effect = (
             done
             if remedy
@@ -267,10 +373,7 @@ def assess(
             if stain_estimate is not None
             else " (the model does not normalise stains: nothing was mapped by them)"
         )
-        found.append(
-            f"stains look swapped: the haematoxylin-like stain is spread like eosin (sparsity "
-            f"ratio {sparsity_ratio:.2f} < {SWAPPED_SPARSITY_RATIO}){effect}"
-        )
+        found.append(f"stains look swapped: {swapped}{effect}")
     if figures["tissue_fraction"] < MIN_TISSUE_FRACTION:
         found.append(
             f"little or no tissue ({100 * figures['tissue_fraction']:.1f}% of pixels look stained)"
