@@ -118,6 +118,9 @@ JOBS: dict[str, Job] = {
         ("results/stain/fiji.json",),
         model=False,
     ),
+    "swap-detector": Job(
+        ((PY, "benchmarks/swap_detector.py"),), ("results/stain/swap_detector.json",), model=False
+    ),
     "cohort": Job(((PY, "benchmarks/bench_cohort.py"),), ("results/cohort/bench.json",)),
     "metrics": Job(
         (
