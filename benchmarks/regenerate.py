@@ -85,30 +85,10 @@ JOBS: dict[str, Job] = {
             "results/unet/speed.json",
         ),  # fmt: skip
     ),
-    "slide-bench": Job(((PY, "benchmarks/bench_slide.py"),), ("results/slide/bench.json",)),
     "slide-tiles": Job(
         ((PY, "benchmarks/slide_tiles.py", "--settings", TILES),), ("results/slide/tiles.json",)
     ),
     "slide-seams": Job(((PY, "benchmarks/slide_seams.py"),), ("results/slide/seams.json",)),
-    "chunk-profile": Job(
-        ((PY, "benchmarks/profile_chunk.py"),), ("results/slide/chunk_profile.json",)
-    ),
-    "threads": Job(((PY, "benchmarks/bench_threads.py"),), ("results/slide/threads.json",)),
-    "segment-speed": Job(
-        (
-            (
-                PY,
-                "benchmarks/bench_segment_compare.py",
-                "--baseline",
-                "95d5cc0",
-                "--repeats",
-                "3",
-                "--out",
-                "results/slide/segment_speed.json",
-            ),
-        ),  # fmt: skip
-        ("results/slide/segment_speed.json",),
-    ),
     "stain-default": Job(
         (_stain("new-default", model="default"), (PY, "benchmarks/bench_stain.py", "--table")),
         ("results/stain/new-default.json",),

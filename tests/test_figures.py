@@ -46,7 +46,7 @@ def test_every_quoted_figure_matches_its_results_file():
     ("doc", "old", "new"),
     [
         ("README.md", "AJI 0.6083 / mAP 0.3708", "AJI 0.6583 / mAP 0.3708"),  # a headline figure
-        ("README.md", "1.13 and 1.25 MPx/s", "1.13 and 1.35 MPx/s"),  # a speed
+        ("README.md", "1.45 and 1.11 times faster", "1.45 and 1.21 times faster"),  # a speed
         ("docs/slides.md", "for 0.0068 of validation AJI (", "for 0.0066 of validation AJI ("),
     ],
 )
@@ -61,7 +61,7 @@ def test_editing_a_quoted_number_fails_the_check(copy, doc, old, new):
 
 def test_a_figure_without_a_source_fails_and_a_registered_one_must_be_quoted(copy):
     doc = copy / "docs" / "slides.md"
-    doc.write_text(doc.read_text() + "\nIt took 0.1234 s ([bench](../results/slide/bench.json)).\n")
+    doc.write_text(doc.read_text() + "\nIt took 0.1234 s ([bench](../results/slide/bench_engine.json)).\n")
     errors, _ = figures.check(copy)
     assert any("docs/slides.md" in e and "0.1234 matches no value" in e for e in errors), errors
     doc.write_text(doc.read_text().replace("optical density above 0.15", "optical density"))
@@ -131,7 +131,7 @@ def test_every_quoted_results_file_is_regenerated_by_a_job():
             and not str(f).startswith(regenerate.FROZEN)]  # fmt: skip
     assert quoted and left == []
     headline = {"results/unet/default_monuseg-breast.json", "results/unet/default_tnbc.json",
-                "results/unet/speed.json", "results/slide/bench.json"}  # fmt: skip
+                "results/unet/speed.json", "results/slide/bench_engine.json"}  # fmt: skip
     default = {o for n in regenerate.chosen_names([]) for o in regenerate.JOBS[n].outputs}
     assert headline <= default  # `make results` with no option regenerates the README's headline
 
