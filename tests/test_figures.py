@@ -61,7 +61,8 @@ def test_editing_a_quoted_number_fails_the_check(copy, doc, old, new):
 
 def test_a_figure_without_a_source_fails_and_a_registered_one_must_be_quoted(copy):
     doc = copy / "docs" / "slides.md"
-    doc.write_text(doc.read_text() + "\nIt took 0.1234 s ([bench](../results/slide/bench_engine.json)).\n")
+    link = "[bench](../results/slide/bench_engine.json)"
+    doc.write_text(doc.read_text() + f"\nIt took 0.1234 s ({link}).\n")
     errors, _ = figures.check(copy)
     assert any("docs/slides.md" in e and "0.1234 matches no value" in e for e in errors), errors
     doc.write_text(doc.read_text().replace("optical density above 0.15", "optical density"))
