@@ -58,6 +58,16 @@ CANDIDATES = ("stain-nonorm", "stain-nonorm-long", "stain-norm", "stain-norm-lon
 TESTED = ("stain-nonorm-long", "stain-normafter-long", "stain-soup")
 TILES = "256/0.25,256/0.125,256/0.0625,256/0.03125,512/0.046875"
 
+#: Settings counted by benchmarks/pixel_budget.py (tile, overlap, halo, chunk).
+BUDGET_SETTINGS = (
+    "tile=256,overlap=0.25,halo=128",
+    "tile=256,overlap=0.25,halo=96",
+    "tile=256,overlap=0.25,halo=64",
+    "tile=256,overlap=0.03125,halo=128",
+    "tile=512,overlap=0.125,halo=96",
+    "tile=256,overlap=0.25,halo=96,chunk=2160",
+)
+
 #: Results kept as they were written, never regenerated: the withdrawn fifth-round runs, which
 #: drew the wrong validation images (results/stain/withdrawn/README.md).
 FROZEN = ("results/stain/withdrawn/",)
@@ -121,6 +131,15 @@ JOBS: dict[str, Job] = {
     "slide-engine": Job(
         ((PY, "benchmarks/bench_slide.py", "--out", "results/slide/bench_engine.json"),),
         ("results/slide/bench_engine.json",),
+    ),
+    "pixel-budget": Job(
+        ((PY, "benchmarks/pixel_budget.py", *(f"--setting={s}" for s in BUDGET_SETTINGS)),),
+        ("results/slide/pixel_budget.json",),
+        model=False,
+    ),
+    "chunk-profile-compare": Job(
+        ((PY, "benchmarks/profile_chunk_compare.py", "--base", "08d940f", "--rounds", "3"),),
+        ("results/slide/chunk_profile_compare.json",),
     ),
     "viewer": Job(((PY, "benchmarks/bench_viewer.py"),), ("results/viewer/bench.json",)),
     "generalisation": Job(

@@ -99,23 +99,72 @@ def nucleus_polygons(
     values = None
     if int(labels.max()) > labels.size:  # sparse ids: avoid a huge object list
         labels, _, values = relabel_sequential(labels)
+    ids, geometries = _label_polygons(
+        labels, offset=(row0, col0), scale=scale, moved=moved, largest_piece=largest_piece
+    )
+    for index, geometry in zip(ids, geometries, strict=True):
+        yield (index if values is None else int(values[index])), geometry
+
+
+def _label_polygons(
+    labels: np.ndarray, *, offset: tuple[float, float], scale: float, moved: bool,
+    largest_piece: bool,
+) -> tuple[list[int], list[Geometry]]:  # fmt: skip
+    """The labels present and their valid geometries, built with shapely's array functions.
+
+    Each object is traced on its own (:func:`_trace`); the corners of all of them
+    (:func:`_ring_corners`) then become linear rings and polygons in two calls
+    (``shapely.linearrings``, and ``shapely.polygons`` with indices: the first ring of a polygon
+    is its shell, the others its holes, in trace order) and are checked in one
+    ``shapely.is_valid`` call: the geometries of ``Polygon(shell, holes)`` built one by one,
+    without Python objects per ring.
+    """
+    ids: list[int] = []
+    contours: list[np.ndarray] = []  # traced on the 2x upsampled, 1-padded masks
+    contour_rank: list[np.ndarray] = []  # each contour's place in ring order
+    shifts: list[tuple[int, int]] = []  # (x, y) of each object's box, less the padding
+    traced: list[int] = []  # contours of each object
+    ring_polygon: list[int] = []  # the polygon of each ring, in ring order
+    pieces: list[int] = []  # polygons of each object
+    n_polygons = 0
     for index, box in enumerate(ndi.find_objects(labels), start=1):
         if box is None:
             continue
-        origin = (box[0].start, box[1].start)
-        polygon = _mask_polygon(labels[box] == index, origin=origin, largest_piece=largest_piece)
-        if moved:
-            polygon = shapely.transform(polygon, lambda xy: xy * scale + (col0, row0))
-        yield (index if values is None else int(values[index])), polygon
+        found, parents = _trace(labels[box] == index)
+        order: list[int] = []  # per piece, its shell then its holes, in trace order
+        for shell in np.flatnonzero(parents < 0):
+            members = [int(shell), *np.flatnonzero(parents == shell).tolist()]
+            order.extend(members)
+            ring_polygon.extend([n_polygons] * len(members))
+            n_polygons += 1
+        rank = np.empty(len(found), dtype=np.int64)
+        rank[order] = len(contours) + np.arange(len(order))
+        contours.extend(found)
+        contour_rank.append(rank)
+        shifts.append((box[1].start - 1, box[0].start - 1))
+        traced.append(len(found))
+        ids.append(index)
+        pieces.append(int(np.count_nonzero(parents < 0)))
+    if not ids:
+        return ids, []
+    shift = np.repeat(np.asarray(shifts, dtype=np.int64), traced, axis=0)
+    coords, ring_index = _ring_corners(contours, np.concatenate(contour_rank), shift)
+    coords = coords.astype(np.float64)
+    if moved:
+        coords = coords * scale + (offset[1], offset[0])
+    polygons = shapely.polygons(
+        shapely.linearrings(coords, indices=ring_index), indices=np.asarray(ring_polygon)
+    )
+    return ids, _objects(polygons, pieces, largest_piece=largest_piece)
 
 
-def _mask_polygon(mask: np.ndarray, *, origin: tuple[int, int], largest_piece: bool) -> Geometry:
-    """The valid pixel-edge polygon of a boolean mask whose top-left pixel is at ``origin``.
+def _trace(mask: np.ndarray) -> tuple[list[np.ndarray], np.ndarray]:
+    """``cv2.findContours`` of a boolean mask upsampled 2x with 1 pixel of padding: the
+    contours (outer boundaries and holes) and each one's parent (-1 for an outer boundary).
 
-    ``cv2.findContours`` returns boundary pixels of the foreground. On the mask upsampled 2x,
-    each pixel becomes a 2x2 block whose boundary sub-pixels sit at 2r or 2r + 1 (rows) and 2c
-    or 2c + 1 (columns); (u + 1) // 2 maps them to the pixel corners r or r + 1 (c or c + 1),
-    for outer boundaries and holes alike.
+    On the upsampled mask each pixel becomes a 2x2 block whose boundary sub-pixels sit at 2r or
+    2r + 1 (rows) and 2c or 2c + 1 (columns); (u + 1) // 2 maps them to the pixel corners r or
+    r + 1 (c or c + 1), for outer boundaries and holes alike (:func:`_ring_corners`).
     """
     h, w = mask.shape
     up = np.zeros((2 * h + 4, 2 * w + 4), dtype=np.uint8)  # 1 pixel of padding, upsampled
@@ -123,34 +172,67 @@ def _mask_polygon(mask: np.ndarray, *, origin: tuple[int, int], largest_piece: b
         for dc in (2, 3):
             up[dr : 2 * h + 2 : 2, dc : 2 * w + 2 : 2] = mask
     contours, hierarchy = cv2.findContours(up, cv2.RETR_CCOMP, cv2.CHAIN_APPROX_SIMPLE)
-    shift = np.array([origin[1] - 1, origin[0] - 1])  # (x, y); -1 undoes the padding
-    rings = [_corners(contour, shift) for contour in contours]
-    parents = hierarchy[0, :, 3]
-    polygons = [
-        Polygon(ring, [rings[j] for j in np.flatnonzero(parents == i)])
-        for i, ring in enumerate(rings)
-        if parents[i] < 0
-    ]
-    geometry = polygons[0] if len(polygons) == 1 else MultiPolygon(polygons)
-    if not geometry.is_valid:  # pixels touching at a corner: split the rings there
-        geometry = shapely.make_valid(geometry, method="structure", keep_collapsed=False)
-    if isinstance(geometry, MultiPolygon) and largest_piece:
-        geometry = max(geometry.geoms, key=lambda part: part.area)
-    return geometry
+    return list(contours), hierarchy[0, :, 3]
 
 
-def _corners(contour: np.ndarray, shift: np.ndarray) -> np.ndarray:
-    """Pixel corners (x, y) of a contour traced on the 2x upsampled, 1-padded mask, plus shift.
+def _ring_corners(
+    contours: list[np.ndarray], rank: np.ndarray, shift: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
+    """Pixel corners (x, y) of all contours, plus each contour's ``shift``, in ring order
+    (``rank``), with the ring of each corner.
 
-    Diagonal steps of the trace map to repeated corners and every other step to a horizontal or
-    vertical edge; the repeated corners and the vertices inside straight runs are dropped.
+    Diagonal steps of a trace map to repeated corners and every other step to a horizontal or
+    vertical edge; the repeated corners and the vertices inside straight runs are dropped. All
+    contours at once: a vertex's next and previous ones wrap around within its own ring.
     """
-    points = (contour[:, 0, :].astype(np.int64) + 1) // 2 + shift
-    step = np.sign(np.concatenate((points[1:], points[:1])) - points)  # edge leaving a vertex
+    lengths = np.array([len(c) for c in contours])
+    ring = np.repeat(np.arange(len(contours)), lengths)
+    points = (np.concatenate(contours)[:, 0, :].astype(np.int64) + 1) // 2
+    points += np.repeat(shift, lengths, axis=0)
+    step = np.sign(points[_cyclic(lengths, 1)] - points)  # edge leaving a vertex
     moving = step.any(axis=1)
-    points, step = points[moving], step[moving]
-    turns = (step != np.concatenate((step[-1:], step[:-1]))).any(axis=1)
-    return points[turns]
+    points, step, ring = points[moving], step[moving], ring[moving]
+    kept = np.bincount(ring, minlength=len(contours))
+    turns = (step != step[_cyclic(kept, -1)]).any(axis=1)
+    ring = rank[ring[turns]]
+    order = np.argsort(ring, kind="stable")
+    return points[turns][order], ring[order]
+
+
+def _cyclic(lengths: np.ndarray, offset: int) -> np.ndarray:
+    """Index of each element's next (``offset`` 1) or previous (-1) one within its run of
+    consecutive elements, the runs being ``lengths`` long, wrapping around each run."""
+    ends = np.cumsum(lengths)
+    starts = ends - lengths
+    index = np.arange(int(ends[-1]) if len(ends) else 0) + offset
+    full = lengths > 0
+    if offset > 0:
+        index[ends[full] - 1] = starts[full]
+    else:
+        index[starts[full]] = ends[full] - 1
+    return index
+
+
+def _objects(polygons: np.ndarray, pieces: list[int], *, largest_piece: bool) -> list[Geometry]:
+    """One valid geometry per object from its ``pieces`` consecutive ``polygons``: a Polygon, or
+    a MultiPolygon of several pieces; only invalid ones (pixels touching at a corner, which the
+    trace joins into self-touching rings) are split there by ``shapely.make_valid``."""
+    ends = np.cumsum(pieces)
+    geometries = np.empty(len(pieces), dtype=object)
+    for k, (start, end) in enumerate(zip(ends - pieces, ends, strict=True)):
+        geometries[k] = (
+            polygons[start] if end - start == 1 else MultiPolygon(list(polygons[start:end]))
+        )
+    invalid = np.flatnonzero(~shapely.is_valid(geometries))
+    if invalid.size:
+        geometries[invalid] = shapely.make_valid(
+            geometries[invalid], method="structure", keep_collapsed=False
+        )
+    if largest_piece:
+        for k, geometry in enumerate(geometries):
+            if isinstance(geometry, MultiPolygon):
+                geometries[k] = max(geometry.geoms, key=lambda part: part.area)
+    return list(geometries)
 
 
 def polygon_measurements(

@@ -147,7 +147,11 @@ def measure_nuclei(
     l1, l2 = np.maximum(half_trace + root, 0.0), np.maximum(half_trace - root, 0.0)
     with np.errstate(divide="ignore", invalid="ignore"):
         eccentricity = np.where(l1 > 0, np.sqrt(np.clip(1 - l2 / l1, 0.0, 1.0)), 0.0)
-    h = _hematoxylin_of(image[rows, cols]).astype(np.float64)  # nucleus pixels only
+    if image.flags.c_contiguous:  # nucleus pixels only, in one gather of whole pixels
+        pixels = np.take(image.reshape(-1, 3), rows * labels.shape[1] + cols, axis=0)
+    else:
+        pixels = image[rows, cols]
+    h = _hematoxylin_of(pixels).astype(np.float64)
     mean_h = np.bincount(ids, weights=h, minlength=n) / safe
     table = {
         "label": present.astype(np.int32),

@@ -34,6 +34,8 @@ def remove_small(labels: np.ndarray, *, min_size: int) -> np.ndarray:
     areas = np.bincount(labels.ravel())
     keep = areas >= min_size
     keep[0] = False
+    if keep[1:].all():  # nothing to drop, labels already 1..N: no lookup needed
+        return labels.astype(np.int32, copy=True)
     lut = np.zeros(areas.size, dtype=np.int32)
     lut[keep] = np.arange(1, int(keep.sum()) + 1, dtype=np.int32)
     return lut[labels]

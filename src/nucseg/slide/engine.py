@@ -399,13 +399,12 @@ def predict_tissue_maps(
     tiles given to the network.
     """
     from nucseg.infer import softmax_last
-    from nucseg.tiling import MapStitcher, pad_to, spread_grid
+    from nucseg.tiling import MapStitcher, pad_to
 
     options = predictor.options
     tile, batch_size = int(options["tile"]), int(options["batch_size"])
     padded, crop = pad_to(image, (tile, tile))
-    min_overlap = min(round(options["overlap"] * tile), tile - 1)
-    grid = spread_grid(padded.shape[:2], tile=tile, min_overlap=min_overlap)
+    grid = tile_grid_for(padded.shape[:2], tile, options["overlap"])
     mask = tissue if tissue.ndim == 2 and tissue.dtype == bool else stained(tissue)
     if mask.shape != image.shape[:2]:
         raise ValueError(f"tissue covers {mask.shape} pixels, the image {image.shape[:2]}")
@@ -437,6 +436,15 @@ def predict_tissue_maps(
         for slices in skipped:
             stitcher.add(background, slices)
     return np.ascontiguousarray(stitcher.result()[crop], dtype=np.float32)
+
+
+def tile_grid_for(shape: tuple[int, int], tile: int, overlap: float) -> list[tuple[slice, slice]]:
+    """The tiles of an image of ``shape`` (at least a tile a side) as the engine lays them:
+    spread evenly with at least ``overlap`` (a fraction of the tile) shared by neighbours."""
+    from nucseg.tiling import spread_grid
+
+    min_overlap = min(round(overlap * tile), tile - 1)
+    return spread_grid(shape, tile=tile, min_overlap=min_overlap)
 
 
 def _output_channels(predictor: Any, tile: int) -> int:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import collections
 import contextlib
+import dataclasses
 import hashlib
 import json
 import logging
@@ -221,102 +222,181 @@ def segment_slide(
         If outputs exist without ``overwrite``, or chunks of an unfinished run without
         ``resume`` or ``overwrite``.
     """
-    from nucseg.pipeline import provenance
-
     started = time.perf_counter()
-    times: dict[str, float] = {}
     path = Path(path)
     reader = open_slide(path)
     try:
-        slide_mpp = _slide_mpp(path, reader, mpp, force=force_mpp)
-        region = tissue.roi_geometry(roi, roi_geojson)
-        tissue.check_roi(region, reader.dimensions, path)
-        folder, outputs, chunk_dir = _prepare_folder(
-            path, out_dir, gzip=gzip, labels=labels, overwrite=overwrite, resume=resume
-        )
-        work = _resolve_work(model, method, segmenter)
-        with _clean_failed_start(folder, chunk_dir):
-            folder.mkdir(parents=True, exist_ok=True)
+        job = _check(
+            path, reader, out_dir, model=model, method=method, segmenter=segmenter, mpp=mpp,
+            force_mpp=force_mpp, roi=roi, roi_geojson=roi_geojson, gzip=gzip, labels=labels,
+            overwrite=overwrite, resume=resume,
+        )  # fmt: skip
+        with _clean_failed_start(job.folder, job.chunk_dir):
+            job.folder.mkdir(parents=True, exist_ok=True)
             # the network is built (torch imported, weights loaded, batch norms folded) in a
             # thread while the tissue is found and the stain statistics fitted
-            loading = _start_loading(work, predict or {})
-
-            t = time.perf_counter()
-            overview, _, downsample, mask = _slide_tissue(reader, slide_mpp, region)
-            tissue_mm2 = float(mask.sum()) * (downsample * slide_mpp) ** 2 / 1e6
-            times["tissue_s"] = time.perf_counter() - t
-            if not mask.any():
-                where = "" if region is None else " in the ROI"
-                log.warning("%s: no tissue found%s: the outputs hold no nuclei", path, where)
-
-            plan = engine.make_plan(
-                reader, mpp=slide_mpp, model_mpp=work["mpp"], chunk=chunk, halo=halo,
-                tissue=mask, tissue_downsample=downsample, roi=region,
-            )  # fmt: skip
-            _save_plan(chunk_dir, plan, resume=resume)
-
-            t = time.perf_counter()
-            segment, setup = _build_segmenter(
-                work, reader, plan, loading, chunk_dir,
-                tissue_work_mpx=float(mask.sum()) * (downsample / plan.scale) ** 2 / 1e6,
-            )  # fmt: skip
-            times["model_and_stain_s"] = time.perf_counter() - t
-
-            t = time.perf_counter()
-            chunk_stats = _run_chunks(reader, plan, segment, chunk_dir, progress=progress)
-            times["chunks_s"] = time.perf_counter() - t
-        times["chunk_read_s"] = chunk_stats.pop("read_s")  # waiting for the reading thread
-        times["chunk_segment_s"] = chunk_stats.pop("segment_s")  # normalisation and network
-        times["chunk_finish_s"] = chunk_stats.pop("finish_s")  # post-processing and writing
-
-        report = _assemble(
-            reader, plan, chunk_dir, outputs, overview, downsample, mask,
-            overwrite=overwrite or resume, stem=slide_stem(path), times=times,
-            thumbnail_size=thumbnail_size,
+            loading = _start_loading(job.work, predict or {})
+            seen, plan = _plan(job, chunk=chunk, halo=halo, resume=resume)
+            segment, setup = _fit_stain_step(job, seen, plan, loading)
+            chunk_stats = _chunks_step(job, plan, segment, progress=progress)
+        report = _finish(
+            job, seen, plan, segment, setup, chunk_stats, overwrite=overwrite, resume=resume,
+            keep_chunks=keep_chunks, thumbnail_size=thumbnail_size, argv=argv, started=started,
         )  # fmt: skip
     finally:
         reader.close()
-    n = report.pop("nuclei")
-    quality_summary = report.pop("quality")
-    report = {
-        "slide": str(path),
+    return report
+
+
+@dataclasses.dataclass
+class _Job:
+    """One slide's run, as checked before any work: what :func:`segment_slide`'s steps share."""
+
+    path: Path
+    reader: Any
+    slide_mpp: float
+    region: Any
+    folder: Path
+    outputs: dict[str, Path]
+    chunk_dir: Path
+    work: dict[str, Any]
+    times: dict[str, float] = dataclasses.field(default_factory=dict)
+
+
+@dataclasses.dataclass
+class _Tissue:
+    """The slide's overview, its downsample, tissue mask and area."""
+
+    overview: np.ndarray
+    downsample: float
+    mask: np.ndarray
+    mm2: float
+
+
+def _check(
+    path: Path, reader: Any, out_dir: str | os.PathLike, *, model: str | None,
+    method: str | None, segmenter: Any, mpp: float | None, force_mpp: bool, roi: Any,
+    roi_geojson: Any, gzip: bool, labels: bool, overwrite: bool, resume: bool,
+) -> _Job:  # fmt: skip
+    """Everything checked before any work: the slide's mpp, the ROI, the output folder (existing
+    outputs, an unfinished run) and what segments (a model, a method or a callable)."""
+    slide_mpp = _slide_mpp(path, reader, mpp, force=force_mpp)
+    region = tissue.roi_geometry(roi, roi_geojson)
+    tissue.check_roi(region, reader.dimensions, path)
+    folder, outputs, chunk_dir = _prepare_folder(
+        path, out_dir, gzip=gzip, labels=labels, overwrite=overwrite, resume=resume
+    )
+    work = _resolve_work(model, method, segmenter)
+    return _Job(path, reader, slide_mpp, region, folder, outputs, chunk_dir, work)
+
+
+def _plan(job: _Job, *, chunk: int, halo: int, resume: bool) -> tuple[_Tissue, engine.SlidePlan]:
+    """The tissue (an empty mask is one warning: the outputs will hold no nuclei) and the plan
+    of chunks over it, saved in ``chunks/plan.json`` (a resumed run's must be the same)."""
+    t = time.perf_counter()
+    overview, _, downsample, mask = _slide_tissue(job.reader, job.slide_mpp, job.region)
+    mm2 = float(mask.sum()) * (downsample * job.slide_mpp) ** 2 / 1e6
+    job.times["tissue_s"] = time.perf_counter() - t
+    if not mask.any():
+        where = "" if job.region is None else " in the ROI"
+        log.warning("%s: no tissue found%s: the outputs hold no nuclei", job.path, where)
+    plan = engine.make_plan(
+        job.reader, mpp=job.slide_mpp, model_mpp=job.work["mpp"], chunk=chunk, halo=halo,
+        tissue=mask, tissue_downsample=downsample, roi=job.region,
+    )  # fmt: skip
+    _save_plan(job.chunk_dir, plan, resume=resume)
+    return _Tissue(overview, downsample, mask, mm2), plan
+
+
+def _fit_stain_step(
+    job: _Job, seen: _Tissue, plan: engine.SlidePlan, loading: Future | None
+) -> tuple[Callable[[np.ndarray], np.ndarray], Any]:
+    """The chunks' segmenter, with the slide's stain statistics (:func:`_build_segmenter`)."""
+    t = time.perf_counter()
+    tissue_work_mpx = float(seen.mask.sum()) * (seen.downsample / plan.scale) ** 2 / 1e6
+    built = _build_segmenter(
+        job.work, job.reader, plan, loading, job.chunk_dir, tissue_work_mpx=tissue_work_mpx
+    )
+    job.times["model_and_stain_s"] = time.perf_counter() - t
+    return built
+
+
+def _chunks_step(
+    job: _Job, plan: engine.SlidePlan, segment: Any, *, progress: bool
+) -> dict[str, Any]:
+    """:func:`_run_chunks`, timed: the whole phase and its reading, network and finishing."""
+    t = time.perf_counter()
+    stats = _run_chunks(job.reader, plan, segment, job.chunk_dir, progress=progress)
+    job.times["chunks_s"] = time.perf_counter() - t
+    job.times["chunk_read_s"] = stats.pop("read_s")  # waiting for the reading thread
+    job.times["chunk_segment_s"] = stats.pop("segment_s")  # normalisation and network
+    job.times["chunk_finish_s"] = stats.pop("finish_s")  # post-processing and writing
+    return stats
+
+
+def _finish(
+    job: _Job, seen: _Tissue, plan: engine.SlidePlan, segment: Any, setup: Any,
+    chunk_stats: dict[str, Any], *, overwrite: bool, resume: bool, keep_chunks: bool,
+    thumbnail_size: int, argv: list[str] | None, started: float,
+) -> dict[str, Any]:  # fmt: skip
+    """The slide's outputs from its chunks, then ``report.json`` and ``report.html``; the
+    ``chunks/`` folder is removed unless ``keep_chunks``."""
+    assembled = _assemble(
+        job.reader, plan, job.chunk_dir, job.outputs, seen.overview, seen.downsample, seen.mask,
+        overwrite=overwrite or resume, stem=slide_stem(job.path), times=job.times,
+        thumbnail_size=thumbnail_size,
+    )  # fmt: skip
+    report = _report(job, seen, plan, segment, setup, chunk_stats, assembled, argv, started)
+    with _atomic_json(job.outputs["report"], overwrite or resume) as tmp:
+        tmp.write_text(json.dumps(report, indent=1) + "\n")
+    write_html_report(job.outputs, overwrite=overwrite or resume)
+    if not keep_chunks:
+        shutil.rmtree(job.chunk_dir)
+    return report
+
+
+def _report(
+    job: _Job, seen: _Tissue, plan: engine.SlidePlan, segment: Any, setup: Any,
+    chunk_stats: dict[str, Any], assembled: dict[str, Any], argv: list[str] | None,
+    started: float,
+) -> dict[str, Any]:  # fmt: skip
+    """``report.json``'s content."""
+    from nucseg.pipeline import provenance
+
+    reader, n, tissue_mm2 = job.reader, assembled["nuclei"], seen.mm2
+    return {
+        "slide": str(job.path),
         "format": reader.format,
         "dimensions": list(reader.dimensions),
         "levels": len(reader.levels),
         "mpp_file": reader.mpp,
-        "mpp": slide_mpp,
+        "mpp": job.slide_mpp,
         "work_mpp": plan.work_mpp,
         "level_read": plan.level,
         "scale": plan.scale,
-        "model": work["describe"],
+        "model": job.work["describe"],
         "stain": (setup or {}).get("stain"),
         "predict": (setup or {}).get("predict"),
         "chunk": plan.chunk,
         "halo": plan.halo,
         "chunks": len(plan.chunks),
         "chunks_resumed": chunk_stats["resumed"],
-        "cut_nuclei": sum(engine_cut for engine_cut in chunk_stats["cut"]),
+        "cut_nuclei": sum(chunk_stats["cut"]),
         "tissue_mm2": tissue_mm2,
         "roi": plan.roi_wkt,
         "nuclei": n,
         "nuclei_per_mm2": n / tissue_mm2 if tissue_mm2 > 0 else None,
-        **_types_entry(outputs["parquet"], tissue_mm2),
-        "tissue_mpx": tissue_mm2 * 1e6 / slide_mpp**2 / 1e6,
+        **_types_entry(job.outputs["parquet"], tissue_mm2),
+        "tissue_mpx": tissue_mm2 * 1e6 / job.slide_mpp**2 / 1e6,
         "chunk_mpx": chunk_stats["pixels"] * plan.scale**2 / 1e6,
         "network_mpx": getattr(segment, "network_pixels", 0) * plan.scale**2 / 1e6,
         "seconds": time.perf_counter() - started,
-        "times": times,
-        "quality": quality_summary,
+        "times": job.times,
+        "quality": assembled["quality"],
         "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
-        "outputs": {k: str(v) for k, v in outputs.items()},
+        "outputs": {k: str(v) for k, v in job.outputs.items()},
         **provenance(argv),
     }
-    with _atomic_json(outputs["report"], overwrite or resume) as tmp:
-        tmp.write_text(json.dumps(report, indent=1) + "\n")
-    write_html_report(outputs, overwrite=overwrite or resume)
-    if not keep_chunks:
-        shutil.rmtree(chunk_dir)
-    return report
 
 
 def _types_entry(parquet: Path, tissue_mm2: float) -> dict[str, Any]:
