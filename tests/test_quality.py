@@ -151,3 +151,22 @@ def test_the_slide_matrix_field_swapped_is_flagged_and_remedied(data_root):
     remedy = quality.stain_remedy(swapped, normaliser.estimate(swapped, warn=False))
     assert remedy.startswith("stains look swapped") and "swap score" in remedy
     assert quality.stain_remedy(image, normaliser.estimate(image, warn=False)) is None
+
+
+def test_a_slide_chunk_names_the_slides_stain_decision(data_root):
+    """A chunk's quality figures word a swap by what the slide's stain fit decided: the remedy
+    when one was taken, never "the model does not normalise stains" for a model that does."""
+    from nucseg import datasets
+    from nucseg.slide.chunkio import chunk_quality
+
+    image = datasets.load_sample("monuseg", "TCGA-18-5592-01Z-00-DX1", root=data_root).image
+    swapped = np.ascontiguousarray(image[..., ::-1])
+    labels = np.zeros(swapped.shape[:2], np.int32)
+    remedied = chunk_quality(swapped, labels, mpp=0.25, stain={"accepted": True, "remedy": "R"})
+    normalised = chunk_quality(swapped, labels, mpp=0.25, stain={"accepted": True})
+    bare = chunk_quality(swapped, labels, mpp=0.25)
+    line = [w for w in remedied["warnings"] if w.startswith("stains look swapped")]
+    assert line and line[0].endswith("; remedy: R")
+    assert remedied["stain_remedy"] == "R"
+    assert not any("does not normalise" in w for w in remedied["warnings"] + normalised["warnings"])
+    assert any("does not normalise" in w for w in bare["warnings"])

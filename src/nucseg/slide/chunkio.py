@@ -65,12 +65,14 @@ def write_chunk(
     chunk_dir: Path,
     *,
     types: Any = None,
+    stain: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Keep the nuclei of ``labels`` whose centroid is in the chunk's core; write their files.
 
     ``pixels`` and ``labels`` cover the chunk's window (core and halo), at work resolution.
     ``types`` (:class:`nucseg.nucleus_types.NucleusTypes` of ``labels``) adds the columns
-    ``type`` and ``type_prob_<name>``.
+    ``type`` and ``type_prob_<name>``. ``stain`` is what was decided for the slide's stains
+    (``ChunkSegmenter.stain_decision``), for the quality figures' wording.
     """
     import pyarrow as pa
     import pyarrow.parquet as pq
@@ -81,7 +83,7 @@ def write_chunk(
     from nucseg.measure import measure_nuclei
 
     name = chunk_name(index)
-    figures = chunk_quality(pixels, labels, mpp=plan.work_mpp)
+    figures = chunk_quality(pixels, labels, mpp=plan.work_mpp, stain=stain)
     r0, c0, r1, c1 = plan.core(index)
     wr0, wc0, wr1, wc1 = plan.window(index)
     rows_total, cols_total = plan.work_shape
@@ -187,15 +189,20 @@ def _save(path: Path, write: Any) -> None:
 _CHUNK_IGNORED = ("little or no tissue",)
 
 
-def chunk_quality(pixels: np.ndarray, labels: np.ndarray, *, mpp: float) -> dict[str, Any] | None:
-    """:func:`nucseg.quality.assess` of a chunk's tissue bounding box (None: no tissue)."""
+def chunk_quality(
+    pixels: np.ndarray, labels: np.ndarray, *, mpp: float, stain: dict[str, Any] | None = None
+) -> dict[str, Any] | None:
+    """:func:`nucseg.quality.assess` of a chunk's tissue bounding box (None: no tissue);
+    ``stain``: the slide's stain decision (``assess``'s ``stain_estimate``)."""
     from nucseg import quality
     from nucseg.slide.tissue import tissue_box
 
     box = tissue_box(pixels)
     if box is None:
         return None
-    figures = quality.assess(np.ascontiguousarray(pixels[box]), labels[box], mpp=mpp)
+    figures = quality.assess(
+        np.ascontiguousarray(pixels[box]), labels[box], mpp=mpp, stain_estimate=stain
+    )
     figures["warnings"] = [w for w in figures["warnings"] if not w.startswith(_CHUNK_IGNORED)]
     return figures
 

@@ -297,9 +297,20 @@ class ChunkSegmenter:
     ) -> None:
         self.predictor = predictor
         self.source = None if source is None or "remedy" in source else source
+        self._remedy = None if source is None else source.get("remedy")
         self.colour_table = colour_table
         #: Work pixels given to the network so far (tiles times their area, overlaps counted).
         self.network_pixels = 0
+
+    def stain_decision(self) -> dict[str, Any] | None:
+        """What was decided for the slide's stains, for the chunks' quality figures
+        (:func:`nucseg.quality.assess`'s ``stain_estimate``): None when the model does not
+        normalise."""
+        if self._remedy is not None:
+            return {"accepted": True, "remedy": self._remedy}
+        if self.predictor.normaliser is None:
+            return None
+        return {"accepted": True}
 
     def normalise(self, image: np.ndarray) -> np.ndarray:
         """The normalised pixels; with ``colour_table``, through the slide's table of all
@@ -538,7 +549,10 @@ def run_chunk(
     read_s = time.perf_counter() - start
     labels, types = segment_typed(segmenter, pixels)
     segment_s = time.perf_counter() - start - read_s
-    info = write_chunk(plan, index, pixels, labels, Path(chunk_dir), types=types)
+    stain = getattr(segmenter, "stain_decision", None)
+    info = write_chunk(
+        plan, index, pixels, labels, Path(chunk_dir), types=types, stain=stain and stain()
+    )
     r0, c0, r1, c1 = plan.core(index)
     return {
         **info,

@@ -97,7 +97,10 @@ def segment_image(
             pixels = engine.read_chunk(reader, plan, index)
             labels, types = engine.segment_typed(segment, pixels)
             names = names or (types.names if types is not None else None)
-            write_chunk(plan, index, pixels, labels, Path(folder), types=types)
+            stain = getattr(segment, "stain_decision", None)
+            write_chunk(
+                plan, index, pixels, labels, Path(folder), types=types, stain=stain and stain()
+            )
             infos.append(read_chunk_info(Path(folder), engine.chunk_name(index)))
         labels = compose_labels(infos, rows, cols, scale=plan.scale)
         return labels, _chunk_types(infos, names), source

@@ -586,6 +586,7 @@ def _run_chunks(
     bar = tqdm(total=len(todo), desc=Path(plan.slide).name, unit="chunk", disable=not progress)
     start, done_pixels = time.perf_counter(), 0
     staged = hasattr(segment, "predict") and hasattr(segment, "labels")
+    stain = segment.stain_decision() if hasattr(segment, "stain_decision") else None
 
     def finish(index: tuple[int, int], pixels: np.ndarray, predicted: Any) -> float:
         t = time.perf_counter()
@@ -595,7 +596,7 @@ def _run_chunks(
         elif staged:
             labels = segment.labels(pixels.shape[:2], predicted)
         labels = np.asarray(labels, dtype=np.int32)
-        write_chunk(plan, index, pixels, labels, chunk_dir, types=types)
+        write_chunk(plan, index, pixels, labels, chunk_dir, types=types, stain=stain)
         return time.perf_counter() - t
 
     def account(job: Any, index: tuple[int, int]) -> None:
@@ -719,6 +720,8 @@ def _quality_summary(infos: list[Any], stem: str) -> dict[str, Any]:
     for kind, names in kinds.items():
         example = assessed[names[0]]["warnings"]
         line = next(w for w in example if w.split(" (")[0].split(":")[0] == kind)
+        if "; remedy: " in line:
+            continue  # the slide's stain fit said so already, in one line of its own
         log.warning("%s: %d of %d tissue chunks: %s", stem, len(names), len(assessed), line)
     return {
         "chunks_assessed": len(assessed),
