@@ -87,3 +87,19 @@ def test_an_image_larger_than_a_chunk_goes_through_the_chunks(image_file, tmp_pa
     assert ids.tolist() == list(range(1, len(ids) + 1))
     whole = make_segmenter(model="default")(image)
     assert abs(len(ids) - whole.max()) <= 0.1 * whole.max()  # seams change a few nuclei only
+
+
+def test_evaluate_resamples_a_sample_as_segment_mpp_does(image_file):
+    """A dataset sample that states its resolution (CPM-15's 20x tiles) is segmented by
+    ``evaluate`` through the same plan as ``segment --mpp``: the same labels."""
+    from nucseg.datasets import Sample
+    from nucseg.pipeline import evaluate
+
+    image = read_image(image_file)
+    truth = np.zeros(image.shape[:2], np.int32)
+    truth[100:120, 100:120] = 1
+    sample = Sample("crop", image, truth, "breast", "monuseg", mpp=0.5)
+    kept = {}
+    evaluate(make_segmenter(model="default"), [sample], progress=False,
+             keep=lambda i, _, labels: kept.setdefault(i, labels))  # fmt: skip
+    np.testing.assert_array_equal(kept["crop"], make_segmenter(model="default", mpp=0.5)(image))

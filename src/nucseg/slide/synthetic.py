@@ -11,9 +11,10 @@ import os
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
-import cv2
 import numpy as np
 import tifffile
+
+from nucseg.scale import resize_image
 
 __all__ = ["FLAVOURS", "mosaic_region", "write_slide"]
 
@@ -33,7 +34,7 @@ def _level_tiles(
             h, w = min(tile, level_rows - ty), min(tile, level_cols - tx)
             pixels = region(ty * factor, tx * factor, h * factor, w * factor)
             if factor > 1:
-                pixels = cv2.resize(pixels, (w, h), interpolation=cv2.INTER_AREA)
+                pixels = resize_image(pixels, (h, w))
             out = np.full((tile, tile, 3), 255, dtype=np.uint8)
             out[:h, :w] = pixels
             yield out
