@@ -1,6 +1,7 @@
-"""One behaviour per model: ``nucseg segment``, the Python API and ``nucseg slide`` give an image
-the same labels, with the model folder's tile overlap, thresholds and normaliser; ``--mpp``
-resamples to the model's scale and back; an image larger than a chunk goes through the chunks."""
+"""One behaviour per model: ``nucseg segment``, the Python API (``make_segmenter``,
+``nucseg.slide.segment_slide``), ``evaluate`` and ``nucseg slide`` give an image the same labels,
+with the model folder's tile overlap, thresholds and normaliser; ``--mpp`` resamples to the
+model's scale and back; an image larger than a chunk goes through the chunks."""
 
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ import tifffile
 from nucseg.cli import main
 from nucseg.io import read_image, write_png
 from nucseg.pipeline import BUNDLED_MODELS, make_segmenter
+from nucseg.slide import segment_slide
 
 pytestmark = [
     pytest.mark.slow,
@@ -51,10 +53,13 @@ def test_segment_the_api_and_slide_give_identical_labels(image_file, tmp_path, m
     by_segment = _segment(image_file, tmp_path / "segment", *options)
     by_api = make_segmenter(model="default", mpp=mpp)(read_image(image_file))
     by_slide, report = _slide(image_file, tmp_path / "slide", "--mpp", str(mpp or 0.25))
+    segment_slide(image_file, tmp_path / "slide_api", mpp=mpp or 0.25, progress=False)
+    by_slide_api = tifffile.imread(tmp_path / "slide_api" / image_file.stem / "labels.ome.tif")
     assert by_segment.shape == by_api.shape == by_slide.shape == read_image(image_file).shape[:2]
     assert by_segment.max() > 50
     np.testing.assert_array_equal(by_segment, by_api)
     np.testing.assert_array_equal(by_segment, by_slide)
+    np.testing.assert_array_equal(by_segment, by_slide_api)
     # the model folder's settings, for every entry point
     thresholds = json.loads((BUNDLED_MODELS / "default" / "thresholds.json").read_text())
     assert report["predict"]["overlap"] == thresholds["predict"]["overlap"] == 0.25
