@@ -11,6 +11,7 @@ user must see (:class:`Row`); the interruption cases watch the run's files, not 
 from __future__ import annotations
 
 import dataclasses
+import math
 import shutil
 import signal
 import subprocess
@@ -117,21 +118,12 @@ def chunks_done(ctx: Ctx, stem: str) -> int:
 
 
 def _pyramid(path: Path, image: np.ndarray, *, mpp: float | None = 0.25, ome: bool = False) -> None:
-    import tifffile
+    """A zlib-tiled slide, SubIFD levels halved down to 600 pixels a side (``ome``: OME-TIFF)."""
+    from nucseg.slide.synthetic import write_slide
 
-    levels = [image]
-    while min(levels[-1].shape[:2]) > 600:
-        levels.append(levels[-1][::2, ::2].copy())
-    extra = {} if mpp is None or ome else {"resolution": (1e4 / mpp, 1e4 / mpp),
-                                           "resolutionunit": "CENTIMETER"}  # fmt: skip
-    photometric = "rgb" if image.ndim == 3 else "minisblack"
-    metadata = {"PhysicalSizeX": mpp, "PhysicalSizeY": mpp} if ome else None
-    with tifffile.TiffWriter(path, ome=ome) as tif:
-        tif.write(levels[0], tile=(256, 256), photometric=photometric, compression="zlib",
-                  subifds=len(levels) - 1, metadata=metadata, **extra)  # fmt: skip
-        for level in levels[1:]:
-            tif.write(level, tile=(256, 256), photometric=photometric, compression="zlib",
-                      subfiletype=1, **extra)  # fmt: skip
+    levels = 1 + max(0, math.ceil(math.log2(min(image.shape[:2]) / 600)))
+    write_slide(path, image.shape[:2], image, mpp=mpp, flavour="ome" if ome else "subifd",
+                levels=levels, compression="zlib")  # fmt: skip
 
 
 def make_slides(folder: Path, data: Path) -> Path:

@@ -8,8 +8,10 @@ The convention, kept simple so the docs stay plain prose:
   ``.md`` beside its ``.json``, or a folder: its JSON files) *quotes* those files. Every decimal
   number in it (``0.6114``, ``1.13``; not code blocks) must be one of:
 
-  - a value of a quoted file, rounded to the decimals written (``0.6114`` is any value in
-    [0.61135, 0.61145)); found by searching the file's numbers;
+  - a value of the file named nearest to it, rounded to the decimals written (``0.6114`` is any
+    value in [0.61135, 0.61145)), found by searching the file's numbers. Nearest: the files named
+    in the number's sentence or table row; if none, the last name before it in the paragraph;
+    if none, the first after it. A value of another file of the paragraph does not count;
   - a figure registered in ``docs/figures.json`` under ``derived``: a difference, ratio or sum
     of values at JSON paths (``summary.aji``) of a quoted file, for figures no file holds as is;
   - a number registered under ``not_results`` with its reason (the paper's figures, settings).
@@ -44,6 +46,7 @@ BUNDLED = Path("src/nucseg/data/models/default")
 ARCHIVE = Path("results/archive")
 NUMBER = re.compile(r"(?<![\w.\-/])-?\d+\.\d+(?![\w.]*\d)(?!\w)")
 SOURCE = re.compile(r"results/[\w./-]*[\w/]")
+SENTENCE_END = re.compile(r"(?<=[.!?])\)?\s+(?=[A-Z(\[*_`])")
 WEIGHTS = ("model.safetensors", "model.pt")
 
 
@@ -77,8 +80,17 @@ def paragraphs(text: str) -> Iterator[tuple[int, str]]:
 def quoted_files(paragraph: str, root: Path = ROOT) -> list[Path]:
     """The JSON results files a paragraph names (relative to ``root``)."""
     found: list[Path] = []
-    for name in SOURCE.findall(paragraph):
-        path = root / name.rstrip("/.")
+    for _, files in links(paragraph, root):
+        found += [f for f in files if f not in found]
+    return found
+
+
+def links(paragraph: str, root: Path = ROOT) -> list[tuple[int, list[Path]]]:
+    """``(offset, JSON results files)`` of each results name in a paragraph, in order; a name of
+    a script, table or figure with no JSON to read is left out."""
+    found = []
+    for match in SOURCE.finditer(paragraph):
+        path = root / match.group().rstrip("/.")
         if path.suffix == ".json":
             candidates = [path]
         elif path.suffix == ".md" and path.with_suffix(".json").is_file():
@@ -91,8 +103,35 @@ def quoted_files(paragraph: str, root: Path = ROOT) -> list[Path]:
             candidates = [path]  # reported as missing
         else:
             candidates = []  # a script, table or figure: no numbers to read
-        found += [c.relative_to(root) for c in candidates if c.relative_to(root) not in found]
+        if candidates:
+            found.append((match.start(), [c.relative_to(root) for c in candidates]))
     return found
+
+
+def sentences(paragraph: str) -> list[tuple[int, int]]:
+    """``(start, end)`` offsets of each sentence of a paragraph; a table row is one."""
+    spans, offset = [], 0
+    for line in paragraph.splitlines(keepends=True):
+        if line.lstrip().startswith("|") or not spans or spans[-1][2]:
+            spans.append([offset, offset + len(line), line.lstrip().startswith("|")])
+        else:
+            spans[-1][1] = offset + len(line)
+        offset += len(line)
+    cut = []
+    for start, end, row in spans:
+        ends = [] if row else [m.end() for m in SENTENCE_END.finditer(paragraph, start, end)]
+        cut += list(zip([start, *ends], [*ends, end], strict=True))
+    return cut
+
+
+def nearest_files(paragraph: str, offset: int, named: list[tuple[int, list[Path]]]) -> list[Path]:
+    """The files a number at ``offset`` quotes: those named in its sentence or table row, else
+    the nearest name before it in the paragraph, else the nearest after it."""
+    start, end = next((s, e) for s, e in sentences(paragraph) if s <= offset < e)
+    same = [f for at_, files in named if start <= at_ < end for f in files]
+    before = [files for at_, files in named if at_ < offset]
+    after = [files for at_, files in named if at_ > offset]
+    return list(dict.fromkeys(same or (before[-1] if before else after[0] if after else [])))
 
 
 def _has_provenance(file: Path) -> bool:
@@ -256,27 +295,36 @@ def _check_figures(
     quoted: set[Path] = set()
     for doc in docs(root):
         for line, text in paragraphs((root / doc).read_text()):
-            named = quoted_files(text, root)
-            if not named:
-                continue  # names no results JSON: not checked
-            files = [f for f in named if not f.is_relative_to(ARCHIVE)]  # the archive: no source
+            named = links(text, root)
+            files = [f for f in quoted_files(text, root) if not f.is_relative_to(ARCHIVE)]
             missing = [f for f in files if not (root / f).is_file()]
             errors += [f"{doc}:{line}: {f}: no such results file" for f in missing]
-            files = [f for f in files if f not in missing]
-            quoted.update(files)
-            pool = [v for f in files for v in numbers_of(load(f))]
-            for figure in NUMBER.findall(text):
+            quoted.update(f for f in files if f not in missing)
+            for match in NUMBER.finditer(text) if named else ():
+                figure, where = match.group(), line + text.count("\n", 0, match.start())
                 entry = _registered(registry, doc, figure, text, used)
                 if entry is not None and "paths" in entry:  # derived: its own value must match
                     value = derived_value(entry, load)
                     if not matches(figure, value):
-                        errors.append(f"{doc}:{line}: {figure} but {entry['op']} is {value:.6g}")
-                elif entry is None and not any(matches(figure, v) for v in pool):
-                    errors.append(
-                        f"{doc}:{line}: {figure} matches no value of "
-                        f"{', '.join(map(str, files))} and is not in {REGISTRY}"
-                    )
+                        errors.append(f"{doc}:{where}: {figure} but {entry['op']} is {value:.6g}")
+                elif entry is None:
+                    nearest = nearest_files(text, match.start(), named)
+                    errors += _unmatched(doc, where, figure, nearest, missing, load)
     return errors, quoted
+
+
+def _unmatched(
+    doc: Path, line: int, figure: str, nearest: list[Path], missing: list[Path], load: Any
+) -> list[str]:
+    """The error of a quoted number that no value of its nearest results file rounds to."""
+    sources = [f for f in nearest if not f.is_relative_to(ARCHIVE) and f not in missing]
+    if any(matches(figure, v) for f in sources for v in numbers_of(load(f))):
+        return []
+    what = ", ".join(map(str, nearest)) + (
+        " (the archive is never a source)" if not sources else ""
+    )
+    return [f"{doc}:{line}: {figure} matches no value of its nearest results file: {what}; "
+            f"not in {REGISTRY} either"]  # fmt: skip
 
 
 def _check_stale(

@@ -20,7 +20,6 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
-import tifffile
 
 OTSU = ["--method", "otsu", "--no-progress"]
 
@@ -39,15 +38,11 @@ def disk_pixels(size: int, seed: int) -> np.ndarray:
 def disk_slide(path: Path, *, size: int = 512, mpp: float | None = 0.25, seed: int = 0) -> Path:
     """A tiled pyramidal TIFF that OpenSlide opens (SubIFD levels, resolution tags): pink
     tissue with dark disks."""
-    image = disk_pixels(size, seed)
+    from nucseg.slide.synthetic import write_slide
+
     path.parent.mkdir(parents=True, exist_ok=True)
-    extra = {} if mpp is None else {"resolution": (1e4 / mpp, 1e4 / mpp),
-                                    "resolutionunit": "CENTIMETER"}  # fmt: skip
-    options = {"tile": (256, 256), "photometric": "rgb", "compression": "zlib", **extra}
-    with tifffile.TiffWriter(path) as tif:
-        tif.write(image, subifds=1, **options)
-        tif.write(image[::2, ::2], subfiletype=1, **options)
-    return path
+    return write_slide(path, (size, size), disk_pixels(size, seed), mpp=mpp, flavour="subifd",
+                       levels=2, compression="zlib")  # fmt: skip
 
 
 def truncated_slide(path: Path) -> Path:

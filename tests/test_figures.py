@@ -59,6 +59,57 @@ def test_editing_a_quoted_number_fails_the_check(copy, doc, old, new):
     assert errors and f": {figure} " in errors[0], errors
 
 
+def test_a_number_matching_only_another_file_of_the_paragraph_fails(copy):
+    # stain.md's paragraph names the test-set files in one sentence and speed.json in the next;
+    # 0.61 is the breast AJI (0.6083) rounded, so it matches a file of the paragraph, not its own
+    breast = json.loads((ROOT / "results/unet/default_monuseg-breast.json").read_text())
+    speed = json.loads((ROOT / "results/unet/speed.json").read_text())
+    assert any(figures.matches("0.61", v) for v in figures.numbers_of(breast))
+    assert not any(figures.matches("0.61", v) for v in figures.numbers_of(speed))
+    doc = copy / "docs" / "stain.md"
+    old = "against 0.91 s for the previous"
+    assert old in doc.read_text()
+    doc.write_text(doc.read_text().replace(old, "against 0.61 s for the previous", 1))
+    errors, _ = figures.check(copy)
+    assert len(errors) == 1 and "docs/stain.md:" in errors[0], errors
+    assert (
+        ": 0.61 matches no value of its nearest results file: results/unet/speed.json"
+        in (errors[0])
+    )
+
+
+TYPES, CONSEP = (
+    "../results/types/ms-types.json",
+    "../results/generalisation/default_consep-test.json",
+)
+
+
+@pytest.mark.parametrize(
+    ("text", "wrong"),
+    [
+        (f"A 0.5119 ([a]({TYPES})). B 0.4406 ([b]({CONSEP})).", []),
+        (f"A 0.4406 ([a]({TYPES})). B 0.5119 ([b]({CONSEP})).", ["0.4406", "0.5119"]),
+        (f"A ([a]({TYPES})), B ([b]({CONSEP})). B reached 0.4406. A 0.5119.", ["0.5119"]),
+        (f"A reached 0.5119. B 0.4406 ([b]({CONSEP})), A ([a]({TYPES})).", ["0.5119"]),
+        (f"Scores 0.5119 and 0.4406 ([a]({TYPES}), [b]({CONSEP})).", []),  # one sentence
+        (f"| a | 0.5119 | [a]({TYPES}) |\n| b | 0.4406 | [b]({CONSEP}) |", []),
+        (f"| a | 0.4406 | [a]({TYPES}) |\n| b | 0.5119 | [b]({CONSEP}) |", ["0.4406", "0.5119"]),
+        (f"| a | [a]({TYPES}) |\n| b | 0.5119 |\n| c | [b]({CONSEP}) | 0.4406 |", []),
+        (f"A 0.512, 0.51 and 0.5 ([a]({TYPES})); not 0.5120 or 0.5118.", ["0.5120", "0.5118"]),
+    ],
+)
+def test_a_number_matches_the_file_linked_nearest_to_it(copy, text, wrong):
+    for figure in ("0.4406", "0.5120", "0.5118"):  # the cases need values of one file only
+        assert not any(figures.matches(figure, v) for v in figures.numbers_of(
+            json.loads((copy / "docs" / TYPES).read_text())))  # fmt: skip
+    assert not any(figures.matches("0.5119", v) for v in figures.numbers_of(
+        json.loads((copy / "docs" / CONSEP).read_text())))  # fmt: skip
+    (copy / "docs" / "extra.md").write_text(text + "\n")
+    errors, _ = figures.check(copy)
+    found = [e.split(": ")[1].split()[0] for e in errors]
+    assert sorted(found) == sorted(wrong) and all("docs/extra.md:" in e for e in errors), errors
+
+
 def test_a_figure_without_a_source_fails_and_a_registered_one_must_be_quoted(copy):
     doc = copy / "docs" / "slides.md"
     link = "[bench](../results/slide/bench_engine.json)"

@@ -1,6 +1,7 @@
-"""One behaviour per model: ``nucseg segment``, the Python API and ``nucseg slide`` give an image
-the same labels, with the model folder's tile overlap, thresholds and normaliser; ``--mpp``
-resamples to the model's scale and back; an image larger than a chunk goes through the chunks."""
+"""One behaviour per model: ``nucseg segment``, the Python API (``make_segmenter``,
+``nucseg.slide.segment_slide``), ``evaluate`` and ``nucseg slide`` give an image the same labels,
+with the model folder's tile overlap, thresholds and normaliser; ``--mpp`` resamples to the
+model's scale and back; an image larger than a chunk goes through the chunks."""
 
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ import tifffile
 from nucseg.cli import main
 from nucseg.io import read_image, write_png
 from nucseg.pipeline import BUNDLED_MODELS, make_segmenter
+from nucseg.slide import segment_slide
 
 pytestmark = [
     pytest.mark.slow,
@@ -51,10 +53,13 @@ def test_segment_the_api_and_slide_give_identical_labels(image_file, tmp_path, m
     by_segment = _segment(image_file, tmp_path / "segment", *options)
     by_api = make_segmenter(model="default", mpp=mpp)(read_image(image_file))
     by_slide, report = _slide(image_file, tmp_path / "slide", "--mpp", str(mpp or 0.25))
+    segment_slide(image_file, tmp_path / "slide_api", mpp=mpp or 0.25, progress=False)
+    by_slide_api = tifffile.imread(tmp_path / "slide_api" / image_file.stem / "labels.ome.tif")
     assert by_segment.shape == by_api.shape == by_slide.shape == read_image(image_file).shape[:2]
     assert by_segment.max() > 50
     np.testing.assert_array_equal(by_segment, by_api)
     np.testing.assert_array_equal(by_segment, by_slide)
+    np.testing.assert_array_equal(by_segment, by_slide_api)
     # the model folder's settings, for every entry point
     thresholds = json.loads((BUNDLED_MODELS / "default" / "thresholds.json").read_text())
     assert report["predict"]["overlap"] == thresholds["predict"]["overlap"] == 0.25
@@ -87,3 +92,19 @@ def test_an_image_larger_than_a_chunk_goes_through_the_chunks(image_file, tmp_pa
     assert ids.tolist() == list(range(1, len(ids) + 1))
     whole = make_segmenter(model="default")(image)
     assert abs(len(ids) - whole.max()) <= 0.1 * whole.max()  # seams change a few nuclei only
+
+
+def test_evaluate_resamples_a_sample_as_segment_mpp_does(image_file):
+    """A dataset sample that states its resolution (CPM-15's 20x tiles) is segmented by
+    ``evaluate`` through the same plan as ``segment --mpp``: the same labels."""
+    from nucseg.datasets import Sample
+    from nucseg.pipeline import evaluate
+
+    image = read_image(image_file)
+    truth = np.zeros(image.shape[:2], np.int32)
+    truth[100:120, 100:120] = 1
+    sample = Sample("crop", image, truth, "breast", "monuseg", mpp=0.5)
+    kept = {}
+    evaluate(make_segmenter(model="default"), [sample], progress=False,
+             keep=lambda i, _, labels: kept.setdefault(i, labels))  # fmt: skip
+    np.testing.assert_array_equal(kept["crop"], make_segmenter(model="default", mpp=0.5)(image))

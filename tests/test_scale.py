@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from nucseg.scale import resize_image, resize_labels, scale_factor, scaled_shape
+from nucseg.scale import resize_image, resize_labels, scale_factor, scaled_shape, source_pixels
 
 
 def test_scale_factor_rule():
@@ -35,3 +35,32 @@ def test_resize_image_keeps_dtype_and_a_flat_image_flat():
     for shape in ((20, 24), (5, 6), (10, 12)):
         out = resize_image(image, shape)
         assert out.shape == (*shape, 3) and out.dtype == np.uint8 and np.all(out == 77)
+
+
+@pytest.mark.parametrize("factor", [2.0, 0.5, 1.6, 0.37, 1.0 / 0.3])
+def test_each_resampled_label_pixel_takes_the_label_under_its_centre(factor):
+    rng = np.random.default_rng(1)
+    labels = rng.integers(0, 50, size=(31, 23)).astype(np.int32)
+    shape = scaled_shape(labels.shape, factor)
+    out = resize_labels(labels, shape, factor=factor)
+    assert out.shape == shape
+    for axis, n in enumerate(shape):
+        centres = (np.arange(n) + 0.5) / factor  # output pixel centres in label pixels
+        index = source_pixels(np.arange(n), factor)
+        inside = (index <= centres) & (centres < index + 1)
+        assert np.all(inside | (index >= labels.shape[axis]))  # past the edge: clipped below
+    r = np.minimum(source_pixels(np.arange(shape[0]), factor), labels.shape[0] - 1)
+    c = np.minimum(source_pixels(np.arange(shape[1]), factor), labels.shape[1] - 1)
+    assert np.array_equal(out, labels[np.ix_(r, c)])
+    if factor == 2.0:  # an exact factor: the same as the shapes' ratio
+        assert np.array_equal(out, resize_labels(labels, shape))
+
+
+def test_resize_image_averages_when_the_area_shrinks():
+    # one row in four is bright: averaging greys every row, interpolation would miss them
+    image = np.zeros((40, 40, 3), np.uint8)
+    image[::4] = 200
+    shorter_wider = resize_image(image, (10, 41))  # fewer pixels: area averaging
+    assert np.all(np.abs(shorter_wider.astype(int) - 50) <= 1)
+    taller = resize_image(image, (80, 80))  # more pixels: bilinear, the dark rows stay dark
+    assert taller.max() == 200 and taller.min() == 0

@@ -468,17 +468,17 @@ def _decision(segmenter: Segmenter) -> dict[str, Any] | None:
 def _segment_at_scale(
     segmenter: Segmenter, image: np.ndarray, mpp: float | None, model_mpp: float
 ) -> tuple[np.ndarray, Any]:
-    """:func:`segment_typed` at the model's resolution, the labels at the image's pixels (the
-    types are by label, which resampling keeps)."""
-    from nucseg.scale import resize_image, resize_labels, scale_factor, scaled_shape
+    """:func:`segment_typed` of an image of ``mpp`` microns per pixel at the model's resolution,
+    the labels on the image's pixels: through :class:`nucseg.slide.images.ImageSegmenter`, the
+    path of ``segment --mpp`` and ``slide`` (a model's segmenter keeps its own ``model_mpp``)."""
+    from nucseg.scale import scale_factor
+    from nucseg.slide.images import ImageSegmenter
 
-    factor = scale_factor(mpp, model_mpp)
-    if factor == 1.0:
+    if isinstance(segmenter, ImageSegmenter):
+        return segmenter.typed(image, mpp=mpp)
+    if scale_factor(mpp, model_mpp) == 1.0:
         return segment_typed(segmenter, image)
-    prediction, types = segment_typed(
-        segmenter, resize_image(image, scaled_shape(image.shape, factor))
-    )
-    return resize_labels(prediction, image.shape[:2]), types
+    return ImageSegmenter(segmenter, model_mpp=model_mpp, mpp=mpp).typed(image)
 
 
 def _type_evaluator(mpp: float | None) -> Any:

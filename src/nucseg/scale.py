@@ -5,7 +5,10 @@ A model learns nuclei at one resolution (microns per pixel, "mpp"; 0.25 for the 
 network sees it, unless the two differ by less than :data:`MPP_TOLERANCE` (1 %): the rule
 ``nucseg slide`` applies to slides, and training and evaluation apply to datasets (CPM-15's
 20x tiles are enlarged x2). Images shrink with area averaging and grow bilinearly (OpenCV's
-``INTER_AREA`` / ``INTER_LINEAR``); label images are resampled by nearest neighbour.
+``INTER_AREA`` / ``INTER_LINEAR``, by whether the area shrinks); label images are resampled by
+nearest neighbour: each output pixel takes the source pixel under its centre
+(:func:`source_pixels`). The slide engine reads every region through :func:`resize_image`, and
+images and slides map their work-resolution labels back through :func:`source_pixels`.
 """
 
 from __future__ import annotations
@@ -57,17 +60,36 @@ def resize_image(image: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
     return cv2.resize(np.ascontiguousarray(image), (cols, rows), interpolation=method)
 
 
-def resize_labels(labels: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
+def source_pixels(positions: np.ndarray, factor: float) -> np.ndarray:
+    """Index of the source pixel under the centre of each output pixel ``positions``, for
+    ``factor`` output pixels per source pixel: ``floor((position + 0.5) / factor)``.
+
+    Examples
+    --------
+    >>> source_pixels(np.arange(5), 2.0).tolist()
+    [0, 0, 1, 1, 2]
+    """
+    return np.floor((np.asarray(positions) + 0.5) / factor).astype(np.int64)
+
+
+def resize_labels(
+    labels: np.ndarray, shape: tuple[int, int], *, factor: float | None = None
+) -> np.ndarray:
     """An ``(H, W)`` label image resampled to ``shape`` by nearest neighbour, ids unchanged.
 
-    A nucleus smaller than a pixel of the new grid may vanish when shrinking; ids are not
-    renumbered (use :func:`nucseg.postprocess.relabel_sequential`-style renumbering if needed).
+    Each output pixel takes the label under its centre. ``factor`` (output pixels per label
+    pixel, e.g. a slide plan's ``scale``) places the centres as :func:`source_pixels` does, as
+    a slide's label image is composed; None: the ratio of the two shapes, axis by axis. A
+    nucleus smaller than a pixel of the new grid may vanish when shrinking; ids are not
+    renumbered.
     """
     rows, cols = int(shape[0]), int(shape[1])
-    if (rows, cols) == tuple(labels.shape[:2]):
+    if (rows, cols) == tuple(labels.shape[:2]) and factor in (None, 1.0):
         return labels
-    r = np.minimum(((np.arange(rows) + 0.5) * labels.shape[0] / rows).astype(np.int64),
-                   labels.shape[0] - 1)  # fmt: skip
-    c = np.minimum(((np.arange(cols) + 0.5) * labels.shape[1] / cols).astype(np.int64),
-                   labels.shape[1] - 1)  # fmt: skip
-    return labels[r[:, None], c[None, :]]
+    if factor is None:
+        r = ((np.arange(rows) + 0.5) * labels.shape[0] / rows).astype(np.int64)
+        c = ((np.arange(cols) + 0.5) * labels.shape[1] / cols).astype(np.int64)
+    else:
+        r, c = source_pixels(np.arange(rows), factor), source_pixels(np.arange(cols), factor)
+    r, c = np.minimum(r, labels.shape[0] - 1), np.minimum(c, labels.shape[1] - 1)
+    return np.ascontiguousarray(labels[r[:, None], c[None, :]])

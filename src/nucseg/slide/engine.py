@@ -27,8 +27,9 @@ from typing import Any
 
 import numpy as np
 
+from nucseg.scale import resize_image, scale_factor
 from nucseg.slide.chunkio import chunk_name
-from nucseg.slide.reader import SlideReader, open_slide, resize
+from nucseg.slide.reader import SlideReader, open_slide
 from nucseg.slide.tissue import (  # noqa: F401  (re-exported: the engine's tissue test)
     BLACK_LEVEL,
     _mask_box,
@@ -53,9 +54,6 @@ __all__ = [
 ]
 
 Segmenter = Callable[[np.ndarray], np.ndarray]
-
-#: Relative difference between the slide's and the model's mpp below which no resampling is done.
-MPP_TOLERANCE = 0.01
 
 #: Microns per pixel of a model whose files do not record it: every model trained by nucseg so
 #: far learned from 40x MoNuSeg and TNBC images (about 0.25 um/px).
@@ -173,15 +171,14 @@ def make_plan(
     """Choose the level, resampling and chunks of a slide.
 
     The level read is the coarsest one at least as fine as the model's resolution; it is
-    resampled to the model's mpp unless the two differ by less than :data:`MPP_TOLERANCE`.
+    resampled to the model's mpp by :func:`nucseg.scale.scale_factor`'s rule (not within 1 %).
     Chunks are kept if their core touches ``tissue`` (an overview mask, ``tissue_downsample``
     level-0 pixels per pixel; None keeps all).
     """
     if halo < 0 or chunk < 1:
         raise ValueError(f"chunk must be >= 1 and halo >= 0, got chunk={chunk}, halo={halo}")
-    ratio = model_mpp / mpp  # level-0 pixels per model pixel
-    if abs(ratio - 1) < MPP_TOLERANCE:
-        ratio = 1.0
+    # level-0 pixels per model pixel; 1 where nucseg.scale's rule leaves the image as it is
+    ratio = 1.0 if scale_factor(mpp, model_mpp) == 1.0 else model_mpp / mpp
     level = reader.best_level(ratio)
     width, height = reader.dimensions
     work_shape = (max(1, round(height / ratio)), max(1, round(width / ratio)))
@@ -249,7 +246,7 @@ def read_window(reader: SlideReader, plan: SlidePlan, box: tuple[int, int, int, 
     x, y = round(c0 * plan.scale), round(r0 * plan.scale)
     w = max(1, round((c1 - c0) * plan.scale / level_scale))
     h = max(1, round((r1 - r0) * plan.scale / level_scale))
-    return resize(reader.read_region(x, y, w, h, plan.level), (c1 - c0, r1 - r0))
+    return resize_image(reader.read_region(x, y, w, h, plan.level), (r1 - r0, c1 - c0))
 
 
 def read_chunk(reader: SlideReader, plan: SlidePlan, index: tuple[int, int]) -> np.ndarray:

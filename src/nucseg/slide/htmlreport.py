@@ -202,7 +202,7 @@ def _flag_sections(report: dict[str, Any], flags: list[dict[str, Any]]) -> list[
 
 
 def _chunk_picture(reader: Any, flag: dict[str, Any], *, side: int = 240) -> str:
-    from nucseg.slide.reader import resize
+    from nucseg.scale import resize_image
 
     downsample = max(flag["w"], flag["h"]) / side
     level = reader.best_level(max(downsample, 1.0))
@@ -211,7 +211,7 @@ def _chunk_picture(reader: Any, flag: dict[str, Any], *, side: int = 240) -> str
     pixels = reader.read_region(flag["x"], flag["y"], w, h, level)
     if max(w, h) > side:
         factor = side / max(w, h)
-        pixels = resize(pixels, (max(1, round(w * factor)), max(1, round(h * factor))))
+        pixels = resize_image(pixels, (max(1, round(h * factor)), max(1, round(w * factor))))
     return _jpeg(pixels, side=side)
 
 

@@ -19,6 +19,7 @@ from typing import Any
 
 import numpy as np
 
+from nucseg.scale import resize_labels
 from nucseg.slide import engine
 from nucseg.slide.reader import ImageReader
 
@@ -87,7 +88,7 @@ def segment_image(
             segment, engine.read_chunk(reader, plan, plan.chunks[0])
         )
         work, types = _sequential(labels, types)
-        return _to_pixels(work, rows, cols, plan.scale), types, source
+        return resize_labels(work, image.shape[:2], factor=plan.scale), types, source
     from nucseg.slide.chunkio import read_chunk_info, write_chunk
     from nucseg.slide.writers import compose_labels
 
@@ -137,15 +138,6 @@ def _sequential(labels: np.ndarray, types: Any = None) -> tuple[np.ndarray, Any]
         types = dataclasses.replace(types, labels=lut[types.labels[keep]].astype(np.int64),
                                     probs=types.probs[keep])  # fmt: skip
     return lut[labels], types
-
-
-def _to_pixels(work: np.ndarray, rows: np.ndarray, cols: np.ndarray, scale: float) -> np.ndarray:
-    """Work-resolution labels at the image's pixel centres, as the slide's label image maps them."""
-    if scale == 1.0 and work.shape == (len(rows), len(cols)):
-        return work
-    r = np.minimum(np.floor((rows + 0.5) / scale).astype(np.int64), work.shape[0] - 1)
-    c = np.minimum(np.floor((cols + 0.5) / scale).astype(np.int64), work.shape[1] - 1)
-    return np.ascontiguousarray(work[r][:, c])
 
 
 class ImageSegmenter:
@@ -198,13 +190,15 @@ class ImageSegmenter:
     def __call__(self, image: np.ndarray) -> np.ndarray:
         return self.typed(image)[0]
 
-    def typed(self, image: np.ndarray) -> tuple[np.ndarray, Any]:
-        """Labels of ``image`` and their voted types (None for a model without a type head)."""
+    def typed(self, image: np.ndarray, *, mpp: float | None = None) -> tuple[np.ndarray, Any]:
+        """Labels of ``image`` and their voted types (None for a model without a type head);
+        ``mpp``: this image's microns per pixel, if not the segmenter's (a dataset's sample)."""
         from nucseg._checks import check_image
 
         image = check_image(image)
+        mpp = self.mpp if mpp is None else mpp
         labels, types, source = segment_image(
-            image, self.segment, mpp=self.mpp, model_mpp=self.model_mpp, chunk=self.chunk,
+            image, self.segment, mpp=mpp, model_mpp=self.model_mpp, chunk=self.chunk,
             stain=self.stain,
         )  # fmt: skip
         if self.normaliser is not None:

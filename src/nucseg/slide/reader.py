@@ -27,7 +27,6 @@ import re
 from pathlib import Path
 from typing import Any
 
-import cv2
 import numpy as np
 import tifffile
 
@@ -334,15 +333,6 @@ def open_slide(path: str | os.PathLike) -> SlideReader:
         return ImageReader(path)
     except Exception as err:
         raise ValueError(f"{path}: no reader opens it (OpenSlide, tifffile, image): {err}") from err
-
-
-def resize(image: np.ndarray, size: tuple[int, int]) -> np.ndarray:
-    """Resample ``image`` to ``size`` = ``(width, height)`` (area averaging when shrinking)."""
-    w, h = size
-    if image.shape[1] == w and image.shape[0] == h:
-        return image
-    shrink = w < image.shape[1]
-    return cv2.resize(image, (w, h), interpolation=cv2.INTER_AREA if shrink else cv2.INTER_LINEAR)
 
 
 def file_mpp(path: str | os.PathLike) -> float | None:

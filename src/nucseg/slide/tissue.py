@@ -20,7 +20,8 @@ import cv2
 import numpy as np
 from scipy import ndimage as ndi
 
-from nucseg.slide.reader import SlideReader, resize
+from nucseg.scale import resize_image
+from nucseg.slide.reader import SlideReader
 
 __all__ = ["check_roi", "read_overview", "roi_geometry", "roi_mask", "tissue_mask"]
 
@@ -54,7 +55,8 @@ def read_overview(
             x1, y1 = round((c + w) * width / out_w), round((r + h) * height / out_h)
             lw = max(1, round((x1 - x0) / level_scale))
             lh = max(1, round((y1 - y0) / level_scale))
-            out[r : r + h, c : c + w] = resize(reader.read_region(x0, y0, lw, lh, level), (w, h))
+            region = reader.read_region(x0, y0, lw, lh, level)
+            out[r : r + h, c : c + w] = resize_image(region, (h, w))
     return out, width / out_w
 
 

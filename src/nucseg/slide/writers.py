@@ -159,9 +159,10 @@ def compose_labels(
 
     Each level-0 pixel takes the label of the work pixel it lies in.
     """
+    from nucseg.scale import source_pixels
+
     offsets = _offsets(chunks) if offsets is None else offsets
-    work_rows = np.floor((np.asarray(rows) + 0.5) / scale).astype(np.int64)
-    work_cols = np.floor((np.asarray(cols) + 0.5) / scale).astype(np.int64)
+    work_rows, work_cols = source_pixels(rows, scale), source_pixels(cols, scale)
     out = np.zeros((len(work_rows), len(work_cols)), dtype=np.int32)
     if not len(work_rows) or not len(work_cols):
         return out
@@ -318,7 +319,7 @@ def write_thumbnail(
     A picture over ``max_bytes`` as true-colour PNG is written with a 256-colour palette, and one
     still over it is shrunk until it fits. Returns the ``(width, height)`` written.
     """
-    from nucseg.slide.reader import resize
+    from nucseg.scale import resize_image
 
     if size < 1:
         raise ValueError(f"thumbnail size must be a positive number of pixels, got {size}")
@@ -327,7 +328,8 @@ def write_thumbnail(
         factor = side / max(view.shape[:2])
         width = max(1, round(view.shape[1] * factor))
         height = max(1, round(view.shape[0] * factor))
-        image = outline_overlay(resize(view, (width, height)), chunks, shape=shape, scale=scale)
+        small = resize_image(view, (height, width))
+        image = outline_overlay(small, chunks, shape=shape, scale=scale)
         encoded = encode_thumbnail(image, max_bytes=max_bytes)
         if encoded is not None or side <= 64:
             break

@@ -21,7 +21,8 @@ import openslide
 from openslide.deepzoom import DeepZoomGenerator
 from PIL import Image
 
-from nucseg.slide.reader import SlideReader, resize
+from nucseg.scale import resize_image
+from nucseg.slide.reader import SlideReader
 
 __all__ = ["FORMATS", "ReaderSlide", "TileSource"]
 
@@ -91,7 +92,7 @@ class ReaderSlide(openslide.AbstractSlide):
                 level = len(self.reader.levels) - 1
                 w, h = self.reader.levels[level]
                 pixels = self.reader.read_region(0, 0, w, h, level)
-                self._overview = resize(pixels, self._levels[-1])
+                self._overview = resize_image(pixels, self._levels[-1][::-1])
             return self._overview
 
     def read_region(
