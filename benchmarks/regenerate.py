@@ -141,6 +141,21 @@ JOBS: dict[str, Job] = {
         ((PY, "benchmarks/profile_chunk_compare.py", "--base", "08d940f", "--rounds", "3"),),
         ("results/slide/chunk_profile_compare.json",),
     ),
+    "openvino-settings": Job(
+        (
+            (
+                PY,
+                "benchmarks/bench_openvino_settings.py",
+                "--tiles",
+                "64",
+                "--rounds",
+                "3",
+                "--out",
+                "results/slide/openvino_settings.json",
+            ),
+        ),  # fmt: skip
+        ("results/slide/openvino_settings.json",),
+    ),
     "viewer": Job(((PY, "benchmarks/bench_viewer.py"),), ("results/viewer/bench.json",)),
     "generalisation": Job(
         (
