@@ -2,13 +2,13 @@
 docs/generalisation.md (committed before any candidate was scored).
 
     python benchmarks/select_multisource.py --candidate ms-types=runs/ms-types \\
-        --candidate ms-types-2=runs/ms-types-2 --out-name selection-round2
+        --candidate ms-types-2=runs/ms-types-2 --out-name selection-round2 --prefix round2
 
 The validation images are those the run held out (its seed draws them per source:
 ``nucseg.training.data.split_ids`` and ``source_split``); every candidate is scored on the same
 images, each brought to the model's resolution (``nucseg.scale``). Writes
-``results/generalisation/validation_<name>.json`` per candidate and ``<out-name>.json``. Only
-validation images are read: no test set plays a part.
+``results/generalisation/<prefix>_<name>.json`` per candidate (prefix ``validation``) and
+``<out-name>.json``. Only validation images are read: no test set plays a part.
 """
 
 from __future__ import annotations
@@ -39,8 +39,10 @@ def validation_ids(run: Path) -> dict[str, list[str]]:
     return out
 
 
-def score(name: str, folder: Path, ids: dict[str, list[str]], overwrite: bool) -> dict:
-    path = OUT / f"validation_{name}.json"
+def score(
+    name: str, folder: Path, ids: dict[str, list[str]], overwrite: bool, prefix: str = "validation"
+) -> dict:
+    path = OUT / f"{prefix}_{name}.json"
     if path.exists() and not overwrite:
         return json.loads(path.read_text())
     origin = provenance(models=[folder])
@@ -100,6 +102,11 @@ def main() -> None:
     parser.add_argument(
         "--out-name", default="selection", help="the selection file's name under results/"
     )
+    parser.add_argument(
+        "--prefix",
+        default="validation",
+        help="the per-candidate files' prefix (a round scored with other code keeps its own)",
+    )
     parser.add_argument("--overwrite", action="store_true", help="score again")
     args = parser.parse_args()
     OUT.mkdir(parents=True, exist_ok=True)
@@ -110,11 +117,11 @@ def main() -> None:
         if validation_ids(run) != ids:
             raise SystemExit(f"{run}: holds out other validation images than the first candidate")
     default_folder = resolve_model("default")
-    default = score("default", default_folder, ids, args.overwrite)
+    default = score("default", default_folder, ids, args.overwrite, args.prefix)
     base = _network_facts(default_folder)
     records, checks, facts = {"default": default}, {}, {"default": base}
     for name, run in runs.items():
-        records[name] = score(name, run, ids, args.overwrite)
+        records[name] = score(name, run, ids, args.overwrite, args.prefix)
         facts[name] = _network_facts(run)
         checks[name] = _eligible(records[name], default, facts[name], base)
     eligible = ["default"] + [n for n in runs if all(checks[n].values())]
