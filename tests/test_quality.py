@@ -136,7 +136,7 @@ def test_swap_score_of_grey_or_blank_images_decides_nothing():
 
 
 @pytest.mark.data
-def test_the_slide_matrix_field_swapped_is_flagged_and_remedied(data_root):
+def test_the_slide_matrix_field_swapped_is_flagged(data_root):
     """Row 27 of the slide matrix: TCGA-18-5592 with red and blue swapped (its sparsity ratio
     is 2.2: only the swap score flags the field itself)."""
     from nucseg import datasets
@@ -147,9 +147,10 @@ def test_the_slide_matrix_field_swapped_is_flagged_and_remedied(data_root):
     figures = quality.assess(swapped, np.zeros(swapped.shape[:2], np.int32))
     assert figures["stain_sparsity_ratio"] > quality.SWAPPED_SPARSITY_RATIO
     assert [w for w in figures["warnings"] if "red and blue exchanged?" in w]
+    # the swap score warns but does not decide the remedy (it also fires on genuine
+    # brown-purple palettes, where not normalising costs the model accuracy)
     normaliser = read_normaliser("src/nucseg/data/models/default")
-    remedy = quality.stain_remedy(swapped, normaliser.estimate(swapped, warn=False))
-    assert remedy.startswith("stains look swapped") and "swap score" in remedy
+    assert quality.stain_remedy(swapped, normaliser.estimate(swapped, warn=False)) is None
     assert quality.stain_remedy(image, normaliser.estimate(image, warn=False)) is None
 
 

@@ -296,9 +296,12 @@ def stain_remedy(
     reason = source.get("reason") or ""
     if not source.get("accepted", True):
         flag = f"the normaliser's stain estimate is implausible ({reason})"
-    else:  # the checks of assess(): what it would warn about, it remedies
-        status, ratio, swap = stain_figures(image)
-        swapped = swapped_stains(ratio, swap)
+    else:  # the checks of assess(), but for the red/blue swap score (a warning only)
+        # The swap score also fires on genuine palettes whose haematoxylin leans brown-purple
+        # or grey (bench_stain.py's h-brownpurple-1.0, offpalette-grey-mauve: not normalising
+        # them cost the bundled model up to 0.04 AJI), so it never decides the remedy.
+        status, ratio, _swap = stain_figures(image)
+        swapped = swapped_stains(ratio, None)
         if status.startswith("rejected"):
             flag = f"stain estimate {status}"
         elif swapped:
