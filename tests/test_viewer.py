@@ -402,7 +402,14 @@ def test_view_command_prints_the_address_and_serves(run):
     import signal
 
     command = [sys.executable, "-m", "nucseg.cli", "view", str(run), "--no-browser", "--port", "0"]
-    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+    # SIGINT's default action in the child, whatever this process inherited (a shell starts a
+    # background job with SIGINT ignored, and a child would inherit that and never stop)
+    def default_sigint() -> None:
+        signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                               preexec_fn=default_sigint)  # fmt: skip
     try:
         line = process.stdout.readline()
         assert line.startswith("nucseg view: http://127.0.0.1:"), line
