@@ -193,6 +193,37 @@ JOBS: dict[str, Job] = {
         record=True,
         needs=("runs/ms-types",),
     ),
+    "generalisation-round2": Job(
+        (
+            (
+                PY,
+                "benchmarks/select_multisource.py",
+                "--candidate",
+                "ms-types=runs/ms-types",
+                "--candidate",
+                "ms-types-2=runs/ms-types-2",
+                "--out-name",
+                "selection-round2",
+                "--prefix",
+                "round2",
+                "--overwrite",
+            ),
+        ),  # fmt: skip
+        (
+            "results/generalisation/selection-round2.json",
+            "results/generalisation/round2_default.json",
+            "results/generalisation/round2_ms-types.json",
+            "results/generalisation/round2_ms-types-2.json",
+        ),  # fmt: skip
+        record=True,
+        needs=("runs/ms-types", "runs/ms-types-2"),
+    ),
+    "types-2": Job(
+        ((PY, "benchmarks/score_types.py", "runs/ms-types-2", "--overwrite"),),
+        ("results/types/ms-types-2.json",),
+        record=True,
+        needs=("runs/ms-types-2",),
+    ),
     "stain-candidates": Job(
         tuple(_stain(n, model=f"runs/{n}") for n in ("base32", *CANDIDATES))
         + ((PY, "benchmarks/select_stain.py"),),
