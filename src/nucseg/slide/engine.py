@@ -546,10 +546,8 @@ def run_chunk(
     read_s = time.perf_counter() - start
     labels, types = segment_typed(segmenter, pixels)
     segment_s = time.perf_counter() - start - read_s
-    stain = getattr(segmenter, "stain_decision", None)
-    info = write_chunk(
-        plan, index, pixels, labels, Path(chunk_dir), types=types, stain=stain and stain()
-    )
+    stain = stain_decision(segmenter)
+    info = write_chunk(plan, index, pixels, labels, Path(chunk_dir), types=types, stain=stain)
     r0, c0, r1, c1 = plan.core(index)
     return {
         **info,
@@ -558,6 +556,12 @@ def run_chunk(
         "segment_s": segment_s,
         "seconds": time.perf_counter() - start,
     }
+
+
+def stain_decision(segmenter: Segmenter) -> dict[str, Any] | None:
+    """:meth:`ChunkSegmenter.stain_decision` of a segmenter that has one, else None."""
+    decide = getattr(segmenter, "stain_decision", None)
+    return None if decide is None else decide()
 
 
 def segment_typed(segmenter: Segmenter, pixels: np.ndarray) -> tuple[np.ndarray, Any]:

@@ -94,14 +94,12 @@ def segment_image(
 
     with tempfile.TemporaryDirectory(prefix="nucseg-image-") as folder:
         infos, names = [], None
+        stain = engine.stain_decision(segment)
         for index in plan.chunks:
             pixels = engine.read_chunk(reader, plan, index)
             labels, types = engine.segment_typed(segment, pixels)
             names = names or (types.names if types is not None else None)
-            stain = getattr(segment, "stain_decision", None)
-            write_chunk(
-                plan, index, pixels, labels, Path(folder), types=types, stain=stain and stain()
-            )
+            write_chunk(plan, index, pixels, labels, Path(folder), types=types, stain=stain)
             infos.append(read_chunk_info(Path(folder), engine.chunk_name(index)))
         labels = compose_labels(infos, rows, cols, scale=plan.scale)
         return labels, _chunk_types(infos, names), source

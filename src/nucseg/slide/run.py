@@ -586,7 +586,7 @@ def _run_chunks(
     bar = tqdm(total=len(todo), desc=Path(plan.slide).name, unit="chunk", disable=not progress)
     start, done_pixels = time.perf_counter(), 0
     staged = hasattr(segment, "predict") and hasattr(segment, "labels")
-    stain = segment.stain_decision() if hasattr(segment, "stain_decision") else None
+    stain = engine.stain_decision(segment)
 
     def finish(index: tuple[int, int], pixels: np.ndarray, predicted: Any) -> float:
         t = time.perf_counter()
