@@ -44,13 +44,29 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import shapely
-from bench_slide import build_slides, load_average
+from bench_slide import load as load_average
 
+from nucseg import datasets
 from nucseg.pipeline import provenance, resolve_model
+from nucseg.slide.synthetic import mosaic_region, write_slide
 
 CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
                  "--disable-component-update", "--no-first-run"]  # fmt: skip
 TARGET_NUCLEI = 10_000
+SIZES = {"small": (10240, 10240), "large": (32768, 32768)}
+
+
+def build_slides(folder: Path, n_images: int) -> dict[str, Path]:
+    """The two slides, with the same block of MoNuSeg training images at the same place."""
+    samples = list(datasets.load("monuseg", split="train"))[:n_images]
+    origins = [(2048 + (k // 4) * 1048, 2048 + (k % 4) * 1048) for k in range(len(samples))]
+    region = mosaic_region([s.image for s in samples], origins)
+    paths = {}
+    for name, shape in SIZES.items():
+        start = time.perf_counter()
+        paths[name] = write_slide(folder / f"{name}.tif", shape, region, mpp=0.25, levels=4)
+        print(f"wrote {name} slide {shape} in {time.perf_counter() - start:.0f} s", flush=True)
+    return paths
 
 
 def run_small(slide: Path, out: Path, model: str) -> Path:
