@@ -91,3 +91,22 @@ def test_breast_sources_and_bad_sources_are_refused():
         TrainConfig(sources=({"split": "all"},))
     with pytest.raises(ValueError, match="type_classes"):
         TrainConfig(type_classes=3)
+
+
+def test_retune_of_a_multi_source_run_tunes_on_every_sources_validation_images(data_root, tmp_path):
+    # training tunes on the validation images of every source; `nucseg tune` must tune on the
+    # same ones (it used to take the primary dataset's alone: none here, with val_images 0)
+    from nucseg.train import retune
+    from nucseg.training.data import validation_samples
+
+    two = ({"dataset": "cpm15", "split": "20x", "weight": 1.0, "val_images": 2, "limit": 3},)
+    config = TrainConfig(**{**TINY, "sources": two, "type_classes": 0})
+    run = fit(config, tmp_path / "run", progress=False)
+    import json
+
+    trained = json.loads((run / "thresholds.json").read_text())["validation_images"]
+    assert len(trained) == 2
+    assert [s.id for s in validation_samples(config)] == trained
+    record = retune(run, progress=False)
+    assert record["validation_images"] == trained
+    assert json.loads((run / "thresholds.json").read_text())["validation_images"] == trained

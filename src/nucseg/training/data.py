@@ -82,6 +82,21 @@ def _load_sources(config: TrainConfig, progress: bool) -> tuple[list[Any], set[s
     return samples, val_ids, origin
 
 
+def validation_samples(config: TrainConfig) -> list[Any]:
+    """The run's validation samples of every source, in :func:`prepare_data`'s order, each
+    source's at the model's scale (not normalised): what training tuned its post-processing on,
+    and what ``nucseg tune`` tunes on again."""
+    from nucseg import datasets
+
+    ids, val_ids = split_ids(config)
+    out = [datasets.load_sample(config.dataset, i) for i in ids if i in val_ids]
+    for index, source in enumerate(config.all_sources[1:], start=1):
+        source_ids, source_val = source_split(source, config.seed, index)
+        out += [_at_scale(datasets.load_sample(source["dataset"], i), config.mpp)
+                for i in source_ids if i in source_val]  # fmt: skip
+    return out
+
+
 def _at_scale(sample: Any, mpp: float) -> Any:
     """A sample resampled to ``mpp`` microns per pixel (nucseg.scale's rule)."""
     import dataclasses

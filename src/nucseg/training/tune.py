@@ -12,7 +12,7 @@ import torch
 from tqdm.auto import tqdm
 
 from nucseg.training.config import TrainConfig
-from nucseg.training.data import TrainingData, split_ids
+from nucseg.training.data import TrainingData, validation_samples
 from nucseg.training.outputs import _write_json, write_history
 
 #: Post-processing parameters searched on the validation images at the end of training.
@@ -154,7 +154,6 @@ def retune(
     of a run that had them. The record names the source (``params_from``) and its validation
     images (``source_validation_images``).
     """
-    from nucseg import datasets
     from nucseg.models import load_model
     from nucseg.stain import read_normaliser
 
@@ -188,10 +187,9 @@ def retune(
     config = TrainConfig.from_dict(values)
     normaliser = read_normaliser(run_dir)
     val = []
-    for image_id in sorted(split_ids(config)[1]):
-        sample = datasets.load_sample(config.dataset, image_id)
+    for sample in validation_samples(config):  # every source's, as training tuned on
         image = sample.image if normaliser is None else normaliser.transform(sample.image)
-        val.append((image_id, image, sample.labels))
+        val.append((sample.id, image, sample.labels))
     model = load_model(run_dir / "model.safetensors")
     record = tune_postprocess(model, val, config=config, progress=progress)
     _write_json(run_dir / "thresholds.json", record)
