@@ -171,3 +171,23 @@ def test_a_slide_chunk_names_the_slides_stain_decision(data_root):
     assert remedied["stain_remedy"] == "R"
     assert not any("does not normalise" in w for w in remedied["warnings"] + normalised["warnings"])
     assert any("does not normalise" in w for w in bare["warnings"])
+
+
+def test_the_slide_summary_repeats_no_stain_flag_its_stain_decision_acted_on(caplog):
+    from types import SimpleNamespace
+
+    from nucseg.slide.run import _quality_summary
+
+    swapped = "stains look swapped: the haematoxylin-like stain is spread like eosin (ratio 0.3)"
+    acted = {"warnings": [swapped + "; remedy: not normalised"], "stain_remedy": "not normalised"}
+    left = {"warnings": [swapped + "; nuclei may be missed"], "stain_remedy": None}
+    small = {"warnings": ["little or no tissue (1.0% of pixels look stained)"],
+             "stain_remedy": "not normalised"}  # fmt: skip
+    with caplog.at_level("WARNING", logger="nucseg.slide.run"):
+        summary = _quality_summary([SimpleNamespace(name="a", quality=acted)], "s")
+    assert summary["chunks_flagged"] == 1 and caplog.records == []
+    for figures in (left, small):
+        caplog.clear()
+        with caplog.at_level("WARNING", logger="nucseg.slide.run"):
+            _quality_summary([SimpleNamespace(name="a", quality=figures)], "s")
+        assert len(caplog.records) == 1 and "1 of 1 tissue chunks" in caplog.text

@@ -718,10 +718,10 @@ def _quality_summary(infos: list[Any], stem: str) -> dict[str, Any]:
         for line in figures["warnings"]:
             kinds.setdefault(line.split(" (")[0].split(":")[0], []).append(name)
     for kind, names in kinds.items():
-        example = assessed[names[0]]["warnings"]
-        line = next(w for w in example if w.split(" (")[0].split(":")[0] == kind)
-        if "; remedy: " in line:
-            continue  # the slide's stain fit said so already, in one line of its own
+        first = assessed[names[0]]
+        if kind.startswith("stain") and first.get("stain_remedy"):
+            continue  # a stain flag the slide's stain decision acted on: it said so in its line
+        line = next(w for w in first["warnings"] if w.split(" (")[0].split(":")[0] == kind)
         log.warning("%s: %d of %d tissue chunks: %s", stem, len(names), len(assessed), line)
     return {
         "chunks_assessed": len(assessed),
