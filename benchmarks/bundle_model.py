@@ -3,7 +3,8 @@
     python benchmarks/bundle_model.py runs/default --name default
 
 Copies model.safetensors, config.json, thresholds.json, normaliser.json, history.csv, loss.png,
-soup.json (an averaged model's sources, benchmarks/average_weights.py) and init_from.json (the
+soup.json (an averaged model's sources, benchmarks/average_weights.py), interpolation.json (an
+interpolated model's two sources, benchmarks/interpolate_weights.py) and init_from.json (the
 weights a fine-tuned run started from) into
 src/nucseg/data/models/<name>/, removes those the run lacks (a previous model's), and refuses
 weights over 16 MiB. Replacing a bundled model needs --overwrite. Adds the training images'
@@ -25,7 +26,7 @@ from nucseg.io import atomic_write
 from nucseg.provenance import provenance, write_manifest
 
 FILES = ("model.safetensors", "config.json", "thresholds.json", "normaliser.json", "history.csv",
-         "loss.png", "soup.json", "init_from.json")  # fmt: skip
+         "loss.png", "soup.json", "init_from.json", "interpolation.json")  # fmt: skip
 MAX_BYTES = 16 * 2**20
 DEST = Path(__file__).resolve().parents[1] / "src" / "nucseg" / "data" / "models"
 
@@ -69,6 +70,7 @@ def describe(run: Path, target: Path, args: argparse.Namespace) -> dict:
     thresholds = json.loads((target / "thresholds.json").read_text())
     init = target / "init_from.json"
     soup = target / "soup.json"
+    mix = target / "interpolation.json"
     return {
         "run": str(run),
         "recipe": {
@@ -84,12 +86,16 @@ def describe(run: Path, target: Path, args: argparse.Namespace) -> dict:
                 "steps",
                 "time_budget_s",
                 "seed",
+                "sources",
+                "primary_weight",
+                "type_classes",
             )
         },  # fmt: skip
         "trained_steps": _history_steps(target / "history.csv"),
         "initialised_from": json.loads(init.read_text()) if init.is_file() else None,
         "averaged_from": json.loads(soup.read_text()) if soup.is_file() else None,
         "members": _members(soup) if soup.is_file() else None,
+        "interpolated_from": json.loads(mix.read_text()) if mix.is_file() else None,
         "stain_normaliser": (
             json.loads((target / "normaliser.json").read_text())["name"]
             if (target / "normaliser.json").is_file()

@@ -23,6 +23,11 @@ The convention, kept simple so the docs stay plain prose:
   and a result of a model must carry its weights' SHA-256; a result of the bundled default model
   must carry the current bundled weights' SHA-256 (a new model makes its figures stale here).
 
+``docs/figures.json``'s ``previous_default`` lists the records of decisions taken with an earlier
+default model (selection rounds, the baselines a protocol named before training), which are never
+regenerated: each must carry the weights of the bundled model it names (the earlier default, kept
+under that name).
+
 ``docs/figures.json``'s ``known_stale`` lists quoted files whose figures are out of date and are
 waiting for ``python benchmarks/regenerate.py`` (see its ``--list``): made with other weights
 (an error unless listed), or before ``since``, the commit that changed what they measure. Each
@@ -278,6 +283,7 @@ def check(root: Path = ROOT) -> tuple[list[str], list[str]]:
         errors += problems
         if stale:
             stale_files.add(str(file))
+    errors += _check_previous(root, registry, stale_files, load)
     stale_errors, warnings = _check_stale(root, registry, stale_files, load)
     errors += stale_errors
     for i, entry in enumerate(registry.get("derived", []) + registry.get("not_results", [])):
@@ -325,6 +331,34 @@ def _unmatched(
     )
     return [f"{doc}:{line}: {figure} matches no value of its nearest results file: {what}; "
             f"not in {REGISTRY} either"]  # fmt: skip
+
+
+def _check_previous(
+    root: Path, registry: dict[str, Any], stale_files: set[str], load: Any
+) -> list[str]:
+    """Errors of ``previous_default``: records of a decision taken with an earlier default
+    (a selection round, a baseline the protocol named), which stay as they were made. Each
+    must carry the weights of the bundled model it names (the earlier default, still bundled
+    under that name); it is then not stale and leaves ``stale_files``."""
+    from nucseg.provenance import file_sha256
+
+    errors = []
+    for file, entry in sorted(registry.get("previous_default", {}).items()):
+        weights = root / BUNDLED.parent / entry["model"] / "model.safetensors"
+        if not weights.is_file():
+            errors.append(f"{REGISTRY}: {file}: no bundled model {entry['model']!r}")
+            continue
+        sha = file_sha256(weights)
+        hashes = [h for where, h in weights_hashes(load(Path(file)))
+                  if "models/default" in where]  # fmt: skip
+        if file not in stale_files:
+            errors.append(f"{REGISTRY}: previous_default lists {file}, made with today's default "
+                          "(or no default): remove it")  # fmt: skip
+        elif any(h != sha for h in hashes):
+            errors.append(f"{REGISTRY}: {file}: made with other weights than {entry['model']}'s")
+        else:
+            stale_files.discard(file)
+    return errors
 
 
 def _check_stale(
