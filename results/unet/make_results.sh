@@ -1,11 +1,10 @@
 #!/usr/bin/env bash
 # Regenerate results/unet/ for the bundled default model (from the repository root, after
-# `make install`). The model itself (issue 17, docs/training.md "Stain robustness") is the average
-# of two stain-augmented fine-tunes of the 32-image default-recipe run (configs/stain-norm-long.json
-# and configs/stain-normafter-long.json; bash benchmarks/train_stain_soup.sh trains, averages and
-# tunes), chosen by the rule on the validation images
-# and the stain stress benchmark, and bundled by benchmarks/bundle_model.py. The previous bundle,
-# the soup of two default-recipe runs, is results/unet/soup/README.md.
+# `make install`). The model itself (issue 26, docs/generalisation.md, third round) is the
+# WiSE-FT interpolation, half and half, of the previous default (bundled as stain-soup: the average
+# of two stain-augmented fine-tunes, issue 17) and the multi-source run ms-types-2
+# (benchmarks/interpolate_weights.py), chosen by the rule on held-out validation images of four
+# sources and bundled by benchmarks/bundle_model.py.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 nucseg=".venv/bin/nucseg"
@@ -19,6 +18,6 @@ done
     --paper "U-Net(VGG-16)" "U-Net(VGG-19)" "U-Net(ResNet-50)" "U-Net(ResNet-101)" \
     "U-Net(ResNet-152)" "U-Net(DenseNet-121)" "U-Net(DenseNet-201)" "U-Net(Inception-v3)" \
     "Mask R-CNN" "U-Net Ensemble" "GB U-Net"
-# speed against the previous bundle (the soup of two default-recipe runs, last bundled at 2597206),
-# both timed in this run: issue 17 asks the new default to be no slower than 1.1 times it
-.venv/bin/python benchmarks/bench_segment.py --out "$out/speed.json" --baseline-commit 2597206
+# speed against the previous bundle (stain-soup, last bundled as the default at be27f59), both
+# timed in this run: issue 26 asks the new default to be no slower per pixel
+.venv/bin/python benchmarks/bench_segment.py --out "$out/speed.json" --baseline-commit be27f59
