@@ -94,6 +94,38 @@ def test_openvino_matches_torch_on_any_channel_count(tiny, tta):
     np.testing.assert_allclose(ov_backend.predict(x, softmax=False)[..., 3:], got[..., 3:])
 
 
+def test_softmax_of_a_type_head_touches_its_own_channels_too():
+    logits = np.random.default_rng(2).normal(size=(2, 8, 8, 9)).astype(np.float32)
+    maps = common.softmax_classes(logits.copy(), 3, type_channels=5)
+    np.testing.assert_allclose(maps[..., :3].sum(-1), 1.0, rtol=1e-6)
+    np.testing.assert_allclose(maps[..., 4:].sum(-1), 1.0, rtol=1e-6)
+    np.testing.assert_array_equal(maps[..., 3], logits[..., 3])  # the distance channel
+    assert (np.argmax(maps[..., 4:], -1) == np.argmax(logits[..., 4:], -1)).all()
+
+
+@needs_openvino
+@pytest.mark.parametrize("tta", ["none", "flips"])
+def test_both_backends_give_type_probabilities_alike(tta):
+    # the type head's softmax runs in each backend (in OpenVINO's graph without TTA), so a
+    # typed model's maps are the same through either, the types summing to 1 per pixel
+    torch.manual_seed(1)
+    typed = create_model("unet-resnet18", num_classes=3, distance_channels=1, type_channels=5,
+                         decoder_channels=SLIM).eval()  # fmt: skip
+    cpu = torch.device("cpu")
+    got_backend = backends.make_backend(typed, "openvino", num_classes=3, type_channels=5,
+                                        device=cpu, precision="fp32", tta=tta)  # fmt: skip
+    ref = backends.make_backend(typed, "torch", num_classes=3, type_channels=5, device=cpu,
+                                precision="fp32", tta=tta)  # fmt: skip
+    x = tiles(2, 64, seed=4)
+    got, want = got_backend.predict(x), ref.predict(x)
+    assert got.shape == want.shape == (2, 64, 64, 9)
+    np.testing.assert_allclose(got, want, atol=1e-4)
+    np.testing.assert_allclose(got[..., 4:].sum(-1), 1.0, atol=1e-5)
+    np.testing.assert_allclose(got[..., :3].sum(-1), 1.0, atol=1e-5)
+    raw = got_backend.predict(x, softmax=False)
+    np.testing.assert_allclose(got[..., 3], raw[..., 3], atol=1e-5)  # distance passed through
+
+
 @needs_openvino
 def test_compiled_model_is_cached_by_weights(tmp_path):
     """Runs :func:`test_the_cache_in_its_own_process` in a process of its own: after it, a

@@ -113,15 +113,16 @@ def predict_maps(
     if isinstance(backend, str):
         model.eval()
         backend = make_backend(
-            model, backend, num_classes=num_classes, device=device, precision=precision, tta=tta
-        )
+            model, backend, num_classes=num_classes, type_channels=type_channels, device=device,
+            precision=precision, tta=tta,
+        )  # fmt: skip
     padded, crop = pad_to(image, (tile, tile))
     grid = tile_grid(padded.shape[:2], tile=tile, overlap=overlap)
     stitcher = MapStitcher(padded.shape[:2])
     for batch in _batches(grid, batch_size):
         maps = backend.predict(np.stack([padded[s] for s in batch]), softmax=softmax)
-        if softmax and type_channels:  # the type head's own softmax
-            maps = softmax_last(maps, type_channels)
+        if softmax and type_channels and getattr(backend, "type_channels", 0) != type_channels:
+            maps = softmax_last(maps, type_channels)  # a backend that left the types as logits
         for tile_map, slices in zip(maps, batch, strict=True):
             stitcher.add(tile_map, slices)
     return np.ascontiguousarray(stitcher.result()[crop], dtype=np.float32)
@@ -234,7 +235,8 @@ class Predictor:
             options = self.options
             self._backend = make_backend(
                 lambda: self.model, options["backend"], num_classes=self.num_classes,
-                device=self._device, precision=options["precision"], tta=options["tta"],
+                type_channels=self.type_channels, device=self._device,
+                precision=options["precision"], tta=options["tta"],
                 weights_sha256=self.weights_sha256,
             )  # fmt: skip
             log.info("network backend: %s", self._backend.name)

@@ -52,6 +52,7 @@ def make_backend(
     name: str = "auto",
     *,
     num_classes: int,
+    type_channels: int = 0,
     device: Any = None,
     precision: str = "auto",
     tta: str = "none",
@@ -68,6 +69,8 @@ def make_backend(
         The backend.
     num_classes : int
         Class channels of the output.
+    type_channels : int, optional
+        The output's last channels are a type head's; ``predict`` gives their probabilities.
     device : torch.device, optional
         Where torch runs (default: a GPU if there is one); OpenVINO runs on the CPU.
     precision, tta : str
@@ -90,22 +93,24 @@ def make_backend(
     if name == "auto" and not (openvino_runtime.available() and _on_cpu(device)):
         name = "torch"
     if name == "torch":
-        return _torch_backend(model, num_classes, device, precision, tta)
+        return _torch_backend(model, num_classes, device, precision, tta, type_channels)
     if not _on_cpu(device):
         raise ValueError(f"the openvino backend runs on the CPU, not on {device}")
     if not openvino_runtime.available():
         raise ImportError("the openvino backend needs the openvino package: pip install openvino")
     try:
         backend = openvino_runtime.OpenVINOBackend(
-            model, num_classes=num_classes, precision=precision, tta=tta,
-            weights_sha256=weights_sha256,
+            model, num_classes=num_classes, type_channels=type_channels, precision=precision,
+            tta=tta, weights_sha256=weights_sha256,
         )  # fmt: skip
         if name == "auto" and not _agrees(backend, model, num_classes, device, precision):
-            return _torch_backend(model, num_classes, device, precision, tta)
+            return _torch_backend(model, num_classes, device, precision, tta, type_channels)
     except Exception as error:  # noqa: BLE001  (auto falls back; an explicit choice fails)
         if name == "openvino":
             raise
-        fallback = _torch_backend(model, num_classes, device, precision, tta)  # a damaged model
+        fallback = _torch_backend(  # a damaged model
+            model, num_classes, device, precision, tta, type_channels
+        )
         log.warning("OpenVINO failed (%s); using torch", error)  # fails here, as itself
         return fallback
     return backend
@@ -122,13 +127,15 @@ def _on_cpu(device: Any) -> bool:
     return getattr(device, "type", str(device)) == "cpu"
 
 
-def _torch_backend(model: Any, num_classes: int, device: Any, precision: str, tta: str) -> Any:
+def _torch_backend(
+    model: Any, num_classes: int, device: Any, precision: str, tta: str, type_channels: int = 0
+) -> Any:
     from nucseg.backends.openvino_runtime import materialise
     from nucseg.backends.torch_runtime import TorchBackend, default_device
 
     return TorchBackend(
         materialise(model), num_classes=num_classes, precision=precision, tta=tta,
-        device=default_device() if device is None else device,
+        device=default_device() if device is None else device, type_channels=type_channels,
     )  # fmt: skip
 
 

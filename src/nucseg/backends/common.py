@@ -60,15 +60,22 @@ def tta_numpy(forward, tiles: np.ndarray, tta: str) -> np.ndarray:
     return total / len(plan)
 
 
-def softmax_classes(maps: np.ndarray, num_classes: int) -> np.ndarray:
-    """Softmax over the first ``num_classes`` channels of ``(..., C)`` logits, in place; the
-    other channels (distance, type logits) are left as they are."""
-    logits = maps[..., :num_classes]
+def softmax_classes(maps: np.ndarray, num_classes: int, type_channels: int = 0) -> np.ndarray:
+    """Softmax over the first ``num_classes`` channels of ``(..., C)`` logits, and over the last
+    ``type_channels`` (a type head's), in place; the channels between (distances) are left as
+    they are."""
+    _softmax_in_place(maps, 0, num_classes)
+    if type_channels:
+        _softmax_in_place(maps, maps.shape[-1] - type_channels, maps.shape[-1])
+    return maps
+
+
+def _softmax_in_place(maps: np.ndarray, start: int, stop: int) -> None:
+    logits = maps[..., start:stop]
     logits -= logits.max(axis=-1, keepdims=True)
     np.exp(logits, out=logits)
     logits /= logits.sum(axis=-1, keepdims=True)
-    maps[..., :num_classes] = logits
-    return maps
+    maps[..., start:stop] = logits
 
 
 def probe_tile(size: int = 256) -> np.ndarray:

@@ -76,6 +76,9 @@ class OpenVINOBackend:
     num_classes : int
         Class channels, turned into probabilities by :meth:`predict`; the output may hold any
         number of further channels.
+    type_channels : int, optional
+        The output's last channels are a type head's logits, turned into probabilities by
+        :meth:`predict` too.
     precision : {"auto", "bf16", "fp32"}
         "auto" is bf16 on CPUs with native bf16 (AMX or AVX512-BF16), else fp32.
     tta : {"none", "flips", "d4"}
@@ -99,6 +102,7 @@ class OpenVINOBackend:
         model: Any,
         *,
         num_classes: int,
+        type_channels: int = 0,
         precision: str = "auto",
         tta: str = "none",
         weights_sha256: str | None = None,
@@ -107,6 +111,7 @@ class OpenVINOBackend:
 
         transforms(tta)
         self.num_classes, self.tta = num_classes, tta
+        self.type_channels = int(type_channels)
         self.precision = ov_precision(precision)
         if weights_sha256 is None:
             from nucseg.models.export import weights_digest
@@ -133,7 +138,11 @@ class OpenVINOBackend:
     def _request(self, *, softmax: bool) -> Any:
         """The infer request of the network, with the class softmax inside the graph or not."""
         if softmax not in self._requests:
-            network = with_softmax(self.network, self.num_classes) if softmax else self.network
+            network = (
+                with_softmax(self.network, self.num_classes, self.type_channels)
+                if softmax
+                else self.network
+            )
             config = {"INFERENCE_PRECISION_HINT": self.precision, "PERFORMANCE_HINT": "LATENCY"}
             if os.environ.get("NUCSEG_OPENVINO_THREADS"):
                 config["INFERENCE_NUM_THREADS"] = int(os.environ["NUCSEG_OPENVINO_THREADS"])
@@ -149,11 +158,12 @@ class OpenVINOBackend:
     def predict(self, tiles: np.ndarray, *, softmax: bool = True) -> np.ndarray:
         """``(N, H, W, 3) uint8`` tiles -> ``(N, H, W, C)`` float32 maps, as
         :meth:`nucseg.backends.torch_runtime.TorchBackend.predict`. Without TTA the softmax runs
-        inside the compiled graph; with TTA, on the mean of the logits, as torch does."""
+        inside the compiled graph (the type head's too); with TTA, on the mean of the logits, as
+        torch does."""
         if softmax and self.tta == "none":
             return self._forward(tiles, softmax=True)
         maps = tta_numpy(self._forward, tiles, self.tta)
-        return softmax_classes(maps, self.num_classes) if softmax else maps
+        return softmax_classes(maps, self.num_classes, self.type_channels) if softmax else maps
 
 
 def materialise(model: Any) -> Any:
@@ -161,13 +171,15 @@ def materialise(model: Any) -> Any:
     return model if hasattr(model, "state_dict") else model()
 
 
-def with_softmax(network: Any, num_classes: int) -> Any:
+def with_softmax(network: Any, num_classes: int, type_channels: int = 0) -> Any:
     """The OpenVINO model ``network`` (NHWC logits) with a softmax over its first
-    ``num_classes`` channels; the further channels pass through unchanged."""
+    ``num_classes`` channels and one over its last ``type_channels`` (a type head's); the
+    channels between pass through unchanged."""
     import openvino.opset13 as ops
     from openvino.preprocess import PrePostProcessor
 
     channels = network.output(0).get_partial_shape()[3].get_length()
+    middle = channels - type_channels
 
     def softmax(logits: Any) -> Any:
         def part(start: int, stop: int) -> Any:
@@ -175,9 +187,12 @@ def with_softmax(network: Any, num_classes: int) -> Any:
             return ops.slice(logits, np.array([start], i64), np.array([stop], i64),
                              np.array([1], i64), np.array([3], i64))  # fmt: skip
 
-        maps = ops.softmax(part(0, num_classes), 3)
-        if channels > num_classes:
-            maps = ops.concat([maps, part(num_classes, channels)], 3)
+        parts = [ops.softmax(part(0, num_classes), 3)]
+        if middle > num_classes:
+            parts.append(part(num_classes, middle))
+        if type_channels:
+            parts.append(ops.softmax(part(middle, channels), 3))
+        maps = ops.concat(parts, 3) if len(parts) > 1 else parts[0]
         return maps.output(0)
 
     steps = PrePostProcessor(network.clone())

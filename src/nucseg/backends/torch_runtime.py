@@ -78,6 +78,8 @@ class TorchBackend:
         Network returning ``(N, C, H, W)`` logits, the first ``num_classes`` class scores.
     num_classes : int
         Class channels, turned into probabilities by :meth:`predict`.
+    type_channels : int, optional
+        The output's last channels are a type head's logits, turned into probabilities too.
     device : torch.device
         Where to run.
     precision : {"auto", "bf16", "fp32"}
@@ -94,10 +96,12 @@ class TorchBackend:
         *,
         num_classes: int,
         device: torch.device,
+        type_channels: int = 0,
         precision: str = "auto",
         tta: str = "none",
     ) -> None:
         self.model, self.num_classes, self.device = model, num_classes, device
+        self.type_channels = int(type_channels)
         self.precision, self.tta = check_precision(precision), tta
         transforms(tta)  # validate early
         self.mean, self.std = input_stats(model)
@@ -107,10 +111,14 @@ class TorchBackend:
 
     def predict(self, tiles: np.ndarray, *, softmax: bool = True) -> np.ndarray:
         """``(N, H, W, 3) uint8`` tiles -> ``(N, H, W, C)`` float32 maps: class probabilities
-        (logits with ``softmax=False``), then any further channels as the network gives them."""
+        (logits with ``softmax=False``), then any further channels as the network gives them,
+        the last ``type_channels`` as type probabilities (logits without softmax)."""
         with torch.inference_mode(), autocast(self.device, self.precision):
             x = to_tensor(tiles, self.device, mean=self.mean, std=self.std)
             out = forward_tta(self.model, x, tta=self.tta)
             if softmax:
                 out[:, : self.num_classes] = torch.softmax(out[:, : self.num_classes], dim=1)
+                if self.type_channels:
+                    t = out.shape[1] - self.type_channels
+                    out[:, t:] = torch.softmax(out[:, t:].float(), dim=1).to(out.dtype)
             return out.permute(0, 2, 3, 1).cpu().numpy()

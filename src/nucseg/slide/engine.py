@@ -428,7 +428,7 @@ def predict_tissue_maps(
     for start in range(0, len(run), batch_size):
         batch = run[start : start + batch_size]
         maps = backend.predict(np.stack([padded[s] for s in batch]))
-        if types:  # the type head's own softmax
+        if types and getattr(backend, "type_channels", 0) != types:  # types left as logits
             maps = softmax_last(maps, types)
         channels = maps.shape[-1]
         for tile_map, slices in zip(maps, batch, strict=True):
