@@ -21,9 +21,11 @@ ROOT = Path(__file__).resolve().parents[1]
 MODEL = BUNDLED_MODELS / "default"
 RESULTS = ROOT / "results" / "unet" / "default_monuseg-breast.json"
 EXAMPLE = ROOT / "examples" / "monuseg-breast-crop"
-#: The bundled model's AJI on the bundled example is 0.674 (the stain-robust average of issue 17,
-#: 2026-11-30); a drop below this floor means the model or the pipeline got worse.
-EXAMPLE_AJI_FLOOR = 0.62
+#: The bundled model's AJI on the bundled example is 0.617 (wise-0.5, the multi-source default of
+#: issue 26, 2026-12-07; the previous default, stain-soup, had 0.674 on this crop, and scores
+#: lower on the whole test sets); a drop below this floor means the model or the pipeline got
+#: worse.
+EXAMPLE_AJI_FLOOR = 0.59
 
 
 def test_bundled_model_matches_its_manifest():
