@@ -4,7 +4,8 @@ Larger tiles with a small overlap compute each pixel fewer times (256-pixel tile
 compute each pixel about 1.8 times; 512 at 64 pixels about 1.3 times). The model's
 post-processing thresholds were tuned with its own setting, so each candidate is scored with
 those same thresholds on the model's validation images (held-out non-breast MoNuSeg images, listed
-in its thresholds.json; no test image), with the model's per-image stain normalisation. Network
+in its thresholds.json, of every source it learnt from, each at the model's scale; no test
+image), with the model's per-image stain normalisation if it has one. Network
 seconds per 1000 x 1000 image (prediction and stitching, no post-processing) are timed in the same
 run. Writes results/slide/tiles.json.
 
@@ -21,12 +22,21 @@ from pathlib import Path
 
 import numpy as np
 
-from nucseg import datasets, metrics
+from nucseg import metrics
 from nucseg.infer import Predictor
 from nucseg.pipeline import provenance, resolve_model
 from nucseg.provenance import portable_path
 
 SETTINGS = [(256, 0.25), (256, 0.125), (256, 0.0625), (512, 0.125), (512, 0.25), (1024, 0.0625)]
+
+
+def validation_images(folder: Path) -> list:
+    """The model's validation samples, as its training held them out (every source's)."""
+    from nucseg.train import TrainConfig
+    from nucseg.training.data import validation_samples
+
+    config = json.loads((folder / "config.json").read_text())
+    return validation_samples(TrainConfig.from_dict(config))
 
 
 def main() -> None:
@@ -44,8 +54,10 @@ def main() -> None:
     origin = provenance(models=[resolve_model(args.model)])
     folder = resolve_model(args.model)
     thresholds = json.loads((folder / "thresholds.json").read_text())
-    ids = thresholds["validation_images"]
-    samples = [datasets.load_sample("monuseg", i) for i in ids]
+    samples = validation_images(folder)
+    ids = [s.id for s in samples]
+    if ids != thresholds["validation_images"]:
+        raise SystemExit(f"{folder}: its config's validation images are not its thresholds.json's")
     rows = []
     for tile, overlap in args.settings:
         predictor = Predictor.load(folder, tile=tile, overlap=overlap)
@@ -60,6 +72,12 @@ def main() -> None:
             "overlap": overlap,
             "validation_aji": float(np.mean(scores)),
             "per_image_aji": dict(zip(ids, scores, strict=True)),
+            "per_source_aji": {
+                name: float(
+                    np.mean([a for a, s in zip(scores, samples, strict=True) if s.dataset == name])
+                )
+                for name in dict.fromkeys(s.dataset for s in samples)
+            },  # fmt: skip
             "network_seconds_per_image": float(np.mean(seconds)),
         }
         print(json.dumps(row), flush=True)
