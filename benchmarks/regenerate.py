@@ -224,6 +224,131 @@ JOBS: dict[str, Job] = {
         record=True,
         needs=("runs/ms-types-2",),
     ),
+    # A selection round's "default" is the bundled default of the checkout it runs in: these
+    # records were made when stain-soup was the default (docs/figures.json, previous_default).
+    "generalisation-round3": Job(
+        tuple(
+            (
+                PY,
+                "benchmarks/interpolate_weights.py",
+                "src/nucseg/data/models/stain-soup",
+                "runs/ms-types-2",
+                "--alpha",
+                a,
+                "--out",
+                f"runs/wise-{a}",
+                "--overwrite",
+            )
+            for a in ("0.3", "0.5", "0.7")
+        )
+        + (
+            (
+                PY,
+                "benchmarks/select_multisource.py",
+                "--candidate",
+                "ms-types-2=runs/ms-types-2",
+                *(
+                    x
+                    for a in ("0.3", "0.5", "0.7")
+                    for x in ("--candidate", f"wise-{a}=runs/wise-{a}")
+                ),
+                "--out-name",
+                "selection-round3",
+                "--prefix",
+                "round3",
+                "--overwrite",
+            ),
+        ),  # fmt: skip
+        (
+            "results/generalisation/selection-round3.json",
+            *(
+                f"results/generalisation/round3_{n}.json"
+                for n in ("default", "ms-types-2", "wise-0.3", "wise-0.5", "wise-0.7")
+            ),
+        ),  # fmt: skip
+        record=True,
+        needs=("runs/ms-types-2",),
+    ),
+    "generalisation-round3-tests": Job(
+        (
+            *(
+                (
+                    PY,
+                    "-m",
+                    "nucseg.cli",
+                    "evaluate",
+                    "--model",
+                    "runs/wise-0.5",
+                    "--dataset",
+                    d,
+                    "--overwrite",
+                    "--json",
+                    f"results/generalisation/round3/wise-0.5_{d}.json",
+                )
+                for d in ("monuseg-breast", "tnbc")
+            ),
+            (PY, "benchmarks/score_types.py", "runs/wise-0.5", "--overwrite"),
+        ),  # fmt: skip
+        (
+            "results/generalisation/round3/wise-0.5_monuseg-breast.json",
+            "results/generalisation/round3/wise-0.5_tnbc.json",
+            "results/types/wise-0.5.json",
+        ),  # fmt: skip
+        record=True,
+        needs=("runs/wise-0.5",),
+    ),
+    "loso": Job(
+        (
+            # the protocol's baseline: the default of its writing, now bundled as stain-soup
+            *(
+                (
+                    PY,
+                    "-m",
+                    "nucseg.cli",
+                    "evaluate",
+                    "--model",
+                    "stain-soup",
+                    "--dataset",
+                    d,
+                    "--overwrite",
+                    "--json",
+                    f"results/generalisation/loso/default_{d}.json",
+                )
+                for d in ("consep-train", "dsb2018-he")
+            ),
+            *(
+                (
+                    PY,
+                    "-m",
+                    "nucseg.cli",
+                    "evaluate",
+                    "--model",
+                    f"runs/{run}",
+                    "--dataset",
+                    d,
+                    "--overwrite",
+                    "--json",
+                    f"results/generalisation/loso/{run}_{d}.json",
+                )
+                for run, d in (
+                    ("loso-consep", "consep-train"),
+                    ("loso-consep", "consep-test"),
+                    ("loso-dsb", "dsb2018-he"),
+                )
+            ),
+            (PY, "benchmarks/loso_table.py"),
+        ),  # fmt: skip
+        (
+            "results/generalisation/loso/default_consep-train.json",
+            "results/generalisation/loso/default_dsb2018-he.json",
+            "results/generalisation/loso/loso-consep_consep-train.json",
+            "results/generalisation/loso/loso-consep_consep-test.json",
+            "results/generalisation/loso/loso-dsb_dsb2018-he.json",
+            "results/generalisation/loso/table.json",
+        ),  # fmt: skip
+        record=True,
+        needs=("runs/loso-consep", "runs/loso-dsb"),
+    ),
     "stain-candidates": Job(
         tuple(_stain(n, model=f"runs/{n}") for n in ("base32", *CANDIDATES))
         + ((PY, "benchmarks/select_stain.py"),),

@@ -116,13 +116,15 @@ def vote_types(labels: np.ndarray, type_probs: np.ndarray) -> NucleusTypes:
             f"got {type_probs.shape}"
         )
     names = type_names(type_probs.shape[2])
-    flat = labels.ravel().astype(np.intp)
+    rows, cols = np.nonzero(labels)  # only the nuclei's pixels vote: gather just those
+    flat = labels[rows, cols].astype(np.intp)
+    votes = type_probs[rows, cols, 1:]
     top = int(flat.max(initial=0))
     present = np.flatnonzero(np.bincount(flat, minlength=top + 1)[1:]) + 1
     sums = np.stack(
         [
-            np.bincount(flat, weights=type_probs[..., k].ravel(), minlength=top + 1)[present]
-            for k in range(1, type_probs.shape[2])
+            np.bincount(flat, weights=votes[:, k], minlength=top + 1)[present]
+            for k in range(votes.shape[1])
         ],
         axis=1,
     ).reshape(present.size, len(names))
