@@ -56,7 +56,9 @@ def chunk_setup(folder: Path, **predict: Any) -> tuple[np.ndarray, Any, ChunkSeg
         np.concatenate([np.concatenate(crops[:2], 1), np.concatenate(crops[2:], 1)], 0)
     )
     predictor = engine_predictor(folder, **{k: v for k, v in predict.items() if v is not None})
-    return image, predictor, ChunkSegmenter(predictor, predictor.normaliser.estimate(image))
+    normaliser = predictor.normaliser  # None: a model that segments as scanned
+    source = None if normaliser is None else normaliser.estimate(image)
+    return image, predictor, ChunkSegmenter(predictor, source)
 
 
 def _forward_batches(predictor: Any, image: np.ndarray, pixels: int) -> list[np.ndarray]:
