@@ -84,3 +84,17 @@ def test_bundled_model_keeps_its_floor_on_the_bundled_example():
     image = io.read_image(EXAMPLE / "images" / "TCGA-A7-A13E-crop.png")
     labels = io.read_labels(EXAMPLE / "labels" / "TCGA-A7-A13E-crop.png")
     assert metrics.aji(labels, make_segmenter(model="default")(image)) >= EXAMPLE_AJI_FLOOR
+
+
+def test_the_default_segments_as_scanned_and_types_nuclei():
+    # issue 26: the multi-source default has no per-image stain normaliser (nothing it could
+    # make worse); issue 30: it types every nucleus
+    from nucseg.infer import Predictor
+    from nucseg.stain import read_normaliser
+
+    assert read_normaliser(MODEL) is None
+    predictor = Predictor.load(MODEL)
+    assert predictor.normaliser is None and predictor.type_channels == 5
+    image = io.read_image(EXAMPLE / "images" / "TCGA-A7-A13E-crop.png")
+    labels, types = make_segmenter(model="default").typed(image)
+    assert labels.max() > 50 and len(types.labels) == labels.max()

@@ -149,7 +149,7 @@ def test_the_slide_matrix_field_swapped_is_flagged(data_root):
     assert [w for w in figures["warnings"] if "red and blue exchanged?" in w]
     # the swap score warns but does not decide the remedy (it also fires on genuine
     # brown-purple palettes, where not normalising costs the model accuracy)
-    normaliser = read_normaliser("src/nucseg/data/models/default")
+    normaliser = read_normaliser("src/nucseg/data/models/stain-soup")
     assert quality.stain_remedy(swapped, normaliser.estimate(swapped, warn=False)) is None
     assert quality.stain_remedy(image, normaliser.estimate(image, warn=False)) is None
 

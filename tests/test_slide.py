@@ -302,7 +302,7 @@ def test_tissue_maps_equal_predict_maps_and_skip_glass():
     from nucseg.pipeline import resolve_model
     from nucseg.slide.engine import predict_tissue_maps, stained
 
-    predictor = Predictor.load(resolve_model("default"), tile=256, overlap=0.25)
+    predictor = Predictor.load(resolve_model("stain-soup"), tile=256, overlap=0.25)  # normalises
     # 320 x 448: tile_grid at 25 % and spread_grid with 64 pixels give the same tiles
     image = read_image("examples/monuseg-breast-crop/images/TCGA-A7-A13E-crop.png")[:320, :448]
     assert image.shape[:2] == (320, 448)
@@ -449,8 +449,9 @@ def test_bundled_model_on_a_real_crop_loads_beside_the_stain_fit(data_root, tmp_
     sample = datasets.load_sample("monuseg", "TCGA-18-5592-01Z-00-DX1")
     image = np.ascontiguousarray(sample.image[:512, :512])
     path = write_slide(tmp_path / "crop.tif", image.shape[:2], image, mpp=0.25, compression="zlib")
-    report = segment_slide(path, tmp_path / "out", progress=False)
-    folder = resolve_model("default")
+    # the bundled model that normalises (the default has no normaliser: nothing to fit)
+    report = segment_slide(path, tmp_path / "out", model="stain-soup", progress=False)
+    folder = resolve_model("stain-soup")
     assert report["model"]["sha256"] == _sha256(folder / "model.safetensors")
     assert report["stain"]["normaliser"] == "macenko" and report["stain"]["source"]["accepted"]
     labels = ChunkSegmenter(engine_predictor(folder), report["stain"]["source"])(image)

@@ -11,7 +11,7 @@ from nucseg import datasets, metrics
 from nucseg.quality import assess, stain_remedy
 
 pytestmark = pytest.mark.data
-MODEL = "src/nucseg/data/models/default"
+MODEL = "src/nucseg/data/models/stain-soup"  # the bundled model that normalises
 
 
 def _swapped(image: np.ndarray) -> np.ndarray:
@@ -73,13 +73,13 @@ def test_the_stain_policy_is_a_model_parameter(crop):
 
     image, _ = crop
     swapped = _swapped(image)
-    check_segmenter(model="default", stain="never")
+    check_segmenter(model="stain-soup", stain="never")
     with pytest.raises(ValueError, match="stain must be one of"):
-        check_segmenter(model="default", stain="sometimes")
-    auto = make_segmenter(model="default")
+        check_segmenter(model="stain-soup", stain="sometimes")
+    auto = make_segmenter(model="stain-soup")
     auto(swapped)
     assert auto.normaliser.last_estimate["remedy"].endswith("segmented as scanned")
-    forced = make_segmenter(model="default", stain="always")
+    forced = make_segmenter(model="stain-soup", stain="always")
     forced(swapped)
     assert not forced.normaliser.last_estimate.get("remedy")
 
@@ -95,7 +95,7 @@ def test_the_remedy_and_the_quality_figures_share_one_stain_estimate(crop, monke
     check = quality.stain_check
     monkeypatch.setattr(quality, "stain_check", lambda img: calls.append(1) or check(img))
     monkeypatch.setattr(quality, "_LAST_STAIN", (None, None))
-    segmenter = make_segmenter(model="default")
+    segmenter = make_segmenter(model="stain-soup")
     labels = segmenter(image)
     figures = assess(image, labels, stain_estimate=segmenter.normaliser.last_estimate)
     assert len(calls) == 1 and figures["stain_swap_score"] > 0
@@ -119,7 +119,7 @@ def test_a_brown_purple_haematoxylin_is_normalised_as_usual(data_root):
     bench = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(bench)
     restain = bench.variants({})["h-brownpurple-1.0"]
-    normaliser = read_normaliser("src/nucseg/data/models/default")
+    normaliser = read_normaliser("src/nucseg/data/models/stain-soup")
     fired = 0
     for image_id in bench.validation_ids():
         image = restain(load_sample("monuseg", image_id, root=data_root).image)
