@@ -128,6 +128,18 @@ def test_cluster_options_are_checked_before_any_work(tmp_path, capsys, option, m
 # --- an external cluster: `dask scheduler` and two `dask worker` processes ----------------------
 
 
+def _scheduler_address(file, *, deadline: float) -> str:
+    """The address in dask's scheduler file, once it is whole: the scheduler creates the file
+    and then writes it, so a read between the two finds it empty (a CI failure under load)."""
+    while True:
+        try:
+            return json.loads(file.read_text())["address"]
+        except (FileNotFoundError, json.JSONDecodeError, KeyError):
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.2)
+
+
 @pytest.fixture(scope="module")
 def external_cluster(tmp_path_factory):
     """A scheduler and two single-threaded workers (no nanny) on 127.0.0.1, stopped at the end."""
@@ -141,10 +153,7 @@ def external_cluster(tmp_path_factory):
              "--scheduler-file", str(file)],
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
         ))  # fmt: skip
-        deadline = time.monotonic() + 120
-        while not file.is_file() and time.monotonic() < deadline:
-            time.sleep(0.2)
-        address = json.loads(file.read_text())["address"]
+        address = _scheduler_address(file, deadline=time.monotonic() + 120)
         for _ in range(2):
             started.append(subprocess.Popen(
                 [*cli, "worker", address, "--nthreads", "1", "--no-nanny", "--no-dashboard",
@@ -266,3 +275,20 @@ def _wait_for(condition, timeout: float = 300.0):
         assert time.monotonic() < deadline, "timed out"
         time.sleep(0.05)
     return value
+
+
+def test_the_scheduler_address_waits_for_a_whole_file(tmp_path):
+    import threading
+
+    file = tmp_path / "scheduler.json"
+    file.write_text("")  # created, not yet written: what the fixture once read
+
+    def write():
+        time.sleep(0.5)
+        file.write_text(json.dumps({"address": "tcp://127.0.0.1:1"}))
+
+    threading.Thread(target=write).start()
+    assert _scheduler_address(file, deadline=time.monotonic() + 30) == "tcp://127.0.0.1:1"
+    file.write_text("")
+    with pytest.raises(json.JSONDecodeError):
+        _scheduler_address(file, deadline=time.monotonic() + 0.5)
