@@ -49,15 +49,6 @@ def _batches(grid: list, size: int) -> Iterator[list]:
         yield grid[start : start + size]
 
 
-def softmax_last(maps: np.ndarray, channels: int) -> np.ndarray:
-    """``(N, H, W, C)`` maps with a softmax over their last ``channels`` channels."""
-    maps = np.array(maps, dtype=np.float32, copy=True)
-    logits = maps[..., -channels:]
-    logits = np.exp(logits - logits.max(axis=-1, keepdims=True))
-    maps[..., -channels:] = logits / logits.sum(axis=-1, keepdims=True)
-    return maps
-
-
 def predict_maps(
     model: Any,
     image: np.ndarray,
@@ -121,8 +112,6 @@ def predict_maps(
     stitcher = MapStitcher(padded.shape[:2])
     for batch in _batches(grid, batch_size):
         maps = backend.predict(np.stack([padded[s] for s in batch]), softmax=softmax)
-        if softmax and type_channels and getattr(backend, "type_channels", 0) != type_channels:
-            maps = softmax_last(maps, type_channels)  # a backend that left the types as logits
         for tile_map, slices in zip(maps, batch, strict=True):
             stitcher.add(tile_map, slices)
     return np.ascontiguousarray(stitcher.result()[crop], dtype=np.float32)

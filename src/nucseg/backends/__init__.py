@@ -2,8 +2,9 @@
 
 A backend's ``predict(tiles, *, softmax=True) -> maps`` takes ``(N, H, W, 3) uint8`` tiles and
 returns ``(N, H, W, C)`` float32 maps: the probabilities of the first ``num_classes`` channels,
-then whatever further channels the network has (distance, type logits), averaged over the test-time
-augmentation. The engine (:mod:`nucseg.infer`) tiles, calls it and stitches.
+then whatever further channels the network has (distances), then the probabilities of its last
+``type_channels`` (a type head's), averaged over the test-time augmentation. The engine
+(:mod:`nucseg.infer`) tiles, calls it and stitches.
 
 ``make_backend(model, name="auto", ...)``: "auto" is OpenVINO on a CPU when it is installed and
 its maps agree with torch's on a probe tile (:data:`AUTO_TOLERANCE`), else torch.
@@ -36,6 +37,7 @@ AUTO_TOLERANCE = 0.02
 
 class Backend(Protocol):
     name: str
+    type_channels: int
 
     def predict(self, tiles: np.ndarray, *, softmax: bool = True) -> np.ndarray: ...
 

@@ -406,7 +406,6 @@ def predict_tissue_maps(
     like any other tile. ``stats["network_pixels"]``, when given, grows by the pixels of the
     tiles given to the network.
     """
-    from nucseg.infer import softmax_last
     from nucseg.tiling import MapStitcher, pad_to
 
     options = predictor.options
@@ -427,9 +426,7 @@ def predict_tissue_maps(
         stats["network_pixels"] = stats.get("network_pixels", 0) + len(run) * tile * tile
     for start in range(0, len(run), batch_size):
         batch = run[start : start + batch_size]
-        maps = backend.predict(np.stack([padded[s] for s in batch]))
-        if types and getattr(backend, "type_channels", 0) != types:  # types left as logits
-            maps = softmax_last(maps, types)
+        maps = backend.predict(np.stack([padded[s] for s in batch]))  # types as probabilities
         channels = maps.shape[-1]
         for tile_map, slices in zip(maps, batch, strict=True):
             stitcher.add(tile_map, slices)
