@@ -16,7 +16,6 @@ sources and the SHA-256 of their weight files.
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import shutil
 from pathlib import Path
@@ -25,7 +24,7 @@ import torch
 
 from nucseg.atomic import write_json
 from nucseg.models import load_model, save_model
-from nucseg.provenance import provenance
+from nucseg.provenance import file_sha256, provenance
 
 SETTINGS = ("config.json", "normaliser.json", "thresholds.json")
 
@@ -41,10 +40,6 @@ def average_state_dicts(states: list[dict[str, torch.Tensor]]) -> dict[str, torc
         else:
             averaged[name] = first.clone()
     return averaged
-
-
-def _sha256(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
 def main() -> None:
@@ -73,7 +68,8 @@ def main() -> None:
             shutil.copy2(args.settings_from / name, args.out / name)
     record = {
         "runs": [
-            {"path": str(run), "sha256": _sha256(run / "model.safetensors")} for run in args.runs
+            {"path": str(run), "sha256": file_sha256(run / "model.safetensors")}
+            for run in args.runs
         ],
         "settings_from": str(args.settings_from),
     }

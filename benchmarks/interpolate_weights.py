@@ -19,7 +19,6 @@ names the two sources, ``alpha`` and the SHA-256 of their weight files.
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import shutil
 import subprocess
@@ -30,7 +29,7 @@ import torch
 
 from nucseg.atomic import write_json
 from nucseg.models import load_model, save_model
-from nucseg.provenance import provenance
+from nucseg.provenance import file_sha256, provenance
 
 
 def interpolate_state_dicts(
@@ -62,10 +61,6 @@ def interpolate_state_dicts(
         else:
             out[name] = ((1 - alpha) * s.float() + alpha * t.float()).to(t.dtype)
     return out
-
-
-def _sha256(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
 def main() -> None:
@@ -101,8 +96,8 @@ def main() -> None:
     shutil.copy2(args.tuned / "config.json", args.out / "config.json")
     shutil.copy2(args.tuned / "thresholds.json", args.out / "thresholds.json")
     record = {
-        "start": {"path": str(args.start), "sha256": _sha256(args.start / "model.safetensors")},
-        "tuned": {"path": str(args.tuned), "sha256": _sha256(args.tuned / "model.safetensors")},
+        "start": {"path": str(args.start), "sha256": file_sha256(args.start / "model.safetensors")},
+        "tuned": {"path": str(args.tuned), "sha256": file_sha256(args.tuned / "model.safetensors")},
         "alpha": args.alpha,
         "thresholds": "copied from tuned"
         if args.no_tune

@@ -47,9 +47,10 @@ def _stain(name: str, model: str | None = None, method: str | None = None) -> tu
     return (PY, "benchmarks/bench_stain.py", *what, "--name", name, "--overwrite")
 
 
-def _evaluate(run: str, dataset: str, out: str) -> tuple[str, ...]:
+def _evaluate(run: str, dataset: str, out: str, *, markdown: bool = True) -> tuple[str, ...]:
+    tables = ("--markdown", f"{out}.md") if markdown else ()
     return (PY, "-m", "nucseg.cli", "evaluate", "--model", run, "--dataset", dataset,
-            "--overwrite", "--json", f"{out}.json", "--markdown", f"{out}.md")  # fmt: skip
+            "--overwrite", "--json", f"{out}.json", *tables)  # fmt: skip
 
 
 CANDIDATES = ("stain-nonorm", "stain-nonorm-long", "stain-norm", "stain-norm-long",
@@ -272,18 +273,11 @@ JOBS: dict[str, Job] = {
     "generalisation-round3-tests": Job(
         (
             *(
-                (
-                    PY,
-                    "-m",
-                    "nucseg.cli",
-                    "evaluate",
-                    "--model",
+                _evaluate(
                     "runs/wise-0.5",
-                    "--dataset",
                     d,
-                    "--overwrite",
-                    "--json",
-                    f"results/generalisation/round3/wise-0.5_{d}.json",
+                    f"results/generalisation/round3/wise-0.5_{d}",
+                    markdown=False,
                 )
                 for d in ("monuseg-breast", "tnbc")
             ),
@@ -301,34 +295,14 @@ JOBS: dict[str, Job] = {
         (
             # the protocol's baseline: the default of its writing, now bundled as stain-soup
             *(
-                (
-                    PY,
-                    "-m",
-                    "nucseg.cli",
-                    "evaluate",
-                    "--model",
-                    "stain-soup",
-                    "--dataset",
-                    d,
-                    "--overwrite",
-                    "--json",
-                    f"results/generalisation/loso/default_{d}.json",
+                _evaluate(
+                    "stain-soup", d, f"results/generalisation/loso/default_{d}", markdown=False
                 )
                 for d in ("consep-train", "dsb2018-he")
             ),
             *(
-                (
-                    PY,
-                    "-m",
-                    "nucseg.cli",
-                    "evaluate",
-                    "--model",
-                    f"runs/{run}",
-                    "--dataset",
-                    d,
-                    "--overwrite",
-                    "--json",
-                    f"results/generalisation/loso/{run}_{d}.json",
+                _evaluate(
+                    f"runs/{run}", d, f"results/generalisation/loso/{run}_{d}", markdown=False
                 )
                 for run, d in (
                     ("loso-consep", "consep-train"),

@@ -24,7 +24,7 @@ from nucseg.io import atomic_write
 from nucseg.pipeline import evaluate, make_segmenter, resolve_model
 from nucseg.provenance import provenance
 from nucseg.train import TrainConfig
-from nucseg.training.data import source_split, split_ids
+from nucseg.training.data import source_splits
 
 OUT = Path("results/generalisation")
 MONUSEG_MARGIN = 0.01  # the rule: MoNuSeg validation AJI at least the default's minus this
@@ -33,10 +33,7 @@ MONUSEG_MARGIN = 0.01  # the rule: MoNuSeg validation AJI at least the default's
 def validation_ids(run: Path) -> dict[str, list[str]]:
     """Dataset name -> the run's held-out validation ids of that source."""
     config = TrainConfig.from_dict(json.loads((run / "config.json").read_text()))
-    out = {config.dataset: sorted(split_ids(config)[1])}
-    for index, source in enumerate(config.all_sources[1:], start=1):
-        out[source["dataset"]] = sorted(source_split(source, config.seed, index)[1])
-    return out
+    return {dataset: sorted(val) for dataset, _, val in source_splits(config)}
 
 
 def score(

@@ -65,13 +65,13 @@ def _load_sources(config: TrainConfig, progress: bool) -> tuple[list[Any], set[s
     """Every sample of the run at the model's scale, the validation ids and each one's source."""
     from nucseg import datasets
 
-    ids, val_ids = split_ids(config)
+    splits = source_splits(config)
+    _, ids, val_ids = splits[0]
+    val_ids = set(val_ids)
     samples = [datasets.load_sample(config.dataset, i)
                for i in tqdm(ids, desc="load", disable=not progress)]  # fmt: skip
     origin = [0] * len(samples)
-    for index, source in enumerate(config.all_sources[1:], start=1):
-        source_ids, source_val = source_split(source, config.seed, index)
-        name = source["dataset"]
+    for index, (name, source_ids, source_val) in enumerate(splits[1:], start=1):
         if any("breast" in datasets.load_sample(name, i).organ.lower() for i in source_ids[:1]):
             raise ValueError(f"source {name}: breast tissue is never trained on")
         for image_id in tqdm(source_ids, desc=f"load {name}", disable=not progress):
@@ -88,12 +88,22 @@ def validation_samples(config: TrainConfig) -> list[Any]:
     and what ``nucseg tune`` tunes on again."""
     from nucseg import datasets
 
-    ids, val_ids = split_ids(config)
+    splits = source_splits(config)
+    _, ids, val_ids = splits[0]
     out = [datasets.load_sample(config.dataset, i) for i in ids if i in val_ids]
-    for index, source in enumerate(config.all_sources[1:], start=1):
-        source_ids, source_val = source_split(source, config.seed, index)
-        out += [_at_scale(datasets.load_sample(source["dataset"], i), config.mpp)
+    for name, source_ids, source_val in splits[1:]:
+        out += [_at_scale(datasets.load_sample(name, i), config.mpp)
                 for i in source_ids if i in source_val]  # fmt: skip
+    return out
+
+
+def source_splits(config: TrainConfig) -> list[tuple[str, list[str], set[str]]]:
+    """Per source, the primary first: its dataset, its image ids and the ids it holds out for
+    validation (:func:`split_ids`, :func:`source_split`)."""
+    ids, val_ids = split_ids(config)
+    out = [(config.dataset, ids, val_ids)]
+    for index, source in enumerate(config.all_sources[1:], start=1):
+        out.append((source["dataset"], *source_split(source, config.seed, index)))
     return out
 
 
