@@ -93,6 +93,20 @@ def test_breast_sources_and_bad_sources_are_refused():
         TrainConfig(type_classes=3)
 
 
+def test_a_breast_primary_source_is_refused_and_a_primary_source_is_brought_to_scale(data_root):
+    # the primary source went in as loaded: neither checked for breast tissue nor resampled
+    from nucseg.training.data import _load_sources
+
+    with pytest.raises(ValueError, match="source monuseg: breast tissue is never trained on"):
+        _load_sources(TrainConfig(dataset="monuseg", split="breast", val_images=1), False)
+    config = TrainConfig(dataset="cpm15", split="20x", val_images=1, mpp=0.25, stain=None)
+    samples, val_ids, origin = _load_sources(config, False)
+    assert len(samples) == 7 and set(origin) == {0} and len(val_ids) == 1
+    for sample in samples:  # 20x tiles (0.5 um/px) enlarged x2 to the model's 0.25
+        assert sample.mpp == 0.25
+        assert sample.image.shape[:2] == sample.labels.shape
+
+
 def test_retune_of_a_multi_source_run_tunes_on_every_sources_validation_images(data_root, tmp_path):
     # training tunes on the validation images of every source; `nucseg tune` must tune on the
     # same ones (it used to take the primary dataset's alone: none here, with val_images 0)

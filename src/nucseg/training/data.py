@@ -68,12 +68,15 @@ def _load_sources(config: TrainConfig, progress: bool) -> tuple[list[Any], set[s
     splits = source_splits(config)
     _, ids, val_ids = splits[0]
     val_ids = set(val_ids)
-    samples = [datasets.load_sample(config.dataset, i)
+    for name, source_ids, _ in splits:  # the primary source too: never breast
+        if any("breast" in datasets.load_sample(name, i).organ.lower() for i in source_ids[:1]):
+            raise ValueError(f"source {name}: breast tissue is never trained on")
+    # the primary source as the others: at the model's scale (a no-op for MoNuSeg, whose
+    # samples state no mpp)
+    samples = [_at_scale(datasets.load_sample(config.dataset, i), config.mpp)
                for i in tqdm(ids, desc="load", disable=not progress)]  # fmt: skip
     origin = [0] * len(samples)
     for index, (name, source_ids, source_val) in enumerate(splits[1:], start=1):
-        if any("breast" in datasets.load_sample(name, i).organ.lower() for i in source_ids[:1]):
-            raise ValueError(f"source {name}: breast tissue is never trained on")
         for image_id in tqdm(source_ids, desc=f"load {name}", disable=not progress):
             samples.append(_at_scale(datasets.load_sample(name, image_id), config.mpp))
             origin.append(index)
@@ -90,7 +93,8 @@ def validation_samples(config: TrainConfig) -> list[Any]:
 
     splits = source_splits(config)
     _, ids, val_ids = splits[0]
-    out = [datasets.load_sample(config.dataset, i) for i in ids if i in val_ids]
+    out = [_at_scale(datasets.load_sample(config.dataset, i), config.mpp)
+           for i in ids if i in val_ids]  # fmt: skip
     for name, source_ids, source_val in splits[1:]:
         out += [_at_scale(datasets.load_sample(name, i), config.mpp)
                 for i in source_ids if i in source_val]  # fmt: skip
