@@ -79,17 +79,15 @@ def _count_chunk(counts: dict, plan: Any, index: tuple, pixels: np.ndarray, sett
     counts["windows"] += dark.size
     counts["stained_window"] += int(dark.sum())
     counts["stained_core"] += int(dark[r0 - w0 : r1 - w0, c0 - v0 : c1 - v0].sum())
-    box = tissue._mask_box(dark, margin=engine.TISSUE_MARGIN)
-    if box is None:
-        return
-    part = dark[box]
-    counts["boxes"] += part.size
-    padded, _ = pad_to(part.view(np.uint8), (tile, tile))
-    counts["padded"] += padded.size
-    grid = engine.tile_grid_for(padded.shape[:2], tile, setting["overlap"])
-    counts["grid"] += len(grid) * tile * tile
-    run = sum(int(np.count_nonzero(padded[s])) >= engine.MIN_TILE_TISSUE for s in grid)
-    counts["network"] += run * tile * tile
+    for box in engine.tissue_boxes(dark):  # as ChunkSegmenter.predict: the tissue's boxes
+        part = dark[box]
+        counts["boxes"] += part.size
+        padded, _ = pad_to(part.view(np.uint8), (tile, tile))
+        counts["padded"] += padded.size
+        grid = engine.tile_grid_for(padded.shape[:2], tile, setting["overlap"])
+        counts["grid"] += len(grid) * tile * tile
+        run = sum(int(np.count_nonzero(padded[s])) >= engine.MIN_TILE_TISSUE for s in grid)
+        counts["network"] += run * tile * tile
 
 
 def main() -> None:

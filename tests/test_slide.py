@@ -390,6 +390,70 @@ def test_tissue_box_bounds_the_tissue_with_a_margin():
     assert tissue_box(image, margin=50) == (slice(0, 70), slice(50, 120))
 
 
+@pytest.mark.parametrize("seed", range(6))
+def test_tissue_piece_boxes_hold_every_tissue_pixel_once_with_their_margin(seed):
+    from nucseg.slide.tissue import _mask_box, mask_boxes
+
+    rng = np.random.default_rng(seed)
+    mask = np.zeros((700, 900), dtype=bool)
+    for _ in range(int(rng.integers(1, 7))):  # blobs of all sizes, some touching the edges
+        r, c = rng.integers(-40, 700), rng.integers(-40, 900)
+        h, w = rng.integers(1, 250, size=2)
+        mask[max(r, 0) : r + h, max(c, 0) : c + w] = True
+    margin = int(rng.choice([0, 16, 64]))
+    boxes = mask_boxes(mask, margin=margin)
+    covered = np.zeros(mask.shape, dtype=np.int32)
+    for rows, cols in boxes:
+        covered[rows, cols] += 1
+        inner = mask[rows, cols]  # the margin: no tissue nearer its edge, except the image's
+        tight = _mask_box(inner)
+        assert tight is not None
+        assert tight[0].start == min(margin, rows.start + tight[0].start)
+        assert tight[1].start == min(margin, cols.start + tight[1].start)
+        assert rows.stop - rows.start - tight[0].stop == min(
+            margin, 700 - rows.start - tight[0].stop
+        )
+        assert cols.stop - cols.start - tight[1].stop == min(
+            margin, 900 - cols.start - tight[1].stop
+        )
+    assert covered.max() <= 1  # boxes never overlap
+    assert np.all(covered[mask] == 1)  # and every tissue pixel is in one
+    if len(boxes) == 1:
+        assert boxes[0] == _mask_box(mask, margin=margin)
+
+
+def test_a_chunk_of_separate_pieces_segments_each_piece_as_alone(data_root):
+    """Two tissue crops in the corners of a glass chunk: segmented in two boxes, each piece's
+    nuclei and types as when the piece is segmented alone, numbered one box after the other."""
+    from nucseg import datasets
+    from nucseg.pipeline import resolve_model
+    from nucseg.slide.engine import TISSUE_MARGIN, ChunkSegmenter, engine_predictor, tissue_boxes
+    from nucseg.slide.tissue import stained
+
+    image = np.full((1400, 1400, 3), 242, dtype=np.uint8)
+    sample = datasets.load_sample("monuseg", "TCGA-18-5592-01Z-00-DX1")
+    image[100:400, 100:400] = sample.image[:300, :300]
+    image[900:1300, 800:1300] = sample.image[500:900, 400:900]
+    boxes = tissue_boxes(stained(image))
+    assert len(boxes) == 2
+    segmenter = ChunkSegmenter(engine_predictor(resolve_model("default")), None)
+    labels, types = segmenter.typed_labels(image.shape[:2], segmenter.predict(image))
+    first = 0
+    for rows, cols in boxes:
+        assert rows.start == 100 - TISSUE_MARGIN or rows.start == 900 - TISSUE_MARGIN
+        alone, alone_types = segmenter.typed_labels(
+            (rows.stop - rows.start, cols.stop - cols.start), segmenter.predict(image[rows, cols])
+        )
+        part = labels[rows, cols]
+        np.testing.assert_array_equal(part > 0, alone > 0)
+        np.testing.assert_array_equal(np.where(alone > 0, alone + first, 0), part)
+        rows_of = np.searchsorted(types.labels, alone_types.labels + first)
+        np.testing.assert_allclose(types.probs[rows_of], alone_types.probs)
+        first = int(part.max())
+    assert np.count_nonzero(labels[:, 450:750]) == 0 and first == labels.max() > 50
+    assert types.labels.tolist() == list(range(1, first + 1))
+
+
 # --- quality flags per chunk -----------------------------------------------------------------
 
 

@@ -137,6 +137,22 @@ def test_stitching_streams_tiles_from_a_generator():
     np.testing.assert_allclose(stitched, array, rtol=1e-5, atol=1e-6)
 
 
+def test_in_place_result_is_the_same_average_and_empties_the_stitcher():
+    rng = np.random.default_rng(1)
+    array = rng.random((300, 270, 8)).astype(np.float32)
+    grid = tile_grid(array.shape, tile=64, overlap=0.25)
+    factors = rng.random(len(grid)).astype(np.float32)  # tiles that disagree where they overlap
+    stitchers = [MapStitcher(array.shape), MapStitcher(array.shape)]
+    for stitcher in stitchers:
+        for slices, factor in zip(grid, factors, strict=True):
+            stitcher.add(array[slices] * factor, slices)
+    copied = stitchers[0].result()
+    in_place = stitchers[1].result(in_place=True)
+    np.testing.assert_array_equal(in_place, copied)  # bit for bit
+    with pytest.raises(ValueError, match="no tile was added"):
+        stitchers[1].result()
+
+
 def test_hann_blending_weights_tiles_by_the_window():
     # two 4 x 4 tiles of a 4 x 6 map, overlapping on columns 2 and 3
     grid = [(slice(0, 4), slice(0, 4)), (slice(0, 4), slice(2, 6))]

@@ -383,8 +383,15 @@ class MapStitcher:
         self._sum[slices] += tile_map * weights
         self._weight[slices] += window
 
-    def result(self) -> np.ndarray:
+    def result(self, *, in_place: bool = False) -> np.ndarray:
         """Return the weighted average of the tiles added so far.
+
+        Parameters
+        ----------
+        in_place : bool, optional
+            Divide the sum where it lies and hand it over (the same values, without a second
+            image-sized array: on a slide chunk of 4336 x 4336 pixels and 8 channels, 574 MB
+            less at the peak); the stitcher is then empty, as if new.
 
         Returns
         -------
@@ -402,7 +409,12 @@ class MapStitcher:
         if uncovered:
             raise ValueError(f"{uncovered} pixels are covered by no tile; add tiles covering all")
         weight = self._weight.reshape(self.shape + (1,) * (self._sum.ndim - 2))
-        return self._sum / weight
+        if not in_place:
+            return self._sum / weight
+        out = self._sum
+        out /= weight
+        self._sum = self._weight = None
+        return out
 
 
 def stitch_maps(

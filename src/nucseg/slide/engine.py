@@ -33,6 +33,7 @@ from nucseg.slide.reader import SlideReader, open_slide
 from nucseg.slide.tissue import (  # noqa: F401  (re-exported: the engine's tissue test)
     BLACK_LEVEL,
     _mask_box,
+    mask_boxes,
     stained,
     tissue_box,
 )
@@ -330,42 +331,81 @@ class ChunkSegmenter:
         """
         return self.labels(image.shape[:2], self.predict(image))
 
-    def predict(self, image: np.ndarray) -> tuple[tuple[slice, slice], np.ndarray] | None:
-        """The network's part: the tissue box of ``image`` and its maps (None: no tissue)."""
-        dark = stained(image)  # once: for the box, then for the tiles to skip
-        box = _mask_box(dark, margin=TISSUE_MARGIN)
-        if box is None:
+    def predict(self, image: np.ndarray) -> list[tuple[tuple[slice, slice], np.ndarray]] | None:
+        """The network's part: the tissue boxes of ``image``, each with its maps (None: no
+        tissue). One box holds all the tissue, unless boxes around its separate pieces
+        (:func:`tissue_boxes`) cover at most :data:`PIECES_AREA` of it."""
+        dark = stained(image)  # once: for the boxes, then for the tiles to skip
+        boxes = tissue_boxes(dark)
+        if not boxes:
             return None
-        part = image[box]
-        stats = {"network_pixels": 0}
-        maps = predict_tissue_maps(self.predictor, self.normalise(part), tissue=dark[box],
-                                   stats=stats)  # fmt: skip
-        self.network_pixels += stats["network_pixels"]
-        return box, maps
+        out = []
+        for box in boxes:
+            stats = {"network_pixels": 0}
+            maps = predict_tissue_maps(self.predictor, self.normalise(image[box]),
+                                       tissue=dark[box], stats=stats)  # fmt: skip
+            self.network_pixels += stats["network_pixels"]
+            out.append((box, maps))
+        return out
 
     def labels(
-        self, shape: tuple[int, int], predicted: tuple[tuple[slice, slice], np.ndarray] | None
+        self,
+        shape: tuple[int, int],
+        predicted: list[tuple[tuple[slice, slice], np.ndarray]] | None,
     ) -> np.ndarray:
         """The post-processing part: ``(rows, cols)`` labels from :meth:`predict`'s output."""
         return self.typed_labels(shape, predicted)[0]
 
     def typed_labels(
-        self, shape: tuple[int, int], predicted: tuple[tuple[slice, slice], np.ndarray] | None
+        self,
+        shape: tuple[int, int],
+        predicted: list[tuple[tuple[slice, slice], np.ndarray]] | None,
     ) -> tuple[np.ndarray, Any]:
         """:meth:`labels` and each nucleus's voted type (:class:`nucseg.nucleus_types.
-        NucleusTypes`; None for a model without a type head)."""
+        NucleusTypes`; None for a model without a type head). The nuclei of the boxes are
+        numbered box after box."""
         labels = np.zeros(shape, dtype=np.int32)
-        types = None
-        if predicted is not None:
-            box, maps = predicted
-            labels[box] = self.predictor.maps_to_labels(maps)
-            types = self.predictor.maps_to_types(maps, labels[box])
-        elif getattr(self.predictor, "type_channels", 0):  # no tissue: no nucleus, typed
+        typed = []
+        for box, maps in predicted or ():
+            part = self.predictor.maps_to_labels(maps)
+            count = int(labels.max(initial=0))
+            if count:
+                part = np.where(part > 0, part + count, 0).astype(np.int32)
+            labels[box] = part
+            typed.append(self.predictor.maps_to_types(maps, part))
+            del maps
+        if not getattr(self.predictor, "type_channels", 0):
+            return labels, None
+        if not typed:  # no tissue: no nucleus, typed
             channels = _output_channels(self.predictor, 1)
-            types = self.predictor.maps_to_types(
+            return labels, self.predictor.maps_to_types(
                 np.zeros((1, 1, channels), np.float32), np.zeros((1, 1), np.int32)
             )
-        return labels, types
+        if len(typed) == 1:
+            return labels, typed[0]
+        return labels, dataclasses.replace(
+            typed[0],
+            labels=np.concatenate([t.labels for t in typed]),
+            probs=np.concatenate([t.probs for t in typed]),
+        )
+
+
+#: Boxes around a chunk's separate pieces of tissue replace the one box around all of it when
+#: they cover at most this fraction of its area (else one box: the same tiles as a whole image).
+PIECES_AREA = 0.75
+
+
+def tissue_boxes(mask: np.ndarray) -> list[tuple[slice, slice]]:
+    """Where a chunk is segmented: the box around all the tissue of ``mask`` (its
+    :func:`stained` pixels) grown by :data:`TISSUE_MARGIN`, or the boxes around its separate
+    pieces (:func:`nucseg.slide.tissue.mask_boxes`) when they cover at most :data:`PIECES_AREA`
+    of that box; none without tissue."""
+    whole = _mask_box(mask, margin=TISSUE_MARGIN)
+    if whole is None:
+        return []
+    pieces = mask_boxes(mask, margin=TISSUE_MARGIN)
+    area = [(b[0].stop - b[0].start) * (b[1].stop - b[1].start) for b in [whole, *pieces]]
+    return pieces if len(pieces) > 1 and sum(area[1:]) <= PIECES_AREA * area[0] else [whole]
 
 
 #: Tissue, in megapixels at work resolution, from which a slide's chunks are normalised through a
@@ -440,7 +480,7 @@ def predict_tissue_maps(
             background[..., channels - types] = 1.0
         for slices in skipped:
             stitcher.add(background, slices)
-    return np.ascontiguousarray(stitcher.result()[crop], dtype=np.float32)
+    return np.ascontiguousarray(stitcher.result(in_place=True)[crop], dtype=np.float32)
 
 
 def tile_grid_for(shape: tuple[int, int], tile: int, overlap: float) -> list[tuple[slice, slice]]:

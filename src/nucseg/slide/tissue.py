@@ -213,6 +213,56 @@ def _mask_box(mask: np.ndarray, *, margin: int = 0) -> tuple[slice, slice] | Non
     return slice(int(r0), int(r1)), slice(int(c0), int(c1))
 
 
+def mask_boxes(mask: np.ndarray, *, margin: int = 0, cell: int = 32) -> list[tuple[slice, slice]]:
+    """Bounding boxes of the separate pieces of tissue in ``mask``, each grown by ``margin``.
+
+    Pieces are found on a grid of ``cell`` x ``cell`` pixels; pieces whose grown boxes would
+    touch or overlap are merged (until no two boxes meet), so every tissue pixel lies in exactly
+    one box with at least ``margin`` pixels (or the image's edge) around it. One piece gives
+    :func:`_mask_box`'s box. A chunk holding several fragments, or the corners of four, then
+    allocates, stitches and post-processes their boxes, not the glass between them.
+    """
+    if not mask.any():
+        return []
+    rows, cols = -(-mask.shape[0] // cell), -(-mask.shape[1] // cell)
+    padded = np.zeros((rows * cell, cols * cell), dtype=bool)
+    padded[: mask.shape[0], : mask.shape[1]] = mask
+    coarse = padded.reshape(rows, cell, cols, cell).any(axis=(1, 3))
+    reach = -(-2 * margin // cell) + 1  # cells apart at which two grown boxes could meet
+    grown = ndi.binary_dilation(coarse, iterations=reach, structure=np.ones((3, 3), bool))
+    pieces, _ = ndi.label(grown, structure=np.ones((3, 3), bool))
+    boxes = []
+    for found in ndi.find_objects(pieces):
+        r0, c0 = found[0].start * cell, found[1].start * cell
+        r1, c1 = min(found[0].stop * cell, mask.shape[0]), min(found[1].stop * cell, mask.shape[1])
+        box = _mask_box(mask[r0:r1, c0:c1])
+        if box is not None:  # the piece's tight box, in the image's pixels
+            boxes.append([r0 + box[0].start, c0 + box[1].start, r0 + box[0].stop, c0 + box[1].stop])
+    merged = True
+    while merged:  # grown boxes that meet become one
+        merged = False
+        for i in range(len(boxes)):
+            for j in range(i + 1, len(boxes)):
+                a, b = boxes[i], boxes[j]
+                if (
+                    a[0] - margin < b[2] + margin
+                    and b[0] - margin < a[2] + margin
+                    and a[1] - margin < b[3] + margin
+                    and b[1] - margin < a[3] + margin
+                ):
+                    boxes[i] = [min(a[0], b[0]), min(a[1], b[1]), max(a[2], b[2]), max(a[3], b[3])]
+                    del boxes[j]
+                    merged = True
+                    break
+            if merged:
+                break
+    return [
+        (slice(max(r0 - margin, 0), min(r1 + margin, mask.shape[0])),
+         slice(max(c0 - margin, 0), min(c1 + margin, mask.shape[1])))
+        for r0, c0, r1, c1 in sorted(boxes)
+    ]  # fmt: skip
+
+
 def _darkest(image: np.ndarray) -> np.ndarray:
     """Per-pixel minimum over the three channels (``image.min(axis=2)``, several times faster)."""
     return np.minimum(np.minimum(image[..., 0], image[..., 1]), image[..., 2])
