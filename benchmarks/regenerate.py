@@ -298,30 +298,41 @@ JOBS: dict[str, Job] = {
                 _evaluate(
                     "stain-soup", d, f"results/generalisation/loso/default_{d}", markdown=False
                 )
-                for d in ("consep-train", "dsb2018-he")
+                for d in ("monuseg-nonbreast", "consep-train", "cpm15", "dsb2018-he")
             ),
             *(
                 _evaluate(
                     f"runs/{run}", d, f"results/generalisation/loso/{run}_{d}", markdown=False
                 )
                 for run, d in (
+                    ("loso-monuseg", "monuseg-nonbreast"),
                     ("loso-consep", "consep-train"),
                     ("loso-consep", "consep-test"),
+                    ("loso-cpm15", "cpm15"),
                     ("loso-dsb", "dsb2018-he"),
                 )
             ),
             (PY, "benchmarks/loso_table.py"),
         ),  # fmt: skip
         (
-            "results/generalisation/loso/default_consep-train.json",
-            "results/generalisation/loso/default_dsb2018-he.json",
-            "results/generalisation/loso/loso-consep_consep-train.json",
-            "results/generalisation/loso/loso-consep_consep-test.json",
-            "results/generalisation/loso/loso-dsb_dsb2018-he.json",
+            *(
+                f"results/generalisation/loso/{name}.json"
+                for name in (
+                    "default_monuseg-nonbreast",
+                    "default_consep-train",
+                    "default_cpm15",
+                    "default_dsb2018-he",
+                    "loso-monuseg_monuseg-nonbreast",
+                    "loso-consep_consep-train",
+                    "loso-consep_consep-test",
+                    "loso-cpm15_cpm15",
+                    "loso-dsb_dsb2018-he",
+                )
+            ),
             "results/generalisation/loso/table.json",
         ),  # fmt: skip
         record=True,
-        needs=("runs/loso-consep", "runs/loso-dsb"),
+        needs=("runs/loso-monuseg", "runs/loso-consep", "runs/loso-cpm15", "runs/loso-dsb"),
     ),
     "stain-candidates": Job(
         tuple(_stain(n, model=f"runs/{n}") for n in ("base32", *CANDIDATES))
