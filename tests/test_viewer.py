@@ -99,6 +99,25 @@ def test_thumbnail_is_capped(tmp_path):
     assert size == (600, 450) and Image.open(tmp_path / "b.png").mode == "RGB"
 
 
+def test_thumbnail_keeps_true_colour_where_it_fits_and_shrinks_once_where_not(tmp_path):
+    """The true-colour try is skipped only when a quarter of the rows says it cannot fit: a
+    mostly white slide with a little tissue stays true colour; noise shrinks straight to a side
+    that fits, not far below it."""
+    from nucseg.slide.writers import write_thumbnail
+
+    rng = np.random.default_rng(1)
+    sparse = np.full((2000, 2000, 3), 245, dtype=np.uint8)
+    sparse[900:1100, 900:1100] = rng.integers(0, 256, (200, 200, 3), dtype=np.uint8)
+    size = write_thumbnail(tmp_path / "s.png", sparse, [], shape=(2000, 2000), scale=1.0,
+                           size=2000, max_bytes=300_000)  # fmt: skip
+    assert size == (2000, 2000) and Image.open(tmp_path / "s.png").mode == "RGB"
+    noise = rng.integers(0, 256, (2000, 2000, 3), dtype=np.uint8)
+    size = write_thumbnail(tmp_path / "n.png", noise, [], shape=(2000, 2000), scale=1.0,
+                           size=2000, max_bytes=300_000)  # fmt: skip
+    assert (tmp_path / "n.png").stat().st_size <= 300_000
+    assert 400 < max(size) < 2000  # a palette byte a pixel: about 540 pixels a side fit
+
+
 def test_thumbnail_size_option(run, tmp_path, capsys):
     from viewer_helpers import CHUNK, threshold_segmenter
 
