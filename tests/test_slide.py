@@ -518,7 +518,9 @@ def test_bundled_model_on_a_real_crop_loads_beside_the_stain_fit(data_root, tmp_
     folder = resolve_model("stain-soup")
     assert report["model"]["sha256"] == _sha256(folder / "model.safetensors")
     assert report["stain"]["normaliser"] == "macenko" and report["stain"]["source"]["accepted"]
-    labels = ChunkSegmenter(engine_predictor(folder), report["stain"]["source"])(image)
+    assert report["predict"]["overlap"] == 8 / 256  # the slide's overlap (the model's: 0.25)
+    predictor = engine_predictor(folder, overlap=report["predict"]["overlap"])
+    labels = ChunkSegmenter(predictor, report["stain"]["source"])(image)
     assert report["nuclei"] == labels.max() > 50
 
 
@@ -689,6 +691,21 @@ def test_microns_per_pixel_are_checked_against_physics(value):
     else:
         with pytest.raises(ValueError, match="finite number > 0"):
             check_mpp(value, what="x", force=True)
+
+
+def test_slides_default_to_an_overlap_of_8_pixels_unless_asked():
+    # docs/slides.md's rule: 8 pixels of the tile (never more than the model's own overlap);
+    # segment and evaluate keep the model's 25 %
+    from nucseg.pipeline import resolve_model
+    from nucseg.slide.engine import SLIDE_OVERLAP_PX, engine_predictor, load_predictor
+
+    folder = str(resolve_model("default"))
+    assert engine_predictor(folder).options["overlap"] == 0.25
+    assert SLIDE_OVERLAP_PX == 8
+    assert load_predictor(folder, "{}").options["overlap"] == 8 / 256
+    assert load_predictor(folder, '{"tile": 512}').options["overlap"] == 8 / 512
+    assert load_predictor(folder, '{"overlap": 0.25}').options["overlap"] == 0.25
+    assert load_predictor(folder, '{"overlap": 0.0}').options["overlap"] == 0.0
 
 
 def test_slide_help_says_what_the_overlap_is():

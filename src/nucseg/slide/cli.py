@@ -64,7 +64,7 @@ def add_parser(sub: Any) -> None:
         type=float,
         default=None,
         help="overlap of neighbouring network tiles as a fraction of the tile, in [0, 1) "
-        "(default: the model's; 0.25 for the bundled one)",
+        "(default: 8 pixels, or the model's own if less; docs/slides.md)",
     )
     p.add_argument(
         "--batch-size", type=int, default=None, help="network tiles per batch, >= 1 (default: "
