@@ -1,7 +1,8 @@
 """One behaviour per model: ``nucseg segment``, the Python API (``make_segmenter``,
 ``nucseg.slide.segment_slide``), ``evaluate`` and ``nucseg slide`` give an image the same labels,
-with the model folder's tile overlap, thresholds and normaliser; ``--mpp`` resamples to the
-model's scale and back; an image larger than a chunk goes through the chunks."""
+with the model folder's tile overlap (which slides use when asked: their own default is 8
+pixels, docs/slides.md), thresholds and normaliser; ``--mpp`` resamples to the model's scale and
+back; an image larger than a chunk goes through the chunks."""
 
 from __future__ import annotations
 
@@ -52,8 +53,12 @@ def test_segment_the_api_and_slide_give_identical_labels(image_file, tmp_path, m
     options = [] if mpp is None else ["--mpp", str(mpp)]
     by_segment = _segment(image_file, tmp_path / "segment", *options)
     by_api = make_segmenter(model="default", mpp=mpp)(read_image(image_file))
-    by_slide, report = _slide(image_file, tmp_path / "slide", "--mpp", str(mpp or 0.25))
-    segment_slide(image_file, tmp_path / "slide_api", mpp=mpp or 0.25, progress=False)
+    # the model's overlap, asked of the slide (whose own is 8 pixels): the same engine
+    by_slide, report = _slide(
+        image_file, tmp_path / "slide", "--mpp", str(mpp or 0.25), "--overlap", "0.25"
+    )
+    segment_slide(image_file, tmp_path / "slide_api", mpp=mpp or 0.25, progress=False,
+                  predict={"overlap": 0.25})  # fmt: skip
     by_slide_api = tifffile.imread(tmp_path / "slide_api" / image_file.stem / "labels.ome.tif")
     assert by_segment.shape == by_api.shape == by_slide.shape == read_image(image_file).shape[:2]
     assert by_segment.max() > 50
@@ -85,7 +90,9 @@ def test_an_image_larger_than_a_chunk_goes_through_the_chunks(image_file, tmp_pa
 
     image = read_image(image_file)
     chunked = ImageSegmenter.from_model(BUNDLED_MODELS / "default", chunk=256)(image)
-    by_slide, report = _slide(image_file, tmp_path / "slide", "--mpp", "0.25", "--chunk", "256")
+    by_slide, report = _slide(
+        image_file, tmp_path / "slide", "--mpp", "0.25", "--chunk", "256", "--overlap", "0.25"
+    )
     assert report["chunks"] == 9
     np.testing.assert_array_equal(chunked, by_slide)
     ids = np.unique(chunked)[1:]
