@@ -17,7 +17,7 @@ the network computes:
 and ``stained_core`` / ``stained_window``: stained pixels in the cores and in the windows (their
 ratio is the halos' share). Writes results/slide/pixel_budget.json.
 
-    python benchmarks/pixel_budget.py --setting tile=256,overlap=0.25,halo=128
+    python benchmarks/pixel_budget.py --setting tile=256,overlap=0.03125,halo=128
 """
 
 from __future__ import annotations
@@ -42,8 +42,10 @@ from bench_slide import build_slides  # noqa: E402  (the benchmark's slides, bui
 
 
 def parse_setting(text: str) -> dict[str, Any]:
-    """``tile=256,overlap=0.25,halo=128[,chunk=4080]`` as a dict."""
-    setting = {"tile": 256, "overlap": 0.25, "halo": 128, "chunk": engine.DEFAULT_CHUNK}
+    """``tile=256,overlap=0.03125,halo=128[,chunk=4080]`` as a dict (``nucseg slide``'s
+    defaults where not given)."""
+    setting = {"tile": 256, "overlap": engine.SLIDE_OVERLAP_PX / 256, "halo": 128,
+               "chunk": engine.DEFAULT_CHUNK}  # fmt: skip
     for item in filter(None, text.split(",")):
         key, value = item.split("=")
         setting[key] = float(value) if key == "overlap" else int(value)
