@@ -44,11 +44,11 @@ from bench_slide import build_slides  # noqa: E402  (the benchmark's slides, bui
 def parse_setting(text: str) -> dict[str, Any]:
     """``tile=256,overlap=0.03125,halo=128[,chunk=4080]`` as a dict (``nucseg slide``'s
     defaults where not given)."""
-    setting = {"tile": 256, "overlap": engine.SLIDE_OVERLAP_PX / 256, "halo": 128,
-               "chunk": engine.DEFAULT_CHUNK}  # fmt: skip
+    setting = {"tile": 256, "halo": 128, "chunk": engine.DEFAULT_CHUNK}
     for item in filter(None, text.split(",")):
         key, value = item.split("=")
         setting[key] = float(value) if key == "overlap" else int(value)
+    setting.setdefault("overlap", engine.SLIDE_OVERLAP_PX / setting["tile"])
     return setting
 
 

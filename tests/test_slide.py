@@ -422,6 +422,20 @@ def test_tissue_piece_boxes_hold_every_tissue_pixel_once_with_their_margin(seed)
         assert boxes[0] == _mask_box(mask, margin=margin)
 
 
+@pytest.mark.parametrize(("gap", "boxes"), [(100, 1), (127, 1), (200, 2), (330, 2)])
+def test_pieces_share_a_box_only_where_their_margins_overlap(gap, boxes):
+    from nucseg.slide.tissue import _mask_box, mask_boxes
+
+    mask = np.zeros((200, 800), dtype=bool)
+    mask[50:100, 50:100] = mask[50:100, 100 + gap : 150 + gap] = True
+    # one box where the grown boxes overlap (less than 2 x 64 pixels of glass between the
+    # pieces); two where far apart (on the 32-pixel grid, up to a cell or two nearer share one)
+    assert len(mask_boxes(mask, margin=64)) == boxes
+    specks = np.zeros((2000, 2000), dtype=bool)
+    specks[::150, ::150] = True  # 196 specks: one box, not 196
+    assert mask_boxes(specks, margin=64) == [_mask_box(specks, margin=64)]
+
+
 def test_a_chunk_of_separate_pieces_segments_each_piece_as_alone(data_root):
     """Two tissue crops in the corners of a glass chunk: segmented in two boxes, each piece's
     nuclei and types as when the piece is segmented alone, numbered one box after the other."""

@@ -337,11 +337,12 @@ class ChunkSegmenter:
         return apply_colour_table(image, _colour_table(normaliser, self.source))
 
     def __call__(self, image: np.ndarray) -> np.ndarray:
-        """Labels of ``image``, segmenting only the bounding box of its tissue (plus a margin).
+        """Labels of ``image``, segmenting only the boxes of its tissue (plus a margin:
+        :func:`tissue_boxes`).
 
-        Outside the box every pixel is glass, which the network is not given anyway (see
+        Outside the boxes every pixel is glass, which the network is not given anyway (see
         :func:`predict_tissue_maps`): cropping spares normalising, stitching and
-        post-processing it, most of a chunk at the edge of the tissue.
+        post-processing it, most of a chunk at the edge of the tissue or between its pieces.
         """
         return self.labels(image.shape[:2], self.predict(image))
 
@@ -380,14 +381,15 @@ class ChunkSegmenter:
         numbered box after box."""
         labels = np.zeros(shape, dtype=np.int32)
         typed = []
+        count = 0  # nuclei of the boxes before
         for box, maps in predicted or ():
             part = self.predictor.maps_to_labels(maps)
-            count = int(labels.max(initial=0))
+            found = int(part.max(initial=0))
             if count:
                 part = np.where(part > 0, part + count, 0).astype(np.int32)
             labels[box] = part
             typed.append(self.predictor.maps_to_types(maps, part))
-            del maps
+            count += found
         if not getattr(self.predictor, "type_channels", 0):
             return labels, None
         if not typed:  # no tissue: no nucleus, typed

@@ -213,14 +213,18 @@ def _mask_box(mask: np.ndarray, *, margin: int = 0) -> tuple[slice, slice] | Non
     return slice(int(r0), int(r1)), slice(int(c0), int(c1))
 
 
-def mask_boxes(mask: np.ndarray, *, margin: int = 0, cell: int = 32) -> list[tuple[slice, slice]]:
+def mask_boxes(
+    mask: np.ndarray, *, margin: int = 0, cell: int = 32, max_pieces: int = 64
+) -> list[tuple[slice, slice]]:
     """Bounding boxes of the separate pieces of tissue in ``mask``, each grown by ``margin``.
 
-    Pieces are found on a grid of ``cell`` x ``cell`` pixels; pieces whose grown boxes would
-    touch or overlap are merged (until no two boxes meet), so every tissue pixel lies in exactly
-    one box with at least ``margin`` pixels (or the image's edge) around it. One piece gives
-    :func:`_mask_box`'s box. A chunk holding several fragments, or the corners of four, then
-    allocates, stitches and post-processes their boxes, not the glass between them.
+    Pieces are grouped on a grid of ``cell`` x ``cell`` pixels (those less than about twice the
+    margin apart, to a cell or two, share a group); groups whose grown boxes overlap are merged
+    (until no two boxes overlap), so every tissue pixel lies in exactly one box with ``margin``
+    pixels (or the image's edge) around its tissue. One piece gives
+    :func:`_mask_box`'s box, and so do more than ``max_pieces`` (scattered specks: not worth
+    a box each). A chunk holding several fragments, or the corners of four, then allocates,
+    stitches and post-processes their boxes, not the glass between them.
     """
     if not mask.any():
         return []
@@ -228,9 +232,14 @@ def mask_boxes(mask: np.ndarray, *, margin: int = 0, cell: int = 32) -> list[tup
     padded = np.zeros((rows * cell, cols * cell), dtype=bool)
     padded[: mask.shape[0], : mask.shape[1]] = mask
     coarse = padded.reshape(rows, cell, cols, cell).any(axis=(1, 3))
-    reach = -(-2 * margin // cell) + 1  # cells apart at which two grown boxes could meet
-    grown = ndi.binary_dilation(coarse, iterations=reach, structure=np.ones((3, 3), bool))
-    pieces, _ = ndi.label(grown, structure=np.ones((3, 3), bool))
+    reach = -(-margin // cell)  # cells a side: pieces nearer than their margins are grouped
+    grown = coarse
+    if reach:
+        grown = ndi.binary_dilation(coarse, iterations=reach, structure=np.ones((3, 3), bool))
+    pieces, count = ndi.label(grown, structure=np.ones((3, 3), bool))
+    if count > max_pieces:
+        whole = _mask_box(mask, margin=margin)
+        return [] if whole is None else [whole]
     boxes = []
     for found in ndi.find_objects(pieces):
         r0, c0 = found[0].start * cell, found[1].start * cell

@@ -284,8 +284,9 @@ THUMBNAIL_MAX_BYTES = 2_000_000
 
 
 def encode_thumbnail(rgb: np.ndarray, *, max_bytes: int = THUMBNAIL_MAX_BYTES) -> bytes | None:
-    """PNG bytes of ``rgb``: true colour if under ``max_bytes``, else a 256-colour palette (Pillow's
-    octree quantiser), else None (the caller then shrinks the picture)."""
+    """PNG bytes of ``rgb``: true colour if under ``max_bytes`` (tried unless an estimate from a
+    quarter of the rows is over twice that), else a 256-colour palette (Pillow's octree
+    quantiser), else None (the caller then shrinks the picture)."""
     return _encode_thumbnail(rgb, max_bytes=max_bytes)[0]
 
 
