@@ -114,9 +114,12 @@ def run_segment(image: Path, src: Path, extra: list[str]) -> dict:
 
 
 def profile(src: Path, script: Path, out: Path) -> dict:
-    env = {**os.environ, "PYTHONPATH": str(src)}
-    subprocess.run([sys.executable, str(script), "--out", str(out)], check=True,
-                   capture_output=True, env=env, cwd=script.parents[1])  # fmt: skip
+    # the datasets as this checkout finds them: the base's worktree (under /tmp) has no ../shared
+    env = {**os.environ, "PYTHONPATH": str(src), "NUCSEG_DATA": str(datasets.data_root())}
+    done = subprocess.run([sys.executable, str(script), "--out", str(out)], capture_output=True,
+                          text=True, env=env, cwd=script.parents[1])  # fmt: skip
+    if done.returncode:  # say why, rather than lose the whole run's record to a bare exit status
+        raise RuntimeError(f"{script} failed:\n{done.stderr[-3000:]}")
     return json.loads(out.read_text())
 
 
