@@ -226,8 +226,21 @@ def uses_model(data: Any) -> bool:
     return bool(data.get("model") or prov.get("models") or data.get("model_sha256"))
 
 
-def source_problems(file: Path, data: Any, bundled_sha: str | None) -> tuple[list[str], bool]:
-    """Problems of one quoted results file, and whether it is stale for the bundled model."""
+def _elsewhere(where: str, root: Path) -> bool:
+    """Whether a weights hash's trail names a model folder of another checkout (an absolute path
+    outside ``root``: a baseline's worktree, as bench_slide.py's b9e4836 under /tmp)."""
+    return any(
+        part.startswith("/") and not Path(part).is_relative_to(root)
+        for part in where.split(".")
+        if "models/" in part
+    )
+
+
+def source_problems(
+    file: Path, data: Any, bundled_sha: str | None, root: Path = ROOT
+) -> tuple[list[str], bool]:
+    """Problems of one quoted results file, and whether it is stale for the bundled model (a
+    baseline's model, from another checkout, is that checkout's: never stale)."""
     blocks = provenances(data)
     if not blocks:
         return [f"{file}: no provenance (commit, command) recorded"], False
@@ -246,7 +259,10 @@ def source_problems(file: Path, data: Any, bundled_sha: str | None) -> tuple[lis
     if uses_model(data) and not hashes:
         problems.append(f"{file}: a model's result without the weights' SHA-256")
     bundled = [
-        h for where, h in hashes if "models/default" in where or data.get("model") == "default"
+        h
+        for where, h in hashes
+        if ("models/default" in where or data.get("model") == "default")
+        and not _elsewhere(where, root)
     ]
     stale = bundled_sha is not None and any(h != bundled_sha for h in bundled)
     return problems, stale
@@ -279,7 +295,7 @@ def check(root: Path = ROOT) -> tuple[list[str], list[str]]:
     bundled_sha = file_sha256(weights) if weights.is_file() else None
     stale_files = set()
     for file in sorted(quoted):
-        problems, stale = source_problems(file, load(file), bundled_sha)
+        problems, stale = source_problems(file, load(file), bundled_sha, root)
         errors += problems
         if stale:
             stale_files.add(str(file))
