@@ -4,11 +4,12 @@ quality figures, the chunk's files).
 
 The chunk is a 2000 x 2000 block of 4 MoNuSeg training images (all tissue, 4 Mpx), segmented
 with the bundled model through :class:`nucseg.slide.engine.ChunkSegmenter` as ``nucseg slide``
-does (stain statistics fitted once, normalised directly, no colour table); each stage is the
-median of ``--repeats`` runs, after one warm-up, in wall-clock seconds and in CPU seconds of the
-process (``time.process_time``: core-seconds, less sensitive to a loaded machine). ``stitch`` is
-``maps`` (tiles, forward passes, stitching) less ``forward``; ``beyond_network`` adds normalise,
-stitch, postprocess and finish. Writes results/slide/chunk_profile.json.
+does (its 8-pixel tile overlap, stain statistics fitted once, normalised directly, no colour
+table); each stage is the median of ``--repeats`` runs, after one warm-up, in wall-clock
+seconds and in CPU seconds of the process (``time.process_time``: core-seconds, less sensitive
+to a loaded machine). ``stitch`` is ``maps`` (tiles, forward passes, stitching) less
+``forward``; ``beyond_network`` adds normalise, stitch, postprocess and finish. Writes
+results/slide/chunk_profile.json.
 
     python benchmarks/profile_chunk.py
 """
@@ -16,6 +17,7 @@ stitch, postprocess and finish. Writes results/slide/chunk_profile.json.
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import statistics
 import tempfile
@@ -29,7 +31,7 @@ from nucseg import datasets
 from nucseg.atomic import write_json
 from nucseg.pipeline import provenance, resolve_model
 from nucseg.slide.chunkio import write_chunk
-from nucseg.slide.engine import ChunkSegmenter, engine_predictor, predict_tissue_maps
+from nucseg.slide.engine import ChunkSegmenter, load_predictor, predict_tissue_maps
 
 
 class _Plan:
@@ -55,7 +57,9 @@ def chunk_setup(folder: Path, **predict: Any) -> tuple[np.ndarray, Any, ChunkSeg
     image = np.ascontiguousarray(
         np.concatenate([np.concatenate(crops[:2], 1), np.concatenate(crops[2:], 1)], 0)
     )
-    predictor = engine_predictor(folder, **{k: v for k, v in predict.items() if v is not None})
+    # as nucseg slide loads it: the slide's tile overlap unless one is asked
+    settings = {k: v for k, v in predict.items() if v is not None}
+    predictor = load_predictor(str(folder), json.dumps(settings, sort_keys=True))
     normaliser = predictor.normaliser  # None: a model that segments as scanned
     source = None if normaliser is None else normaliser.estimate(image)
     return image, predictor, ChunkSegmenter(predictor, source)
