@@ -416,12 +416,19 @@ def tissue_boxes(mask: np.ndarray) -> list[tuple[slice, slice]]:
     :func:`stained` pixels) grown by :data:`TISSUE_MARGIN`, or the boxes around its separate
     pieces (:func:`nucseg.slide.tissue.mask_boxes`) when they cover at most :data:`PIECES_AREA`
     of that box; none without tissue."""
-    whole = _mask_box(mask, margin=TISSUE_MARGIN)
-    if whole is None:
-        return []
     pieces = mask_boxes(mask, margin=TISSUE_MARGIN)
-    area = [(b[0].stop - b[0].start) * (b[1].stop - b[1].start) for b in [whole, *pieces]]
-    return pieces if len(pieces) > 1 and sum(area[1:]) <= PIECES_AREA * area[0] else [whole]
+    if len(pieces) <= 1:  # none, or the one box (mask_boxes gives _mask_box's then)
+        return pieces
+    # the one box around all the tissue: around the pieces' boxes (each its tight box grown by
+    # the margin and clipped, as the whole's is), without scanning the mask again
+    rows = slice(min(b[0].start for b in pieces), max(b[0].stop for b in pieces))
+    cols = slice(min(b[1].start for b in pieces), max(b[1].stop for b in pieces))
+
+    def area(box: tuple[slice, slice]) -> int:
+        return (box[0].stop - box[0].start) * (box[1].stop - box[1].start)
+
+    whole = (rows, cols)
+    return pieces if sum(map(area, pieces)) <= PIECES_AREA * area(whole) else [whole]
 
 
 #: Tissue, in megapixels at work resolution, from which a slide's chunks are normalised through a

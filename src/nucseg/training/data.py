@@ -66,17 +66,13 @@ def _load_sources(config: TrainConfig, progress: bool) -> tuple[list[Any], set[s
     from nucseg import datasets
 
     splits = source_splits(config)
-    _, ids, val_ids = splits[0]
-    val_ids = set(val_ids)
     for name, source_ids, _ in splits:  # the primary source too: never breast
         if any("breast" in datasets.load_sample(name, i).organ.lower() for i in source_ids[:1]):
             raise ValueError(f"source {name}: breast tissue is never trained on")
-    # the primary source as the others: at the model's scale (a no-op for MoNuSeg, whose
-    # samples state no mpp)
-    samples = [_at_scale(datasets.load_sample(config.dataset, i), config.mpp)
-               for i in tqdm(ids, desc="load", disable=not progress)]  # fmt: skip
-    origin = [0] * len(samples)
-    for index, (name, source_ids, source_val) in enumerate(splits[1:], start=1):
+    # every source, the primary first, at the model's scale (a no-op for MoNuSeg, whose samples
+    # state no mpp)
+    samples, val_ids, origin = [], set(), []
+    for index, (name, source_ids, source_val) in enumerate(splits):
         for image_id in tqdm(source_ids, desc=f"load {name}", disable=not progress):
             samples.append(_at_scale(datasets.load_sample(name, image_id), config.mpp))
             origin.append(index)
@@ -91,14 +87,9 @@ def validation_samples(config: TrainConfig) -> list[Any]:
     and what ``nucseg tune`` tunes on again."""
     from nucseg import datasets
 
-    splits = source_splits(config)
-    _, ids, val_ids = splits[0]
-    out = [_at_scale(datasets.load_sample(config.dataset, i), config.mpp)
-           for i in ids if i in val_ids]  # fmt: skip
-    for name, source_ids, source_val in splits[1:]:
-        out += [_at_scale(datasets.load_sample(name, i), config.mpp)
-                for i in source_ids if i in source_val]  # fmt: skip
-    return out
+    return [_at_scale(datasets.load_sample(name, i), config.mpp)
+            for name, source_ids, source_val in source_splits(config)
+            for i in source_ids if i in source_val]  # fmt: skip
 
 
 def source_splits(config: TrainConfig) -> list[tuple[str, list[str], set[str]]]:
