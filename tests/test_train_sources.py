@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 import torch
@@ -86,6 +88,15 @@ def test_a_typed_multi_source_run_trains_its_head(data_root, tmp_path):
     assert history[0].endswith("type_ce")  # the type loss is logged each step
 
 
+def test_a_run_with_typed_tiles_weighs_its_type_classes(data_root, tmp_path):
+    consep = ({"dataset": "consep", "split": "train", "weight": 1.0, "val_images": 0, "limit": 1},)
+    config = TrainConfig(**{**TINY, "sources": consep, "type_class_weights": "balanced"})
+    run = fit(config, tmp_path / "run", progress=False)
+    weights = json.loads((run / "type_class_weights.json").read_text())
+    assert len(weights) == 5 and min(weights) > 0
+    assert weights[0] == min(weights)  # background is the most frequent class
+
+
 def test_breast_sources_and_bad_sources_are_refused():
     with pytest.raises(ValueError, match="source needs"):
         TrainConfig(sources=({"split": "all"},))
@@ -124,3 +135,28 @@ def test_retune_of_a_multi_source_run_tunes_on_every_sources_validation_images(d
     record = retune(run, progress=False)
     assert record["validation_images"] == trained
     assert json.loads((run / "thresholds.json").read_text())["validation_images"] == trained
+
+
+def test_balanced_type_class_weights_favour_rare_classes_and_average_one():
+    from types import SimpleNamespace
+
+    from nucseg.training.loop import type_class_weights
+
+    kinds = np.zeros((10, 10), np.uint8)  # 100 pixels: 80 background, 16 type 3, 4 type 1
+    kinds[:2, :8] = 3
+    kinds[2, :4] = 1
+    unknown = np.full((10, 10), UNKNOWN_TYPE, np.uint8)  # a source without types: not counted
+    data = SimpleNamespace(types=[kinds, unknown])
+    weights = type_class_weights(data, TrainConfig(type_classes=5, type_class_weights="balanced"))
+    freq = np.array([80, 4, 0, 16, 0]) / 100
+    assert weights[1] > weights[3] > weights[0]
+    assert weights[1] / weights[0] == pytest.approx((80 / 4) ** 0.5)
+    assert float((freq * np.array(weights)).sum()) == pytest.approx(1.0)  # mean weight 1
+    assert weights[2] == weights[4] == max(weights)  # absent classes: the largest weight
+    given = TrainConfig(type_classes=5, type_class_weights=(1, 2, 3, 4, 5))
+    assert type_class_weights(data, given) == [1, 2, 3, 4, 5]
+    assert type_class_weights(data, TrainConfig(type_classes=5)) is None
+    with pytest.raises(ValueError, match="type_class_weights"):
+        TrainConfig(type_classes=5, type_class_weights="inverse")
+    with pytest.raises(ValueError, match="type_class_weights"):
+        TrainConfig(type_classes=5, type_class_weights=(1, 2))

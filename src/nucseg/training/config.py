@@ -81,6 +81,11 @@ class TrainConfig:
     # of sources whose samples carry types, ignored on the others.
     type_classes: int = 0
     type_weight: float = 1.0
+    # Per-class weights of the type cross-entropy (background first): None (all 1), a list of
+    # ``type_classes`` floats, or "balanced": each class weighted by its pixel frequency f to
+    # the power -1/2 over the training tiles' known types, scaled so that a pixel's mean weight
+    # is 1 (rare classes such as CoNSeP's "other" count more without drowning the rest).
+    type_class_weights: str | tuple[float, ...] | None = None
 
     @property
     def all_sources(self) -> list[dict[str, Any]]:
@@ -106,6 +111,15 @@ class TrainConfig:
                 )
         if self.type_classes not in (0, 5):
             raise ValueError(f"type_classes must be 0 or 5 (CoNSeP), got {self.type_classes}")
+        weights = self.type_class_weights
+        if isinstance(weights, str) and weights != "balanced":
+            raise ValueError(f"type_class_weights must be 'balanced' or a list, got {weights!r}")
+        if weights is not None and not isinstance(weights, str):
+            if len(weights) != self.type_classes or min(weights) <= 0:
+                raise ValueError(
+                    f"type_class_weights needs {self.type_classes} positive weights, "
+                    f"got {weights!r}"
+                )
         if self.ema_decay is not None and not 0.0 < self.ema_decay < 1.0:
             raise ValueError(f"ema_decay must be in (0, 1), got {self.ema_decay}")
 

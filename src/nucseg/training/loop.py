@@ -20,6 +20,8 @@ from nucseg.infer import autocast, default_device, input_stats, to_tensor
 from nucseg.training import checkpoint
 from nucseg.training.config import TrainConfig
 from nucseg.training.data import (
+    UNKNOWN_TYPE,
+    TrainingData,
     _PerThreadAugmenter,
     batch_indices,
     make_batch,
@@ -185,6 +187,10 @@ def fit(
     model = model.to(device).to(memory_format=torch.channels_last)
     optimiser = torch.optim.Adam(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
     loss_fn = CombinedLoss(num_classes=config.num_classes, distance_weight=config.distance_weight)
+    class_weights = type_class_weights(data, config)
+    if class_weights is not None:
+        _write_json(run_dir / "type_class_weights.json", [round(w, 6) for w in class_weights])
+        class_weights = torch.tensor(class_weights, dtype=torch.float32, device=device)
     augmenter = None
     if config.augment is not None and config.workers > 0:
         augmenter = _PerThreadAugmenter(config.augment)
@@ -264,7 +270,9 @@ def fit(
             None if distances is None else torch.from_numpy(distances).to(device),
         )
         if kinds:
-            loss, parts = _add_type_loss(loss, parts, logits, kinds[0], config, device)
+            loss, parts = _add_type_loss(
+                loss, parts, logits, kinds[0], config, device, class_weights
+            )
         optimiser.zero_grad(set_to_none=True)
         loss.backward()
         optimiser.step()
@@ -326,14 +334,43 @@ def _add_type_loss(
     kinds: np.ndarray,
     config: TrainConfig,
     device: torch.device,
+    class_weights: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, dict[str, float]]:
     """Add the type head's cross-entropy, over the pixels whose type is known (not -1)."""
     target = torch.from_numpy(kinds).to(device)
     if not bool((target >= 0).any()):
         return loss, {**parts, "type_ce": -1.0}  # no known type in this batch
     type_logits = logits[:, logits.shape[1] - config.type_classes :].float()
-    ce = torch.nn.functional.cross_entropy(type_logits, target, ignore_index=-1)
+    ce = torch.nn.functional.cross_entropy(
+        type_logits, target, weight=class_weights, ignore_index=-1
+    )
     return loss + config.type_weight * ce, {**parts, "type_ce": float(ce.detach())}
+
+
+def type_class_weights(data: TrainingData, config: TrainConfig) -> list[float] | None:
+    """The type cross-entropy's per-class weights for ``config.type_class_weights``.
+
+    "balanced": frequency ** -0.5 of each class over the training images' pixels of known type,
+    scaled so that the mean weight of a pixel is 1. A class with no pixel gets the largest
+    weight of the others.
+    """
+    wanted = config.type_class_weights
+    if not config.type_classes or wanted is None:
+        return None
+    if not isinstance(wanted, str):
+        return [float(w) for w in wanted]
+    counts = np.zeros(config.type_classes, dtype=np.float64)
+    for kinds in data.types:
+        counts += np.bincount(kinds.ravel(), minlength=UNKNOWN_TYPE + 1)[: config.type_classes]
+    if counts.sum() == 0:
+        return None
+    freq = counts / counts.sum()
+    present = freq > 0
+    weights = np.zeros_like(freq)
+    weights[present] = freq[present] ** -0.5
+    weights /= float((freq * weights).sum())
+    weights[~present] = weights[present].max()
+    return [float(w) for w in weights]
 
 
 def _shutdown(*pools: concurrent.futures.Executor | None) -> None:
