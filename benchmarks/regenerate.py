@@ -128,6 +128,10 @@ JOBS: dict[str, Job] = {
     "backend-agreement": Job(
         ((PY, "benchmarks/backend_agreement.py"),), ("results/backends/agreement.json",)
     ),
+    "int8": Job(
+        ((PY, "benchmarks/bench_int8.py", "--out", "results/backends/int8.json"),),
+        ("results/backends/int8.json",),
+    ),
     "slide-engine": Job(
         ((PY, "benchmarks/bench_slide.py", "--out", "results/slide/bench_engine.json"),),
         ("results/slide/bench_engine.json",),

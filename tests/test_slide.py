@@ -533,6 +533,8 @@ def test_bundled_model_on_a_real_crop_loads_beside_the_stain_fit(data_root, tmp_
     assert report["model"]["sha256"] == _sha256(folder / "model.safetensors")
     assert report["stain"]["normaliser"] == "macenko" and report["stain"]["source"]["accepted"]
     assert report["predict"]["overlap"] == 8 / 256  # the slide's overlap (the model's: 0.25)
+    assert report["runtime"]["backend"] in ("torch", "openvino")  # what ran, as resolved
+    assert report["runtime"]["precision"] in ("bf16", "fp32", "int8")
     predictor = engine_predictor(folder, overlap=report["predict"]["overlap"])
     labels = ChunkSegmenter(predictor, report["stain"]["source"])(image)
     assert report["nuclei"] == labels.max() > 50

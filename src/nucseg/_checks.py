@@ -121,7 +121,10 @@ PREDICT_CHECKS: dict[str, tuple[Callable[[Any], bool], str]] = {
         "a whole number of tiles from 1 to 4096, e.g. 8",
     ),
     "tta": (lambda v: v in ("none", "flips", "d4"), "one of 'none', 'flips', 'd4'"),
-    "precision": (lambda v: v in ("auto", "bf16", "fp32"), "one of 'auto', 'bf16', 'fp32'"),
+    "precision": (
+        lambda v: v in ("auto", "bf16", "fp32", "int8"),
+        "one of 'auto', 'bf16', 'fp32', 'int8'",
+    ),
     "backend": (lambda v: v in ("auto", "torch", "openvino"), "one of 'auto', 'torch', 'openvino'"),
     "stain": (lambda v: v in ("auto", "always", "never"), "one of 'auto', 'always', 'never'"),
 }

@@ -83,8 +83,8 @@ def predict_maps(
         Test-time augmentation: none, the 4 flips, or the 8 rotations and flips.
     device : torch.device, optional
         Where torch runs; default :func:`default_device`.
-    precision : {"auto", "bf16", "fp32"}, optional
-        See :func:`autocast`.
+    precision : {"auto", "bf16", "fp32", "int8"}, optional
+        See :func:`autocast`; "int8" needs a model folder's int8 network (:class:`Predictor`).
     softmax : bool, optional
         Turn the class logits into probabilities (default); False keeps the logits (the
         pre-softmax maps that GB U-Net stacks).
@@ -109,12 +109,28 @@ def predict_maps(
         )  # fmt: skip
     padded, crop = pad_to(image, (tile, tile))
     grid = tile_grid(padded.shape[:2], tile=tile, overlap=overlap)
-    stitcher = MapStitcher(padded.shape[:2])
+    stitcher = MapStitcher(padded.shape[:2], grid=grid)
     for batch in _batches(grid, batch_size):
         maps = backend.predict(np.stack([padded[s] for s in batch]), softmax=softmax)
         for tile_map, slices in zip(maps, batch, strict=True):
             stitcher.add(tile_map, slices)
     return np.ascontiguousarray(stitcher.result(in_place=True)[crop], dtype=np.float32)
+
+
+def runtime_of(backend: Any) -> dict[str, str]:
+    """``{"backend", "precision"}`` of a backend as it runs: "int8" for an int8 network, else
+    the float precision ("bf16" or "fp32") that "auto" resolved to."""
+    if getattr(backend, "int8", False):
+        precision = "int8"
+    else:
+        precision = str(getattr(backend, "precision", "auto"))
+        if precision == "auto":
+            from nucseg.backends.common import cpu_has_bf16
+
+            precision = "bf16" if cpu_has_bf16() else "fp32"
+        precision = {"f32": "fp32"}.get(precision, precision)
+    name = str(getattr(backend, "name", type(backend).__name__))
+    return {"backend": name, "precision": precision}
 
 
 class Predictor:
@@ -149,6 +165,9 @@ class Predictor:
     weights_sha256 : str, optional
         SHA-256 of the weights file: the key of the OpenVINO backend's cache (computed from the
         network's state if None).
+    model_dir : path-like, optional
+        The model's folder (set by :meth:`load`): where its int8 network is
+        (:mod:`nucseg.backends.int8`).
     """
 
     def __init__(
@@ -169,8 +188,10 @@ class Predictor:
         fold_bn: bool = True,
         type_channels: int = 0,
         weights_sha256: str | None = None,
+        model_dir: str | Path | None = None,
     ) -> None:
         self._device, self._fold_bn = device, fold_bn
+        self.model_dir = model_dir
         self._source, self._model = model, None
         if hasattr(model, "state_dict"):  # a network: prepared now, as before
             self._model = self._prepare(model)
@@ -226,10 +247,15 @@ class Predictor:
                 lambda: self.model, options["backend"], num_classes=self.num_classes,
                 type_channels=self.type_channels, device=self._device,
                 precision=options["precision"], tta=options["tta"],
-                weights_sha256=self.weights_sha256,
+                weights_sha256=self.weights_sha256, model_dir=self.model_dir,
             )  # fmt: skip
-            log.info("network backend: %s", self._backend.name)
+            log.info("network backend: %s", runtime_of(self._backend))
         return self._backend
+
+    @property
+    def runtime(self) -> dict[str, str]:
+        """What runs the network, as resolved: ``{"backend": ..., "precision": ...}``."""
+        return runtime_of(self.backend)
 
     def predict_maps(self, image: np.ndarray, *, softmax: bool = True) -> np.ndarray:
         """Stain-normalise ``image`` and return its ``(H, W, C)`` probability maps (or logits)."""
@@ -293,6 +319,7 @@ class Predictor:
         normaliser = read_normaliser(folder)
         settings = {**post.get("predict", {}), **options}
         settings.setdefault("weights_sha256", hashlib.sha256(weights.read_bytes()).hexdigest())
+        settings.setdefault("model_dir", folder)
 
         def network() -> Any:
             from nucseg.models import load_model

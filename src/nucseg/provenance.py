@@ -33,6 +33,9 @@ MODEL_FILES = (
     "normaliser.json",
     "config.json",
     "soup.json",
+    "int8/model.xml",  # the int8 network (nucseg.backends.int8)
+    "int8/model.bin",
+    "int8/int8.json",
 )
 MANIFEST = "SHA256SUMS"
 _SOURCE = Path(__file__).resolve().parent

@@ -106,7 +106,7 @@ def predict_feature_maps(
     device = default_device() if device is None else device
     padded, crop = pad_to(features, (tile, tile))
     grid = tile_grid(padded.shape[:2], tile=tile, overlap=overlap)
-    stitcher = MapStitcher(padded.shape[:2])
+    stitcher = MapStitcher(padded.shape[:2], grid=grid)
     model.eval()
     with autocast(device):
         for start in range(0, len(grid), batch_size):

@@ -321,6 +321,13 @@ class MapStitcher:
     window : {"hann", "uniform"} or (tile, tile) array, optional
         Weight of each tile pixel: a :func:`blend_window` kind, or the weights themselves (all
         > 0).
+    grid : sequence of (slice, slice), optional
+        Every tile that will be added (as from :func:`tile_grid`). The pixels of a tile that no
+        other tile covers then take its values by a copy, and only the bands shared with other
+        tiles are weighted and summed: the same maps (to float32 rounding: x * w / w against x)
+        for a fraction of the work (at 8 pixels of overlap on 256-pixel tiles, a ninth of the
+        pixels are blended). A tile outside ``grid`` is blended whole, as without ``grid``;
+        it must not cover another tile's exclusive pixels.
 
     Examples
     --------
@@ -332,7 +339,13 @@ class MapStitcher:
            [1. , 0.5, 0. ]], dtype=float32)
     """
 
-    def __init__(self, shape: Sequence[int], *, window: str | np.ndarray = "hann") -> None:
+    def __init__(
+        self,
+        shape: Sequence[int],
+        *,
+        window: str | np.ndarray = "hann",
+        grid: Sequence[Slices] | None = None,
+    ) -> None:
         self.shape = _shape2(shape)
         if isinstance(window, str):
             if window not in WINDOWS:
@@ -347,6 +360,7 @@ class MapStitcher:
         self._window = window
         self._sum: np.ndarray | None = None
         self._weight: np.ndarray | None = None
+        self._cores = {} if grid is None else _exclusive_cores(grid, self.shape)
 
     def _window_for(self, size: tuple[int, int]) -> np.ndarray:
         if isinstance(self._window, str):
@@ -379,9 +393,36 @@ class MapStitcher:
                 f"{self._sum.shape[2:]}"
             )
         window = self._window_for(size)
-        weights = window.reshape(size + (1,) * (tile_map.ndim - 2))
-        self._sum[slices] += tile_map * weights
-        self._weight[slices] += window
+        core = self._cores.get(_key(slices))
+        if core is None:
+            self._blend(tile_map, window, slices, (slice(0, size[0]), slice(0, size[1])))
+            return
+        # Pixels no other tile covers take the tile's values as they are (the weighted average
+        # of one value); only the bands that other tiles overlap are blended.
+        (r0, r1), (c0, c1) = core
+        rows, cols = slices
+        out = (slice(rows.start + r0, rows.start + r1), slice(cols.start + c0, cols.start + c1))
+        self._sum[out] = tile_map[r0:r1, c0:c1]
+        self._weight[out] = 1.0
+        full, middle = slice(0, size[1]), slice(r0, r1)
+        bands = ((slice(0, r0), full), (slice(r1, size[0]), full),
+                 (middle, slice(0, c0)), (middle, slice(c1, size[1])))  # fmt: skip
+        for band in bands:
+            if band[0].stop > band[0].start and band[1].stop > band[1].start:
+                self._blend(tile_map, window, slices, band)
+
+    def _blend(
+        self, tile_map: np.ndarray, window: np.ndarray, slices: Slices, band: Slices
+    ) -> None:
+        """Add the part ``band`` (tile coordinates) of a tile at ``slices``, window-weighted."""
+        rows, cols = slices
+        out = (slice(rows.start + band[0].start, rows.start + band[0].stop),
+               slice(cols.start + band[1].start, cols.start + band[1].stop))  # fmt: skip
+        weights = window[band]
+        self._sum[out] += tile_map[band] * weights.reshape(
+            weights.shape + (1,) * (tile_map.ndim - 2)
+        )
+        self._weight[out] += weights
 
     def result(self, *, in_place: bool = False) -> np.ndarray:
         """Return the weighted average of the tiles added so far.
@@ -415,6 +456,34 @@ class MapStitcher:
         out /= weight
         self._sum = self._weight = None
         return out
+
+
+def _key(slices: Slices) -> tuple[int, int, int, int]:
+    rows, cols = slices
+    return (rows.start, rows.stop, cols.start, cols.stop)
+
+
+def _exclusive_cores(
+    grid: Sequence[Slices], shape: tuple[int, int]
+) -> dict[tuple[int, int, int, int], tuple[tuple[int, int], tuple[int, int]]]:
+    """Per tile of ``grid``, the rectangle (tile coordinates) of the pixels no other tile covers,
+    where those pixels form one rectangle; tiles whose exclusive pixels do not (or that have
+    none) are left out and blended whole."""
+    cover = np.zeros(shape, dtype=np.uint16)
+    for rows, cols in grid:
+        cover[rows, cols] += 1
+    cores = {}
+    for slices in grid:
+        alone = cover[slices] == 1
+        n = int(np.count_nonzero(alone))
+        if not n:
+            continue
+        r = np.flatnonzero(alone.any(axis=1))
+        c = np.flatnonzero(alone.any(axis=0))
+        r0, r1, c0, c1 = int(r[0]), int(r[-1]) + 1, int(c[0]), int(c[-1]) + 1
+        if (r1 - r0) * (c1 - c0) == n:  # a full rectangle
+            cores[_key(slices)] = ((r0, r1), (c0, c1))
+    return cores
 
 
 def stitch_maps(

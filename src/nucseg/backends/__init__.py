@@ -8,6 +8,10 @@ then whatever further channels the network has (distances), then the probabiliti
 
 ``make_backend(model, name="auto", ...)``: "auto" is OpenVINO on a CPU when it is installed and
 its maps agree with torch's on a probe tile (:data:`AUTO_TOLERANCE`), else torch.
+
+Precision "int8" runs the model folder's int8 network on OpenVINO (:mod:`nucseg.backends.int8`);
+precision "auto" takes it on a CPU without native bf16 when the folder holds one that passed its
+validation check, since there it is the fastest (bf16 elsewhere).
 """
 
 from __future__ import annotations
@@ -20,6 +24,7 @@ import numpy as np
 
 from nucseg.backends.common import (  # noqa: F401
     TTA_MODES,
+    check_precision,
     cpu_has_bf16,
     cuda_possible,
     probe_tile,
@@ -59,6 +64,7 @@ def make_backend(
     precision: str = "auto",
     tta: str = "none",
     weights_sha256: str | None = None,
+    model_dir: Any = None,
 ) -> Backend:
     """The backend ``name`` for ``model`` (see the module docstring for "auto").
 
@@ -79,17 +85,27 @@ def make_backend(
         As in :func:`nucseg.infer.predict_maps`.
     weights_sha256 : str, optional
         SHA-256 of the weights file, OpenVINO's cache key.
+    model_dir : path-like, optional
+        The model's folder, where its int8 network is (precision "int8", or "auto" on a CPU
+        without native bf16).
 
     Raises
     ------
     ValueError
-        If ``name`` is unknown, or "openvino" is asked for a GPU device.
+        If ``name`` is unknown, "openvino" is asked for a GPU device, or "int8" for torch or for
+        a model without a usable int8 network.
     ImportError
         If "openvino" is asked for and the package is not installed.
     """
-    from nucseg.backends import openvino_runtime
+    from nucseg.backends import int8, openvino_runtime
 
     check_backend(name)
+    check_precision(precision)
+    if precision == "int8":  # an int8 network: OpenVINO's, whatever "auto" means here
+        if name == "torch":
+            raise ValueError("precision 'int8' runs on the openvino backend, not on torch")
+        int8.network_path(model_dir, weights_sha256)  # the reason, in one line, if it cannot
+        name = "openvino"
     if name == "auto":  # NUCSEG_BACKEND: what "auto" means in this environment (the test suite:
         name = check_backend(os.environ.get("NUCSEG_BACKEND") or "auto")  # torch, in-process)
     if name == "auto" and not (openvino_runtime.available() and _on_cpu(device)):
@@ -100,11 +116,16 @@ def make_backend(
         raise ValueError(f"the openvino backend runs on the CPU, not on {device}")
     if not openvino_runtime.available():
         raise ImportError("the openvino backend needs the openvino package: pip install openvino")
+    if precision == "auto" and not cpu_has_bf16() and int8.usable(model_dir, weights_sha256):
+        precision = "int8"  # the fastest on such a CPU, and checked on the validation images
+    network = int8.network_path(model_dir, weights_sha256) if precision == "int8" else None
     try:
         backend = openvino_runtime.OpenVINOBackend(
             model, num_classes=num_classes, type_channels=type_channels, precision=precision,
-            tta=tta, weights_sha256=weights_sha256,
+            tta=tta, weights_sha256=weights_sha256, int8_network=network,
         )  # fmt: skip
+        if precision == "int8":  # its agreement is its validation record, not the probe tile
+            return backend
         if name == "auto" and not _agrees(backend, model, num_classes, device, precision):
             return _torch_backend(model, num_classes, device, precision, tta, type_channels)
     except Exception as error:  # noqa: BLE001  (auto falls back; an explicit choice fails)

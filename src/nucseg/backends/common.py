@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 
 TTA_MODES = ("none", "flips", "d4")
-PRECISIONS = ("auto", "bf16", "fp32")
+PRECISIONS = ("auto", "bf16", "fp32", "int8")  # int8: OpenVINO only (nucseg.backends.int8)
 
 
 @functools.cache
@@ -36,7 +36,7 @@ def transforms(tta: str) -> list[tuple[int, bool]]:
 def check_precision(precision: str) -> str:
     """``precision`` if it is one of :data:`PRECISIONS`; else a ValueError naming them."""
     if precision not in PRECISIONS:
-        raise ValueError(f"precision must be 'auto', 'bf16' or 'fp32', got {precision!r}")
+        raise ValueError(f"precision must be 'auto', 'bf16', 'fp32' or 'int8', got {precision!r}")
     return precision
 
 

@@ -58,9 +58,11 @@ def cache_folder(weights_sha256: str) -> Path:
 
 
 def ov_precision(precision: str) -> str:
-    """OpenVINO's ``INFERENCE_PRECISION_HINT`` for ``precision`` ("auto": bf16 where native)."""
+    """OpenVINO's ``INFERENCE_PRECISION_HINT`` for ``precision`` ("auto": bf16 where native;
+    "int8": the precision of the int8 network's remaining float operations, bf16 where
+    native)."""
     check_precision(precision)
-    if precision == "auto":
+    if precision in ("auto", "int8"):
         precision = "bf16" if cpu_has_bf16() else "fp32"
     return "bf16" if precision == "bf16" else "f32"
 
@@ -79,12 +81,15 @@ class OpenVINOBackend:
     type_channels : int, optional
         The output's last channels are a type head's logits, turned into probabilities by
         :meth:`predict` too.
-    precision : {"auto", "bf16", "fp32"}
-        "auto" is bf16 on CPUs with native bf16 (AMX or AVX512-BF16), else fp32.
+    precision : {"auto", "bf16", "fp32", "int8"}
+        "auto" is bf16 on CPUs with native bf16 (AMX or AVX512-BF16), else fp32; "int8" runs
+        ``int8_network`` instead of the export (:mod:`nucseg.backends.int8`).
     tta : {"none", "flips", "d4"}
         Test-time augmentation, applied to the pixels and undone on the maps.
     weights_sha256 : str, optional
         SHA-256 of the weights file (the cache key); computed from the network's state if None.
+    int8_network : Path, optional
+        The int8 network's ``model.xml``, needed with ``precision="int8"``.
 
     Attributes
     ----------
@@ -106,12 +111,16 @@ class OpenVINOBackend:
         precision: str = "auto",
         tta: str = "none",
         weights_sha256: str | None = None,
+        int8_network: Path | None = None,
     ) -> None:
         import openvino as ov
 
         transforms(tta)
         self.num_classes, self.tta = num_classes, tta
         self.type_channels = int(type_channels)
+        if precision == "int8" and int8_network is None:
+            raise ValueError("precision 'int8' needs the model folder's int8 network")
+        self.int8 = precision == "int8"
         self.precision = ov_precision(precision)
         if weights_sha256 is None:
             from nucseg.models.export import weights_digest
@@ -129,9 +138,9 @@ class OpenVINOBackend:
         self.cache = folder
         self.core = ov.Core()
         self.core.set_property({"CACHE_DIR": str(folder / "compiled")})
-        self.network = self.core.read_model(str(onnx_path))
+        self.network = self.core.read_model(str(int8_network if self.int8 else onnx_path))
         self.out_channels = int(self.network.output(0).get_partial_shape()[3].get_length())
-        self.probe = folder / f"probe-{self.precision}.json"
+        self.probe = folder / f"probe-{'int8' if self.int8 else self.precision}.json"
         self._requests: dict[bool, Any] = {}
         self._request(softmax=tta == "none")  # compiled now: start-up, not the first batch
 

@@ -30,6 +30,8 @@ def autocast(device: torch.device, precision: str = "auto") -> contextlib.Abstra
     "auto" is bf16 on a GPU with bf16 support and on a CPU with native bf16, else fp32.
     """
     check_precision(precision)
+    if precision == "int8":
+        raise ValueError("precision 'int8' runs on the openvino backend, not on torch")
     if precision == "auto":
         if device.type == "cuda":
             precision = "bf16" if torch.cuda.is_bf16_supported() else "fp32"

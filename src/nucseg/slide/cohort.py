@@ -220,7 +220,8 @@ def finish_slide(
         "levels": job["levels"], "mpp_file": job["mpp_file"], "mpp": plan.mpp,
         "work_mpp": plan.work_mpp, "level_read": plan.level, "scale": plan.scale,
         "model": describe, "stain": setup.get("stain"), "predict": setup.get("predict"),
-        "chunk": plan.chunk, "halo": plan.halo, "chunks": len(plan.chunks),
+        "runtime": setup.get("runtime"), "chunk": plan.chunk, "halo": plan.halo,
+        "chunks": len(plan.chunks),
         "chunks_resumed": job["resumed"],
         "cut_nuclei": sum(read_chunk_info(chunk_dir, engine.chunk_name(c)).cut
                           for c in plan.chunks),

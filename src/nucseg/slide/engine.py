@@ -480,7 +480,7 @@ def predict_tissue_maps(
         raise ValueError(f"tissue covers {mask.shape} pixels, the image {image.shape[:2]}")
     dark, _ = pad_to(mask.view(np.uint8), (tile, tile))
     tissue_pixels = [int(np.count_nonzero(dark[s])) for s in grid]
-    stitcher = MapStitcher(padded.shape[:2])
+    stitcher = MapStitcher(padded.shape[:2], grid=grid)
     run = [s for s, n in zip(grid, tissue_pixels, strict=True) if n >= MIN_TILE_TISSUE]
     channels = None
     backend = predictor.backend

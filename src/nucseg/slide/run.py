@@ -377,6 +377,7 @@ def _report(
         "model": job.work["describe"],
         "stain": (setup or {}).get("stain"),
         "predict": (setup or {}).get("predict"),
+        "runtime": (setup or {}).get("runtime"),
         "chunk": plan.chunk,
         "halo": plan.halo,
         "chunks": len(plan.chunks),
@@ -545,7 +546,8 @@ def _build_segmenter(
     if predictor.normaliser is not None:
         stain = {"normaliser": predictor.normaliser.name, "source": source}
     segmenter = engine.ChunkSegmenter(predictor, source, colour_table=table)
-    return segmenter, {"stain": stain, "predict": predictor.options}
+    runtime = predictor.runtime if hasattr(predictor, "runtime") else None
+    return segmenter, {"stain": stain, "predict": predictor.options, "runtime": runtime}
 
 
 def finish_workers() -> int:
