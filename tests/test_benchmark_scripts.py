@@ -26,3 +26,29 @@ def test_a_benchmark_script_imports(script, monkeypatch):
     module = importlib.util.module_from_spec(spec)
     monkeypatch.setitem(sys.modules, name, module)
     spec.loader.exec_module(module)  # runs its imports and definitions, not its main()
+
+
+def test_the_fourth_rounds_choice_takes_monuseg_then_the_source_mean_on_a_tie(monkeypatch):
+    script = BENCHMARKS / "select_multisource.py"
+    spec = importlib.util.spec_from_file_location("_select_multisource", script)
+    module = importlib.util.module_from_spec(spec)
+    monkeypatch.syspath_prepend(str(BENCHMARKS))
+    spec.loader.exec_module(module)
+
+    def record(monuseg, mean):
+        return {"sources": {"monuseg": {"aji": monuseg}}, "source_mean_aji": mean}
+
+    records = {"default": record(0.6198, 0.6009), "a": record(0.6230, 0.5950),
+               "b": record(0.6225, 0.5990), "c": record(0.6100, 0.6200)}  # fmt: skip
+    assert module.choose_by_monuseg(records) == "b"  # a and b tie on MoNuSeg; b's mean is higher
+    assert module.choose_by_monuseg({"default": records["default"], "c": records["c"]}) == "default"
+    default = record(0.6198, 0.6009)
+    facts = {"network": "n", "weights_mib": 10, "parameters": 100}
+    assert module._eligible(record(0.5, 0.5910), default, facts, facts, "monuseg") == {
+        "source_mean_within_margin": True,
+        "weights_within_16_mib": True,
+        "same_network": True,
+    }
+    assert not module._eligible(record(0.7, 0.5900), default, facts, facts, "monuseg")[
+        "source_mean_within_margin"
+    ]
