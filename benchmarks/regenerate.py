@@ -273,6 +273,45 @@ JOBS: dict[str, Job] = {
         record=True,
         needs=("runs/ms-types-2",),
     ),
+    "generalisation-round4": Job(
+        (
+            (
+                PY,
+                "benchmarks/interpolate_weights.py",
+                "runs/wise-0.5",
+                "runs/ms-types-3",
+                "--alpha",
+                "0.5",
+                "--out",
+                "runs/wise4-0.5",
+                "--overwrite",
+            ),
+            (
+                PY,
+                "benchmarks/select_multisource.py",
+                "--rule",
+                "monuseg",
+                "--candidate",
+                "ms-types-3=runs/ms-types-3",
+                "--candidate",
+                "wise4-0.5=runs/wise4-0.5",
+                "--out-name",
+                "selection-round4",
+                "--prefix",
+                "round4",
+                "--overwrite",
+            ),
+        ),  # fmt: skip
+        (
+            "results/generalisation/selection-round4.json",
+            *(
+                f"results/generalisation/round4_{n}.json"
+                for n in ("default", "ms-types-3", "wise4-0.5")
+            ),
+        ),  # fmt: skip
+        record=True,
+        needs=("runs/wise-0.5", "runs/ms-types-3"),
+    ),
     "generalisation-round3-tests": Job(
         (
             *(
