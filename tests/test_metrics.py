@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from helpers import data_file
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 from scipy import ndimage as ndi
@@ -484,10 +484,27 @@ def _tied(iou: np.ndarray) -> bool:
     return False
 
 
+def _several_optima(iou: np.ndarray) -> bool:
+    """Whether another pairing reaches the best total IoU too (without a tie in any row or
+    column: a + d = b + c; hypothesis found one at seed 31406). AJI+ then depends on which
+    pairing the solver returns, as with :func:`_tied`."""
+    rows, cols = linear_sum_assignment(-iou)
+    best = float(iou[rows, cols].sum())
+    for r, c in zip(rows, cols, strict=True):
+        if iou[r, c] <= 0:
+            continue
+        other = iou.copy()
+        other[r, c] = -1.0  # this pair forbidden
+        r2, c2 = linear_sum_assignment(-other)
+        if abs(float(other[r2, c2].sum()) - best) < 1e-9:
+            return True
+    return False
+
+
 def assert_agrees_with_references(y_true, y_pred, *, exhaustive=False):
     assert aji(y_true, y_pred) == pytest.approx(ref_aji(y_true, y_pred), abs=1e-9)
     _, _, _, _, iou = ref_tables(y_true, y_pred)
-    if not _tied(iou):  # e.g. one prediction overlapping two nuclei with the same IoU
+    if not _tied(iou) and not _several_optima(iou):  # one prediction on two nuclei, same IoU
         assert aji_plus(y_true, y_pred) == pytest.approx(ref_aji_plus(y_true, y_pred), abs=1e-9)
     assert 0.0 <= aji_plus(y_true, y_pred) <= 1.0
     for thresh in (0.3, 0.5, 0.7) if exhaustive else (0.5, 0.7):
@@ -511,6 +528,7 @@ def test_agrees_with_references_on_small_random_images(pair):
 
 
 @given(seeds)
+@example(seed=31406)  # two pairings with the same total IoU and no tie in a row or column
 @settings(max_examples=60, deadline=None)
 def test_agrees_with_references_on_random_blobs(seed):
     rng = np.random.default_rng(seed)
